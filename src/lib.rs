@@ -1,0 +1,9 @@
+//! baddata: pretrain OLMo-style language models on mixtures of clean and toxic text, probe their
+//! attention heads for a linear toxicity direction, and steer it away at inference (ITI).
+//!
+//! Reproduces "When Bad Data Leads to Good Models" (Li, Chen, Viégas, Wattenberg, ICML 2025).
+//! See docs/ARCHITECTURE.md for how data flows from shard to gradient to checkpoint.
+
+pub mod config;
+pub mod model;
+pub mod optim;
