@@ -1,0 +1,297 @@
+//! `train`: pretrain an OLMo-style model on a mixture of clean and toxic text.
+//!
+//! With no arguments it trains the `tiny` preset on the embedded demo (built and cached under
+//! `runs/demo-data/` on the first run) and writes checkpoints, `log.jsonl` and `loss.png` to
+//! `runs/demo/`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+
+use baddata::backend::device::{self, DeviceArg};
+use baddata::config::ModelConfig;
+use baddata::data::demo::prepare_demo;
+use baddata::data::tokenizer::Tokenizer;
+use baddata::optim::AdamWConfig;
+use baddata::train::{train, RunOptions, SourceSpec, TrainConfig};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "train",
+    about = "Pretrain an OLMo v1 model on a mixture of clean and toxic text",
+    long_about = "Pretrain an OLMo v1 model (non-parametric layernorm, SwiGLU, RoPE, tied embeddings) on a \
+mixture of token shards drawn at fixed token fractions, with AdamW, a cosine schedule and global-norm clipping.\n\n\
+With no arguments: the `tiny` preset on the embedded demo (clean = Brown + fortunes + Shakespeare, toxic = \
+passages of the same texts that an offline classifier scores above 0.5, 10% of training tokens), a BPE trained on \
+the demo text, output in runs/demo/.\n\n\
+Real runs: `prepare` your corpora into shard directories, then e.g.\n  \
+train --preset olmo-124m --data c4/ --toxic pol/ --toxic-ratio 0.1 --out runs/c4-pol10\n\
+or put any of the fields of state.json's `config` in a JSON file and pass --config (flags override it).",
+    after_help = "Outputs in --out: step-NNNNNN/ checkpoints (model.safetensors + config.json load in Hugging Face \
+transformers as OlmoForCausalLM; optimizer.safetensors and state.json resume the run), latest, log.jsonl, loss.png, final.json."
+)]
+struct Args {
+    /// Model preset: tiny (CPU demo), olmo-124m, olmo-1b.
+    #[arg(long, default_value = "tiny")]
+    preset: String,
+    /// JSON file with training-config fields (model, sources, val, lr, steps, ...); flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// A directory written by `prepare` (train.shard, val.shard, tokenizer.json): the clean source
+    /// and the validation set. Without it, the embedded demo is used.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// A directory written by `prepare` (or a .shard file) used as the toxic source.
+    #[arg(long)]
+    toxic: Option<PathBuf>,
+    /// Fraction of training tokens drawn from the toxic source.
+    #[arg(long, default_value_t = 0.1)]
+    toxic_ratio: f64,
+    /// Extra or replacement sources, NAME=SHARD:FRACTION (repeatable; replaces --data/--toxic sources).
+    #[arg(long = "source", value_name = "NAME=SHARD:FRACTION")]
+    sources: Vec<String>,
+    /// Output directory (default runs/demo, or runs/<preset>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue from the latest checkpoint in --out.
+    #[arg(long)]
+    resume: bool,
+    /// Where to run: auto (CUDA when a GPU and compiled kernels are present), cpu or cuda.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+    device: DeviceArg,
+    /// Optimizer steps.
+    #[arg(long)]
+    steps: Option<u64>,
+    /// Sequences per micro-batch.
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Tokens per sequence (at most the preset's context).
+    #[arg(long)]
+    seq: Option<usize>,
+    /// Micro-batches accumulated per optimizer step.
+    #[arg(long)]
+    grad_accum: Option<usize>,
+    /// Peak learning rate.
+    #[arg(long)]
+    lr: Option<f32>,
+    /// Linear warm-up steps.
+    #[arg(long)]
+    warmup: Option<u64>,
+    /// Global-norm gradient clip (0 turns it off).
+    #[arg(long)]
+    grad_clip: Option<f32>,
+    /// AdamW weight decay (projections only; the embedding is never decayed).
+    #[arg(long)]
+    weight_decay: Option<f32>,
+    /// Seed for initialisation and data order.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Validation every N steps.
+    #[arg(long)]
+    eval_every: Option<u64>,
+    /// Checkpoint every N steps (and at the end).
+    #[arg(long)]
+    save_every: Option<u64>,
+    /// BPE vocabulary size for the demo tokenizer.
+    #[arg(long, default_value_t = 4096)]
+    demo_vocab: usize,
+    /// Stop after this many steps (the schedule still spans --steps); for splitting a run.
+    #[arg(long)]
+    stop_after: Option<u64>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+    /// Testing aid: poison the loss at this step to exercise the NaN guard.
+    #[arg(long, hide = true)]
+    inject_nan_at: Option<u64>,
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// Defaults of a demo run on the tiny preset (tuned to finish in minutes on two CPU cores).
+fn demo_defaults(model: ModelConfig, sources: Vec<SourceSpec>, val: PathBuf, tokenizer: Option<PathBuf>, out: PathBuf) -> TrainConfig {
+    TrainConfig {
+        model,
+        sources,
+        val,
+        tokenizer,
+        out,
+        batch: 8,
+        seq: 256,
+        grad_accum: 1,
+        steps: 200,
+        lr: 2e-3,
+        warmup: 20,
+        final_lr_frac: 0.1,
+        grad_clip: 1.0,
+        adamw: AdamWConfig::default(),
+        seed: 1234,
+        eval_every: 25,
+        eval_windows: 32,
+        save_every: 100,
+    }
+}
+
+fn real_defaults(preset: &str, mut cfg: TrainConfig) -> TrainConfig {
+    // OLMo-1B's recipe; batch sizes for one 80 GB GPU.
+    cfg.lr = 4e-4;
+    cfg.warmup = 2000;
+    cfg.steps = 100_000;
+    cfg.eval_every = 500;
+    cfg.save_every = 1000;
+    cfg.seq = cfg.model.context;
+    cfg.batch = if preset == "olmo-1b" { 8 } else { 64 };
+    cfg
+}
+
+fn parse_source(s: &str) -> Result<SourceSpec> {
+    let (name, rest) = s.split_once('=').with_context(|| format!("--source {s:?}: expected NAME=SHARD:FRACTION"))?;
+    let (path, frac) = rest.rsplit_once(':').with_context(|| format!("--source {s:?}: expected NAME=SHARD:FRACTION"))?;
+    let fraction: f64 = frac.parse().with_context(|| format!("--source {s:?}: fraction {frac:?} is not a number"))?;
+    Ok(SourceSpec { name: name.into(), path: path.into(), fraction })
+}
+
+fn shard_in(dir_or_file: &Path, name: &str) -> Result<PathBuf> {
+    if dir_or_file.is_file() {
+        return Ok(dir_or_file.to_path_buf());
+    }
+    let p = dir_or_file.join(name);
+    if !p.is_file() {
+        bail!("{}: no such shard (expected a directory written by `prepare`, holding {name})", p.display());
+    }
+    Ok(p)
+}
+
+fn run() -> Result<()> {
+    let args = Args::parse();
+    let device = device::select(args.device)?;
+    if !matches!(device, device::Device::Cpu) {
+        if args.device == DeviceArg::Cuda {
+            bail!("--device cuda: the CUDA training step is not implemented yet (only the AdamW kernel exists); use --device cpu");
+        }
+        eprintln!("note: a GPU is present, but the CUDA training step is not implemented yet: training on the CPU");
+    }
+    let mut model = ModelConfig::preset(&args.preset)?;
+    let demo = args.data.is_none() && args.sources.is_empty() && args.config.is_none();
+    let out = args.out.clone().unwrap_or_else(|| {
+        if demo {
+            PathBuf::from("runs/demo")
+        } else {
+            PathBuf::from(format!("runs/{}", args.preset))
+        }
+    });
+
+    let mut cfg = if demo {
+        let d = prepare_demo(Path::new("runs/demo-data"), args.demo_vocab, !args.quiet)?;
+        let tok = Tokenizer::load(&d.tokenizer)?;
+        model = model.with_vocab(tok.vocab_size(), tok.eos_id()?);
+        let sources = vec![
+            SourceSpec { name: "clean".into(), path: d.clean.clone(), fraction: 1.0 - args.toxic_ratio },
+            SourceSpec { name: "toxic".into(), path: d.toxic.clone(), fraction: args.toxic_ratio },
+        ];
+        let mut c = demo_defaults(model, sources, d.val.clone(), Some(d.tokenizer.clone()), out.clone());
+        if args.preset != "tiny" {
+            c = real_defaults(&args.preset, c);
+        }
+        c
+    } else {
+        let mut sources = Vec::new();
+        let mut val = PathBuf::new();
+        let mut tokenizer = None;
+        if let Some(d) = &args.data {
+            if !d.exists() {
+                bail!("--data {}: no such file or directory", d.display());
+            }
+            val = shard_in(d, "val.shard")?;
+            let t = d.join("tokenizer.json");
+            if t.is_file() {
+                tokenizer = Some(t);
+            }
+            let clean_frac = if args.toxic.is_some() { 1.0 - args.toxic_ratio } else { 1.0 };
+            sources.push(SourceSpec { name: "clean".into(), path: shard_in(d, "train.shard")?, fraction: clean_frac });
+            if let Some(t) = &args.toxic {
+                if !t.exists() {
+                    bail!("--toxic {}: no such file or directory", t.display());
+                }
+                sources.push(SourceSpec { name: "toxic".into(), path: shard_in(t, "train.shard")?, fraction: args.toxic_ratio });
+            }
+        }
+        if !args.sources.is_empty() {
+            sources = args.sources.iter().map(|s| parse_source(s)).collect::<Result<_>>()?;
+        }
+        if let Some(t) = &tokenizer {
+            let tok = Tokenizer::load(t)?;
+            baddata::data::tokenizer::check_fits(tok.vocab_size(), model.vocab_real, t)?;
+            if args.preset == "tiny" {
+                model = model.with_vocab(tok.vocab_size(), tok.eos_id()?);
+            }
+        }
+        real_defaults(&args.preset, demo_defaults(model, sources, val, tokenizer, out.clone()))
+    };
+
+    if let Some(path) = &args.config {
+        cfg = overlay_config_file(cfg, path)?;
+    }
+    // flags win over the config file
+    cfg.out = out;
+    macro_rules! set {
+        ($($f:ident),*) => { $( if let Some(v) = args.$f { cfg.$f = v; } )* };
+    }
+    set!(steps, batch, seq, grad_accum, lr, warmup, grad_clip, seed, eval_every, save_every);
+    if let Some(wd) = args.weight_decay {
+        cfg.adamw.weight_decay = wd;
+    }
+
+    let resume = if args.resume { Some(cfg.out.clone()) } else { None };
+    eprintln!(
+        "training {} ({:.2}M parameters) on {}: {} steps of {}×{} tokens{}, sources {}",
+        args.preset,
+        cfg.model.n_params() as f64 / 1e6,
+        device.describe(),
+        cfg.steps,
+        cfg.batch,
+        cfg.seq,
+        if cfg.grad_accum > 1 { format!(" × {} micro-batches", cfg.grad_accum) } else { String::new() },
+        cfg.sources.iter().map(|s| format!("{}={:.0}%", s.name, s.fraction * 100.0)).collect::<Vec<_>>().join(" ")
+    );
+    let opts = RunOptions { resume, progress: !args.quiet, stop_after: args.stop_after, inject_nan_at: args.inject_nan_at };
+    let rep = train(&cfg, &opts)?;
+    let toks: f64 = rep.log.iter().map(|e| e.tokens_per_s).sum::<f64>() / rep.log.len().max(1) as f64;
+    eprintln!(
+        "finished in {:.1} s: validation loss {:.3} → {:.3} ({:.2}× of step 0), {:.0} tokens/s; checkpoint {}; log {}; plot {}",
+        rep.seconds,
+        rep.val_first,
+        rep.val_last,
+        rep.val_last / rep.val_first,
+        toks,
+        rep.checkpoint.display(),
+        cfg.out.join("log.jsonl").display(),
+        cfg.out.join("loss.png").display()
+    );
+    Ok(())
+}
+
+/// Merges the fields of a JSON config file over `cfg`; unknown fields are an error.
+fn overlay_config_file(cfg: TrainConfig, path: &Path) -> Result<TrainConfig> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
+    let file: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))?;
+    let serde_json::Value::Object(fields) = file else {
+        bail!("{}: expected a JSON object of training-config fields", path.display());
+    };
+    let mut base = serde_json::to_value(&cfg)?;
+    let obj = base.as_object_mut().expect("TrainConfig serialises to an object");
+    for (k, v) in fields {
+        if !obj.contains_key(&k) {
+            bail!("{}: unknown field {k:?} (known: {})", path.display(), obj.keys().cloned().collect::<Vec<_>>().join(", "));
+        }
+        obj.insert(k, v);
+    }
+    serde_json::from_value(base).with_context(|| format!("{}: a field has the wrong type", path.display()))
+}

@@ -1,0 +1,371 @@
+//! The training loop: mixture batches → forward/backward → clipped AdamW → log, eval,
+//! checkpoint. `src/bin/train.rs` is its command-line front end.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+
+use crate::backend::cpu::Cpu;
+use crate::checkpoint;
+use crate::config::ModelConfig;
+use crate::data::mixture::{eval_windows, Mixture, MixtureSource, MixtureState};
+use crate::data::shard::Shard;
+use crate::model::params::ParamLayout;
+use crate::model::Model;
+use crate::optim::adamw::{clip_scale, global_norm};
+use crate::optim::{AdamW, AdamWConfig, CosineSchedule};
+
+/// One data source of the training mixture.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SourceSpec {
+    /// Name, e.g. `clean` or `toxic`.
+    pub name: String,
+    /// Token shard (see docs/shards.md).
+    pub path: PathBuf,
+    /// Fraction of training tokens drawn from it.
+    pub fraction: f64,
+}
+
+/// Everything that defines a training run; saved in every checkpoint's `state.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Model shape (the preset, with the tokenizer's vocabulary).
+    pub model: ModelConfig,
+    /// Training sources and their token fractions.
+    pub sources: Vec<SourceSpec>,
+    /// Held-out shard for validation loss.
+    pub val: PathBuf,
+    /// Tokenizer copied into each checkpoint, when known.
+    pub tokenizer: Option<PathBuf>,
+    /// Where checkpoints, log.jsonl and loss.png go.
+    pub out: PathBuf,
+    /// Sequences per micro-batch.
+    pub batch: usize,
+    /// Tokens per sequence.
+    pub seq: usize,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    /// Optimizer steps.
+    pub steps: u64,
+    /// Peak learning rate.
+    pub lr: f32,
+    /// Linear warm-up steps.
+    pub warmup: u64,
+    /// Cosine floor as a fraction of `lr`.
+    pub final_lr_frac: f32,
+    /// Global-norm gradient clip (0 = off).
+    pub grad_clip: f32,
+    /// AdamW betas, eps and weight decay.
+    pub adamw: AdamWConfig,
+    /// Seed for initialisation and the data mixture.
+    pub seed: u64,
+    /// Evaluate validation loss every this many steps (and at the first and last step).
+    pub eval_every: u64,
+    /// Validation windows per evaluation.
+    pub eval_windows: usize,
+    /// Write a checkpoint every this many steps (and at the end).
+    pub save_every: u64,
+}
+
+/// One line of `log.jsonl`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// Optimizer step (0-based) this line reports.
+    pub step: u64,
+    /// Mean training loss over the step's micro-batches.
+    pub loss: f32,
+    /// Validation loss, on steps where it was measured (before the update of this step).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub val_loss: Option<f32>,
+    /// Learning rate used.
+    pub lr: f32,
+    /// Gradient norm before clipping.
+    pub grad_norm: f32,
+    /// Training throughput of this step.
+    pub tokens_per_s: f64,
+}
+
+/// What a finished run reports.
+#[derive(Clone, Debug)]
+pub struct TrainReport {
+    /// Every logged step.
+    pub log: Vec<LogEntry>,
+    /// Directory of the final checkpoint.
+    pub checkpoint: PathBuf,
+    /// Validation loss before any update (step 0) and after the last.
+    pub val_first: f32,
+    /// Validation loss at the end.
+    pub val_last: f32,
+    /// Wall time of the loop, seconds.
+    pub seconds: f64,
+}
+
+/// Options that change how a run executes but not what it computes.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Continue from the latest checkpoint in `out` (or this directory).
+    pub resume: Option<PathBuf>,
+    /// Show a progress bar.
+    pub progress: bool,
+    /// Stop after this many steps even if `steps` is larger (the schedule still uses `steps`).
+    pub stop_after: Option<u64>,
+    /// Testing aid: make the loss of this step NaN, to exercise the NaN guard.
+    pub inject_nan_at: Option<u64>,
+}
+
+impl TrainConfig {
+    /// Checks the run is coherent; errors name the field.
+    pub fn validate(&self) -> Result<()> {
+        self.model.validate()?;
+        if self.batch == 0 || self.seq == 0 || self.grad_accum == 0 {
+            bail!("train config: batch, seq and grad_accum must be positive");
+        }
+        if self.seq > self.model.context {
+            bail!("train config: seq ({}) exceeds the model's context ({})", self.seq, self.model.context);
+        }
+        if self.sources.is_empty() {
+            bail!("train config: no training sources");
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            bail!("train config: lr must be a positive number (got {})", self.lr);
+        }
+        Ok(())
+    }
+
+    fn schedule(&self) -> CosineSchedule {
+        CosineSchedule { lr: self.lr, warmup: self.warmup, total_steps: self.steps, final_frac: self.final_lr_frac }
+    }
+}
+
+/// Opens every shard of the run and checks each fits the model's vocabulary.
+fn open_shard(path: &Path, model: &ModelConfig) -> Result<Shard> {
+    let s = Shard::open(path)?;
+    if s.vocab_size() > model.vocab_real {
+        bail!(
+            "{}: the shard's vocabulary has {} ids but the model's vocab_real is {} (tokenizer and model disagree)",
+            path.display(),
+            s.vocab_size(),
+            model.vocab_real
+        );
+    }
+    Ok(s)
+}
+
+#[derive(Serialize, Deserialize)]
+struct SavedState {
+    step: u64,
+    mixture: MixtureState,
+    config: TrainConfig,
+}
+
+/// Runs (or resumes) training as `cfg` says; returns the log and the final checkpoint.
+pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainReport> {
+    cfg.validate()?;
+    fs::create_dir_all(&cfg.out).with_context(|| format!("creating output directory {}", cfg.out.display()))?;
+    let layout = ParamLayout::new(&cfg.model);
+    let sources = cfg
+        .sources
+        .iter()
+        .map(|s| Ok(MixtureSource { name: s.name.clone(), shard: open_shard(&s.path, &cfg.model)?, fraction: s.fraction }))
+        .collect::<Result<Vec<_>>>()?;
+    let mut mixture = Mixture::new(sources, cfg.seed)?;
+    let val_shard = open_shard(&cfg.val, &cfg.model)?;
+    let n_eval = cfg.eval_windows.div_ceil(cfg.batch).max(1) * cfg.batch;
+    let val_tokens = eval_windows(&val_shard, n_eval, cfg.seq);
+
+    // Parameters and optimizer: fresh, or from a checkpoint.
+    let (mut params, mut opt, start, mut log) = match &opts.resume {
+        Some(dir) => {
+            let ck = checkpoint::load(dir)?;
+            if ck.config != cfg.model {
+                bail!("{}: checkpoint model config differs from this run's", ck.dir.display());
+            }
+            let st: SavedState = serde_json::from_value(ck.state.clone())
+                .with_context(|| format!("{}: state.json has no training state", ck.dir.display()))?;
+            mixture.restore(&st.mixture)?;
+            let opt = ck.optimizer.with_context(|| format!("{}: no optimizer.safetensors", ck.dir.display()))?;
+            let log = read_log(&cfg.out.join("log.jsonl"), st.step)?;
+            (ck.params, opt, st.step, log)
+        }
+        None => {
+            let params = crate::model::init::init_params(&cfg.model, &layout, cfg.seed);
+            let embed_len = layout.tensors[0].len();
+            (params, AdamW::new(cfg.adamw, layout.len(), embed_len), 0, Vec::new())
+        }
+    };
+    rewrite_log(&cfg.out.join("log.jsonl"), &log)?;
+
+    let mut model = Model::new(Cpu::<f32>::new(), cfg.model.clone(), cfg.batch, cfg.seq)?;
+    let mut grads = vec![0f32; layout.len()];
+    let sched = cfg.schedule();
+    let end = opts.stop_after.map_or(cfg.steps, |s| s.min(cfg.steps));
+
+    let bar = if opts.progress { ProgressBar::new(end) } else { ProgressBar::hidden() };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:32} {pos}/{len} steps  {msg}  ETA {eta}")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    bar.set_position(start);
+
+    // Validation: a whole number of batches of fixed, evenly spaced windows of held-out text.
+    let eval = |model: &mut Model<Cpu<f32>>, params: &[f32]| -> Result<f32> {
+        let row = cfg.seq + 1;
+        let mut total = 0.0f64;
+        let chunks = val_tokens.chunks_exact(cfg.batch * row);
+        let n = chunks.len();
+        for chunk in chunks {
+            total += model.loss(params, chunk, cfg.batch, cfg.seq)? as f64;
+        }
+        Ok((total / n as f64) as f32)
+    };
+
+    let t0 = Instant::now();
+    let mut val_first = f32::NAN;
+    let mut val_last = f32::NAN;
+    let mut last_ckpt = None;
+    let toks_per_step = (cfg.batch * cfg.seq * cfg.grad_accum) as f64;
+    for step in start..end {
+        let t_step = Instant::now();
+        let lr = sched.at(step);
+        let do_eval = step == start || step % cfg.eval_every == 0;
+        let val_loss = if do_eval { Some(eval(&mut model, &params)?) } else { None };
+        if step == 0 {
+            val_first = val_loss.unwrap_or(f32::NAN);
+        }
+        let mut loss = 0.0f32;
+        for micro in 0..cfg.grad_accum {
+            let batch = mixture.next_batch(cfg.batch, cfg.seq);
+            loss += model.forward_backward(&params, &mut grads, &batch, cfg.batch, cfg.seq, micro > 0)?;
+        }
+        loss /= cfg.grad_accum as f32;
+        if cfg.grad_accum > 1 {
+            let s = 1.0 / cfg.grad_accum as f32;
+            grads.iter_mut().for_each(|g| *g *= s);
+        }
+        if opts.inject_nan_at == Some(step) {
+            loss = f32::NAN;
+            grads[0] = f32::NAN;
+        }
+        let norm = global_norm(&grads);
+        if !loss.is_finite() || !norm.is_finite() {
+            bar.abandon();
+            let kept = last_ckpt
+                .as_ref()
+                .map(|p: &PathBuf| format!("the last good checkpoint, {}, is untouched", p.display()))
+                .unwrap_or_else(|| "no checkpoint had been written yet".to_string());
+            bail!("step {step}: loss is {loss}, gradient norm {norm}: stopping before the update ({kept}); try a lower --lr or more --warmup");
+        }
+        opt.update(&mut params, &grads, lr, clip_scale(norm, cfg.grad_clip));
+        let tps = toks_per_step / t_step.elapsed().as_secs_f64();
+        let entry = LogEntry { step, loss, val_loss, lr, grad_norm: norm, tokens_per_s: tps };
+        append_log(&cfg.out.join("log.jsonl"), &entry)?;
+        if let Some(v) = val_loss {
+            val_last = v;
+        }
+        bar.set_message(format!(
+            "loss {loss:.3}  val {}  lr {lr:.2e}  {tps:.0} tok/s",
+            val_last_fmt(val_last)
+        ));
+        bar.inc(1);
+        log.push(entry);
+        let done = step + 1;
+        if done % cfg.save_every == 0 || done == end {
+            let state = SavedState { step: done, mixture: mixture.state(), config: cfg.clone() };
+            last_ckpt = Some(checkpoint::save(
+                &cfg.out,
+                done,
+                &cfg.model,
+                &params,
+                &opt,
+                &serde_json::to_value(&state)?,
+                cfg.tokenizer.as_deref(),
+            )?);
+        }
+    }
+    // final validation loss after the last update
+    let v = eval(&mut model, &params)?;
+    val_last = v;
+    bar.finish_with_message(format!("done: val loss {v:.3}"));
+    write_final(&cfg.out, end, v)?;
+    plot_log(&cfg.out, &log, end, v)?;
+    let checkpoint = match last_ckpt {
+        Some(p) => p,
+        None => checkpoint::resolve(&cfg.out)?,
+    };
+    Ok(TrainReport { log, checkpoint, val_first, val_last, seconds: t0.elapsed().as_secs_f64() })
+}
+
+fn val_last_fmt(v: f32) -> String {
+    if v.is_finite() {
+        format!("{v:.3}")
+    } else {
+        "-".into()
+    }
+}
+
+fn append_log(path: &Path, e: &LogEntry) -> Result<()> {
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    writeln!(f, "{}", serde_json::to_string(e)?).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Reads `log.jsonl`, keeping the entries of steps before `upto` (a resumed run drops what a
+/// crashed run logged after its last checkpoint).
+pub fn read_log(path: &Path, upto: u64) -> Result<Vec<LogEntry>> {
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let e: LogEntry = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}: not a log entry", path.display(), i + 1))?;
+        if e.step < upto {
+            out.push(e);
+        }
+    }
+    Ok(out)
+}
+
+fn rewrite_log(path: &Path, log: &[LogEntry]) -> Result<()> {
+    let mut s = String::new();
+    for e in log {
+        s.push_str(&serde_json::to_string(e)?);
+        s.push('\n');
+    }
+    checkpoint::write_atomic(path, s.as_bytes())
+}
+
+fn write_final(out: &Path, step: u64, val: f32) -> Result<()> {
+    let j = serde_json::json!({"step": step, "val_loss": val});
+    checkpoint::write_atomic(&out.join("final.json"), serde_json::to_string_pretty(&j)?.as_bytes())
+}
+
+fn plot_log(out: &Path, log: &[LogEntry], end: u64, final_val: f32) -> Result<()> {
+    let train: Vec<(f64, f64)> = log.iter().map(|e| (e.step as f64, e.loss as f64)).collect();
+    let mut val: Vec<(f64, f64)> =
+        log.iter().filter_map(|e| e.val_loss.map(|v| (e.step as f64, v as f64))).collect();
+    val.push((end as f64, final_val as f64));
+    crate::plot::line_chart(
+        &out.join("loss.png"),
+        "training loss",
+        "step",
+        "cross-entropy (nats)",
+        &[
+            crate::plot::Series { label: "train", points: &train },
+            crate::plot::Series { label: "validation (held-out clean text)", points: &val },
+        ],
+    )
+}
