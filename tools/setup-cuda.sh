@@ -72,4 +72,6 @@ if ! smoke_test "$nvcc"; then
   exit 1
 fi
 printf '%s\n' "${pkgs[@]}" >"$stamp"
+# A build made before this install compiled CPU-only; make cargo rerun build.rs to find nvcc.
+touch "$root/build.rs"
 echo "setup-cuda: nvcc at $nvcc"
