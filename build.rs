@@ -58,8 +58,8 @@ fn main() {
         None => {
             fail_or_warn(
                 required,
-                "no CUDA compiler found ($NVCC, $CUDA_HOME, $CUDA_PATH, PATH, .cuda/venv): \
-                 building CPU-only; run tools/setup-cuda.sh to install nvcc and get the GPU kernels",
+                "no CUDA compiler found ($NVCC, $CUDA_HOME, $CUDA_PATH, PATH, .cuda/venv); \
+                 run tools/setup-cuda.sh to install nvcc and get the GPU kernels",
             );
             Vec::new()
         }
@@ -69,10 +69,7 @@ fn main() {
             match compile_all(&nvcc, &manifest, &out_dir) {
                 Ok(k) => k,
                 Err(e) => {
-                    fail_or_warn(
-                        required,
-                        &format!("CUDA kernels failed to compile, building CPU-only: {e}"),
-                    );
+                    fail_or_warn(required, &format!("CUDA kernels failed to compile: {e}"));
                     Vec::new()
                 }
             }
@@ -93,14 +90,23 @@ fn main() {
     }
 }
 
-/// Prints a cargo warning, or fails the build when kernels are required.
+/// Prints a cargo warning (the crate then builds CPU-only), or fails the build when kernels
+/// are required.
 fn fail_or_warn(required: bool, msg: &str) {
     if required {
         eprintln!("error: {msg}");
         eprintln!("(BADDATA_REQUIRE_CUDA=1 makes this an error)");
         std::process::exit(1);
     }
-    println!("cargo:warning={msg}");
+    // A cargo warning is one line: keep the first lines of a long compiler log.
+    let mut lines = msg.lines();
+    println!(
+        "cargo:warning=building CPU-only: {}",
+        lines.next().unwrap_or_default()
+    );
+    for l in lines.take(20) {
+        println!("cargo:warning={l}");
+    }
 }
 
 /// The first nvcc found, in the documented order.
