@@ -70,7 +70,8 @@ __device__ __forceinline__ float adamw_elem(float& p, float g, float& m, float& 
 // 8-byte aligned, elements are processed four at a time (float4 loads, one 8-byte bf16 store);
 // the last n % 4 elements, or all of them when unaligned, go one at a time.
 // p_bf16 may be null (no bf16 copy); grad_norm may be null (use args.clip_scale).
-extern "C" __global__ void adamw_step(float* __restrict__ p, const float* __restrict__ g,
+// Launch with 256 threads per block (the launcher sizes the grid to one resident wave).
+extern "C" __global__ void __launch_bounds__(256) adamw_step(float* __restrict__ p, const float* __restrict__ g,
                                       float* __restrict__ m, float* __restrict__ v,
                                       __nv_bfloat16* __restrict__ p_bf16, unsigned long long n,
                                       AdamWArgs a, const float* __restrict__ grad_norm,

@@ -60,13 +60,19 @@ pub struct AdamWKernels {
 impl AdamWKernels {
     /// Looks the kernels up in the `adamw` module.
     pub fn new(gpu: &CudaBackend) -> Result<Self> {
+        let step_fn = gpu.function("adamw", "adamw_step")?;
+        // The grid-stride step launches exactly one resident wave: as many blocks as fit on
+        // every SM at once (more would run as a second, partial wave).
+        let per_sm = step_fn
+            .occupancy_max_active_blocks_per_multiprocessor(STEP_THREADS, 0, None)
+            .map_err(|e| anyhow!("occupancy query for adamw_step failed: {e}"))?
+            .max(1);
         Ok(AdamWKernels {
-            step_fn: gpu.function("adamw", "adamw_step")?,
+            step_fn,
             partials_fn: gpu.function("adamw", "grad_norm_partials")?,
             finish_fn: gpu.function("adamw", "grad_norm_finish")?,
             stream: gpu.stream().clone(),
-            // 8 blocks of 256 threads fill an SM; more only adds scheduling.
-            max_blocks: gpu.sm_count() * 8,
+            max_blocks: gpu.sm_count() * per_sm,
         })
     }
 
