@@ -73,17 +73,17 @@ fn main() {
             adamw_rejects_mismatched_lengths,
         ),
     ];
-    let trials = tests
-        .into_iter()
-        .map(|(name, f)| {
-            let g = gpu.clone();
-            Trial::test(name, move || {
-                let g = g.map_err(|r| format!("no usable GPU: {r}"))?;
-                f(&g).map_err(|e| format!("{e:#}").into())
-            })
-            .with_ignored_flag(gpu.is_err())
+    let mut trials: Vec<Trial> = vec![Trial::test("bf16_oracle_rounds_to_nearest_even", || {
+        bf16_oracle_rounds_to_nearest_even().map_err(|e| format!("{e:#}").into())
+    })];
+    trials.extend(tests.into_iter().map(|(name, f)| {
+        let g = gpu.clone();
+        Trial::test(name, move || {
+            let g = g.map_err(|r| format!("no usable GPU: {r}"))?;
+            f(&g).map_err(|e| format!("{e:#}").into())
         })
-        .collect();
+        .with_ignored_flag(gpu.is_err())
+    }));
     libtest_mimic::run(&args, trials).exit();
 }
 
@@ -144,6 +144,38 @@ fn rne_bf16(x: f32) -> u16 {
     let b = x.to_bits();
     let lsb = (b >> 16) & 1;
     (b.wrapping_add(0x7fff + lsb) >> 16) as u16
+}
+
+/// The host oracle used for the kernel's bf16 copy, checked on its own (runs without a GPU):
+/// hand-worked ties and carries, then agreement with the `half` crate on random values.
+fn bf16_oracle_rounds_to_nearest_even() -> Result<()> {
+    // (fp32 bits, expected bf16 bits)
+    let cases = [
+        (0x3f80_0000u32, 0x3f80u16), // 1.0 exact
+        (0x3f80_8000, 0x3f80),       // tie, even below: down
+        (0x3f81_8000, 0x3f82),       // tie, odd below: up
+        (0x3f80_8001, 0x3f81),       // just above the tie: up
+        (0x3f80_7fff, 0x3f80),       // just below the tie: down
+        (0x3fff_ffff, 0x4000),       // carry into the exponent
+        (0xbf80_c000, 0xbf81),       // negative, above the tie
+    ];
+    for (x, want) in cases {
+        let got = rne_bf16(f32::from_bits(x));
+        ensure!(
+            got == want,
+            "rne_bf16({x:#010x}) = {got:#06x}, expected {want:#06x}"
+        );
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    for _ in 0..100_000 {
+        let x = f32::from_bits(rng.random::<u32>() & 0xbfff_ffff); // finite: exponent < 255
+        let want = bf16::from_f32(x).to_bits();
+        ensure!(
+            rne_bf16(x) == want,
+            "rne_bf16({x:e}) disagrees with half: {want:#06x}"
+        );
+    }
+    Ok(())
 }
 
 /// Device buffer holding `off` guard elements, then `data`, then 3 guard elements.

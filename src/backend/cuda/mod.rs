@@ -38,7 +38,7 @@ pub fn driver_present() -> bool {
 pub fn open_context(ordinal: usize) -> Result<Arc<CudaContext>> {
     if !kernels_compiled() {
         bail!(
-            "this build has no CUDA kernels (nvcc was not found when it was compiled; \
+            "this build has no CUDA kernels (nvcc was missing or failed when it was built; \
              run tools/setup-cuda.sh and rebuild)"
         );
     }
