@@ -12,7 +12,8 @@
 //! (docs: DESIGN "Working with the GPU machine").
 //!
 //! Without a GPU one line says the GPU benches are skipped and the CPU reference AdamW is
-//! benchmarked at 1M parameters instead, so `cargo bench` works anywhere.
+//! benchmarked at 1M parameters instead, so `cargo bench` works anywhere
+//! (`BADDATA_GPU_REQUIRED=1` makes a missing GPU an error instead).
 //! Settings: warm-up 1 s, measurement 3 s, 10 samples (override on the command line, e.g.
 //! `--measurement-time 5`); `BADDATA_BENCH_PARAMS=N` sets the parameter count.
 
@@ -45,6 +46,10 @@ fn main() {
                 eprintln!("GPU benches failed: {e:#}");
                 std::process::exit(1);
             }
+        }
+        Err(e) if std::env::var("BADDATA_GPU_REQUIRED").is_ok_and(|v| v == "1") => {
+            eprintln!("BADDATA_GPU_REQUIRED=1 but no usable GPU: {e:#}");
+            std::process::exit(1);
         }
         Err(e) => {
             println!("GPU benches skipped ({e:#}); benchmarking the CPU reference AdamW instead");

@@ -10,6 +10,7 @@ out="${OUT:-./gpu-out}"
 mkdir -p "$out"
 out="$(cd "$out" && pwd)"
 export CRITERION_HOME="$out/criterion"
+export BADDATA_GPU_REQUIRED=1  # a bench without a GPU fails instead of benchmarking the CPU
 read -r -a args <<<"${BENCH_ARGS:---warm-up-time 1 --measurement-time 3 --sample-size 10}"
 
 status=0
