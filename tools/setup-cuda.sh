@@ -61,7 +61,17 @@ fi
 echo "setup-cuda: installing CUDA 13.0 compiler packages into $venv"
 if [[ ! -x "$venv/bin/python" ]]; then
   mkdir -p "$root/.cuda"
-  "$python" -m venv "$venv"
+  if ! "$python" -m venv "$venv"; then
+    # Debian's python3 needs python3-venv for ensurepip.
+    if command -v apt-get >/dev/null && [[ "$(id -u)" == 0 ]]; then
+      rm -rf "$venv"
+      apt-get update -qq && apt-get install -y -qq python3-venv
+      "$python" -m venv "$venv"
+    else
+      echo "setup-cuda: '$python -m venv' failed; install python3-venv" >&2
+      exit 1
+    fi
+  fi
 fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "${pkgs[@]}"
 
