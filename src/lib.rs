@@ -5,5 +5,6 @@
 //! See docs/ARCHITECTURE.md for how data flows from shard to gradient to checkpoint.
 
 pub mod config;
+pub mod data;
 pub mod model;
 pub mod optim;
