@@ -763,3 +763,68 @@ fn demo_composition_keeps_toxic_and_probe_text_out_of_clean_training() {
     );
     assert_eq!(again.manifest, d.manifest);
 }
+
+// ---------------------------------------------------------------- the prepare binary
+
+#[test]
+fn prepare_binary_writes_shards_that_decode_to_the_documents() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("c4.jsonl");
+    let docs: Vec<String> = (0..40)
+        .map(|i| format!("Document {i}: the quick brown fox jumps over the lazy dog.\nLine two."))
+        .collect();
+    let lines: Vec<String> = docs
+        .iter()
+        .map(|d| {
+            serde_json::json!({"text": d, "timestamp": "2019-04-25T12:57:54Z", "url": "u"})
+                .to_string()
+        })
+        .collect();
+    std::fs::write(&input, lines.join("\n")).unwrap();
+    let out = dir.path().join("out");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_prepare"))
+        .args(["--train-bpe", "300", "--val-fraction", "0.2", "--out"])
+        .arg(&out)
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let tok = Tokenizer::load(&out.join("tokenizer.json")).unwrap();
+    let eos = tok.eos_id().unwrap();
+    let mut got: Vec<String> = Vec::new();
+    for name in ["train.shard", "val.shard"] {
+        let s = Shard::open(&out.join(name)).unwrap();
+        assert_eq!(s.vocab_size(), tok.vocab_size());
+        let ids = s.to_vec();
+        assert_eq!(ids.last(), Some(&eos), "every document ends with EOS");
+        for d in ids[..ids.len() - 1].split(|&t| t == eos) {
+            got.push(tok.decode(d).unwrap());
+        }
+    }
+    assert!(got.len() == docs.len());
+    got.sort();
+    let mut want = docs.clone();
+    want.sort();
+    assert_eq!(got, want, "train + val hold every document exactly once");
+}
+
+#[test]
+fn prepare_binary_names_a_missing_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_prepare"))
+        .args(["--olmo", "--out"])
+        .arg(dir.path())
+        .arg("no/such/corpus.jsonl.gz")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no/such/corpus.jsonl.gz") && err.contains("does not exist"),
+        "{err}"
+    );
+}

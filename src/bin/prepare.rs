@@ -165,10 +165,20 @@ fn run_demo(args: &Args) -> Result<()> {
     Ok(())
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    match run(&args) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<()> {
     if args.demo {
-        return run_demo(&args);
+        return run_demo(args);
     }
     if args.inputs.is_empty() {
         bail!("no inputs given: pass text/JSONL/ndjson files, or --demo (see --help)");
