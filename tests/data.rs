@@ -107,16 +107,28 @@ fn shard_round_trip_u16() {
 fn shard_round_trip_u32() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("b.shard");
-    let tokens: Vec<u32> = (0..3000u32).map(|i| (i * 104_729) % 100_000).collect();
+    // More tokens than one write chunk (65,536), so the chunked CRC is exercised.
+    let tokens: Vec<u32> = (0..200_003u64)
+        .map(|i| ((i * 104_729) % 100_000) as u32)
+        .collect();
     assert!(tokens.iter().any(|&t| t > 65535));
     write_shard(&path, &tokens, 100_000).unwrap();
     let bytes = std::fs::read(&path).unwrap();
     assert_eq!(bytes.len(), 64 + 4 * tokens.len(), "u32 tokens expected");
     assert_eq!(u32::from_le_bytes(bytes[12..16].try_into().unwrap()), 4);
+    assert_eq!(
+        u32::from_le_bytes(bytes[32..36].try_into().unwrap()),
+        crc32_reference(&bytes[64..])
+    );
+    let at = 64 + 4 * 150_000;
+    assert_eq!(
+        u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()),
+        tokens[150_000]
+    );
     let s = Shard::open(&path).unwrap();
     assert_eq!(s.width(), 4);
     assert_eq!(s.to_vec(), tokens);
-    assert_eq!(s.window(2990, 10), tokens[2990..].to_vec());
+    assert_eq!(s.window(199_990, 13), tokens[199_990..].to_vec());
 }
 
 #[test]

@@ -204,57 +204,34 @@ fn run(args: &Args) -> Result<()> {
         .with_context(|| format!("creating output directory {}", out.display()))?;
     let t0 = Instant::now();
 
-    let total_bytes: u64 = files
-        .iter()
-        .map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))
-        .sum();
-    let bar = ProgressBar::new(total_bytes);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "[{elapsed_precise}] {bar:40} {bytes}/{total_bytes} ({bytes_per_sec}) {msg}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-
-    // Read every document (the BPE trainer needs them all; shards are written whole anyway).
-    let mut docs: Vec<String> = Vec::new();
-    for f in &files {
-        bar.set_message(format!("reading {}", f.display()));
-        for d in documents(f, args.format)? {
-            let d = d?;
-            if !d.trim().is_empty() {
-                docs.push(d);
-            }
-        }
-        bar.inc(std::fs::metadata(f).map(|m| m.len()).unwrap_or(0));
-    }
-    bar.finish_and_clear();
-    if docs.is_empty() {
-        bail!("the inputs hold no non-empty document");
-    }
-    let mut val_idx: Vec<bool> = (0..docs.len() as u64)
-        .map(|i| is_val(args.seed, i, args.val_fraction))
-        .collect();
-    if args.val_fraction > 0.0 && docs.len() >= 2 && !val_idx.iter().any(|&v| v) {
-        val_idx[docs.len() - 1] = true;
-    }
-    let n_val = val_idx.iter().filter(|&&v| v).count();
-
     let tok = if let Some(p) = &args.tokenizer {
         Tokenizer::load(p)?
     } else if args.olmo {
         Tokenizer::olmo()?
     } else {
+        // The BPE trainer needs the training documents in memory: read them once for it.
         let vocab = args.train_bpe.unwrap_or(DEFAULT_DEMO_VOCAB);
         let sp = ProgressBar::new_spinner();
-        sp.set_message(format!("training a {vocab}-id byte-level BPE"));
         sp.enable_steady_tick(std::time::Duration::from_millis(120));
-        let train_docs: Vec<String> = docs
-            .iter()
-            .zip(&val_idx)
-            .filter(|(_, &v)| !v)
-            .map(|(d, _)| d.clone())
-            .collect();
+        sp.set_message("reading the training documents for the BPE");
+        let mut train_docs = Vec::new();
+        let mut i = 0u64;
+        for f in &files {
+            for d in documents(f, args.format)? {
+                let d = d?;
+                if d.trim().is_empty() {
+                    continue;
+                }
+                if !is_val(args.seed, i, args.val_fraction) {
+                    train_docs.push(d);
+                }
+                i += 1;
+            }
+        }
+        sp.set_message(format!(
+            "training a {vocab}-id byte-level BPE on {} documents",
+            train_docs.len()
+        ));
         let t = Tokenizer::train_bpe(&train_docs, vocab)?;
         sp.finish_and_clear();
         t
@@ -262,32 +239,77 @@ fn run(args: &Args) -> Result<()> {
     let eos = tok.eos_id()?;
     let vocab = tok.vocab_size();
 
-    let t_tok = Instant::now();
-    let bar = ProgressBar::new(docs.len() as u64);
+    // Stream the documents through the tokenizer in batches; only tokens are kept.
+    let total_bytes: u64 = files
+        .iter()
+        .map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))
+        .sum();
+    let bar = ProgressBar::new(total_bytes);
     bar.set_style(
         ProgressStyle::with_template(
-            "[{elapsed_precise}] {bar:40} {pos}/{len} documents tokenized ({per_sec}) {msg}",
+            "[{elapsed_precise}] {bar:40} {bytes}/{total_bytes} of input ({bytes_per_sec}) {msg}",
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
+    let t_tok = Instant::now();
     let mut train: Vec<u32> = Vec::new();
     let mut val: Vec<u32> = Vec::new();
-    let chunk = 1024;
-    for (c, batch) in docs.chunks(chunk).enumerate() {
-        let enc = tok.encode_batch(batch)?;
-        for (k, ids) in enc.into_iter().enumerate() {
-            let dst = if val_idx[c * chunk + k] {
-                &mut val
+    let (mut n_docs, mut n_val) = (0u64, 0u64);
+    let mut last_train_doc_start = 0usize;
+    let mut batch: Vec<String> = Vec::new();
+    let mut batch_val: Vec<bool> = Vec::new();
+    let mut flush = |batch: &mut Vec<String>,
+                     batch_val: &mut Vec<bool>,
+                     train: &mut Vec<u32>,
+                     val: &mut Vec<u32>|
+     -> Result<()> {
+        for (ids, &v) in tok.encode_batch(batch)?.into_iter().zip(batch_val.iter()) {
+            let dst = if v {
+                &mut *val
             } else {
-                &mut train
+                last_train_doc_start = train.len();
+                &mut *train
             };
             dst.extend_from_slice(&ids);
             dst.push(eos);
         }
-        bar.inc(batch.len() as u64);
-        bar.set_message(format!("{} tokens", train.len() + val.len()));
+        batch.clear();
+        batch_val.clear();
+        Ok(())
+    };
+    for f in &files {
+        bar.set_message(format!("{}", f.display()));
+        for d in documents(f, args.format)? {
+            let d = d?;
+            if d.trim().is_empty() {
+                continue;
+            }
+            let v = is_val(args.seed, n_docs, args.val_fraction);
+            n_docs += 1;
+            n_val += v as u64;
+            batch.push(d);
+            batch_val.push(v);
+            if batch.len() == 1024 {
+                flush(&mut batch, &mut batch_val, &mut train, &mut val)?;
+                bar.set_message(format!(
+                    "{}: {} tokens",
+                    f.display(),
+                    train.len() + val.len()
+                ));
+            }
+        }
+        flush(&mut batch, &mut batch_val, &mut train, &mut val)?;
+        bar.inc(std::fs::metadata(f).map(|m| m.len()).unwrap_or(0));
     }
     bar.finish_and_clear();
+    if n_docs == 0 {
+        bail!("the inputs hold no non-empty document");
+    }
+    if args.val_fraction > 0.0 && n_val == 0 && n_docs >= 2 {
+        // Too few documents for the hash to pick one: hold out the last training document.
+        val.extend(train.drain(last_train_doc_start..));
+        n_val = 1;
+    }
     let secs = t_tok.elapsed().as_secs_f64();
 
     write_shard(&out.join("train.shard"), &train, vocab)?;
@@ -295,13 +317,10 @@ fn run(args: &Args) -> Result<()> {
     tok.save(&out.join("tokenizer.json"))?;
     let total = train.len() + val.len();
     println!(
-        "{} documents ({} train, {} val) from {} files → {} tokens ({} train, {} val), \
-         vocab {vocab}, tokenized at {:.0} tokens/s; {:.1}s in all",
-        docs.len(),
-        docs.len() - n_val,
-        n_val,
+        "{n_docs} documents ({} train, {n_val} val) from {} files → {total} tokens ({} train, \
+         {} val), vocab {vocab}, tokenized at {:.0} tokens/s; {:.1}s in all",
+        n_docs - n_val,
         files.len(),
-        total,
         train.len(),
         val.len(),
         total as f64 / secs.max(1e-9),

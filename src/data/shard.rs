@@ -18,7 +18,7 @@
 use anyhow::{bail, Context, Result};
 use memmap2::Mmap;
 use std::fs::File;
-use std::io::Write;
+use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 /// The eight bytes every shard starts with.
@@ -27,6 +27,8 @@ pub const SHARD_MAGIC: [u8; 8] = *b"BDSHARD\0";
 pub const SHARD_VERSION: u32 = 1;
 /// Size of the fixed header; tokens start at this byte offset.
 pub const HEADER_BYTES: usize = 64;
+/// Tokens encoded per write when writing a shard.
+const CHUNK_TOKENS: usize = 1 << 16;
 
 /// CRC-32 (IEEE, reflected polynomial 0xEDB88320) of `bytes`, the shard checksum.
 pub fn crc32(bytes: &[u8]) -> u32 {
@@ -71,31 +73,45 @@ pub fn write_shard(path: &Path, tokens: &[u32], vocab_size: usize) -> Result<()>
         );
     }
     let width = token_width(vocab_size);
-    let mut body = Vec::with_capacity(tokens.len() * width);
-    if width == 2 {
-        for &t in tokens {
-            body.extend_from_slice(&(t as u16).to_le_bytes());
-        }
-    } else {
-        for &t in tokens {
-            body.extend_from_slice(&t.to_le_bytes());
-        }
-    }
     let mut header = [0u8; HEADER_BYTES];
     header[0..8].copy_from_slice(&SHARD_MAGIC);
     header[8..12].copy_from_slice(&SHARD_VERSION.to_le_bytes());
     header[12..16].copy_from_slice(&(width as u32).to_le_bytes());
     header[16..24].copy_from_slice(&(vocab_size as u64).to_le_bytes());
     header[24..32].copy_from_slice(&(tokens.len() as u64).to_le_bytes());
-    header[32..36].copy_from_slice(&crc32(&body).to_le_bytes());
+    // Bytes 32..36 (the CRC) are filled in once the tokens are written.
 
     let tmp = tmp_path(path);
     let write = || -> Result<()> {
-        let mut f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        f.write_all(&header)
-            .and_then(|_| f.write_all(&body))
-            .and_then(|_| f.sync_all())
-            .with_context(|| format!("writing {}", tmp.display()))?;
+        let ctx = || format!("writing {}", tmp.display());
+        let file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let mut w = BufWriter::with_capacity(1 << 20, file);
+        w.write_all(&header).with_context(ctx)?;
+        // Tokens go out in chunks, the CRC accumulated on the way: no second copy of the shard.
+        let mut crc = flate2::Crc::new();
+        let mut buf = Vec::with_capacity(CHUNK_TOKENS * width);
+        for chunk in tokens.chunks(CHUNK_TOKENS) {
+            buf.clear();
+            if width == 2 {
+                for &t in chunk {
+                    buf.extend_from_slice(&(t as u16).to_le_bytes());
+                }
+            } else {
+                for &t in chunk {
+                    buf.extend_from_slice(&t.to_le_bytes());
+                }
+            }
+            crc.update(&buf);
+            w.write_all(&buf).with_context(ctx)?;
+        }
+        w.seek(SeekFrom::Start(32)).with_context(ctx)?;
+        w.write_all(&crc.sum().to_le_bytes()).with_context(ctx)?;
+        let file = w
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .with_context(ctx)?;
+        file.sync_all().with_context(ctx)?;
+        drop(file);
         std::fs::rename(&tmp, path)
             .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
         Ok(())
