@@ -106,7 +106,7 @@ pub struct DemoText {
     pub probe: Vec<ProbeItem>,
     /// Every distinct flagged passage (training and probe).
     pub flagged: Vec<String>,
-    /// Occurrences cut out of the clean documents: flagged passages, probe negatives.
+    /// Occurrences of flagged passages cut out of the clean documents.
     pub removed_flagged: usize,
     /// Occurrences of probe negatives cut out of the clean documents.
     pub removed_probe_negatives: usize,
@@ -834,4 +834,57 @@ pub fn prepare_demo(cache_dir: &Path, vocab: usize, progress: bool) -> Result<De
         Shard::open(p)?;
     }
     Ok(DemoData { manifest, ..d })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sentences_split_at_terminal_punctuation_before_a_capital() {
+        let line = "He came. \"Why?\" she asked. It cost 5.50 dollars. (See Fig. 7.) Done";
+        let got: Vec<&str> = split_sentences(line)
+            .into_iter()
+            .map(|(a, b)| &line[a..b])
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                "He came.",
+                "\"Why?\" she asked.",
+                "It cost 5.50 dollars.",
+                "(See Fig.",
+                "7.)",
+                "Done"
+            ]
+        );
+    }
+
+    #[test]
+    fn normalised_matches_map_back_to_raw_text() {
+        let raw = "  Thou art\n\ta  boil,\nfriend. Ünï  x";
+        let n = normalize_with_map(raw);
+        assert_eq!(n.text, "Thou art a boil, friend. Ünï x");
+        let pats = vec!["art a boil,".to_string(), "Ünï x".to_string()];
+        let idx = PatternIndex::new(&pats);
+        let hits = idx.find_all(&n.text);
+        assert_eq!(hits.len(), 2);
+        let (a, b) = n.raw_range(hits[0].1, hits[0].2);
+        assert_eq!(&raw[a..b], "art\n\ta  boil,");
+        let (a, b) = n.raw_range(hits[1].1, hits[1].2);
+        assert_eq!(&raw[a..b], "Ünï  x");
+        assert_eq!(
+            cut_ranges(raw, vec![(a, b), (2, 6)]),
+            "   art\n\ta  boil,\nfriend. "
+        );
+    }
+
+    #[test]
+    fn patterns_only_match_at_word_starts() {
+        let pats = vec!["cat sat".to_string()];
+        let idx = PatternIndex::new(&pats);
+        assert_eq!(idx.find_all("the cat sat").len(), 1);
+        assert_eq!(idx.find_all("bobcat sat").len(), 0);
+        assert_eq!(idx.find_all("\"cat sat\"").len(), 1);
+    }
 }
