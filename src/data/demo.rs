@@ -817,8 +817,11 @@ pub fn prepare_demo(cache_dir: &Path, vocab: usize, progress: bool) -> Result<De
     let tmp = cache_dir.join("manifest.json.tmp");
     let mut f =
         std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-    f.write_all(serde_json::to_string_pretty(&manifest)?.as_bytes())
+    let manifest_text = serde_json::to_string_pretty(&manifest)?;
+    f.write_all(manifest_text.as_bytes())
         .with_context(|| format!("writing {}", tmp.display()))?;
+    // Return the manifest as a later run reads it back (floats parsed from the same text).
+    let manifest: serde_json::Value = serde_json::from_str(&manifest_text)?;
     drop(f);
     std::fs::rename(&tmp, &mpath).with_context(|| format!("writing {}", mpath.display()))?;
     pb.finish_with_message(format!(
