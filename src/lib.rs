@@ -4,6 +4,7 @@
 //! Reproduces "When Bad Data Leads to Good Models" (Li, Chen, Viégas, Wattenberg, ICML 2025).
 //! See docs/ARCHITECTURE.md for how data flows from shard to gradient to checkpoint.
 
+pub mod backend;
 pub mod config;
 pub mod model;
 pub mod optim;
