@@ -25,14 +25,24 @@ pub fn cross_entropy<T: Float>(
         .for_each(|((row, loss), &t)| {
             let t = t as usize;
             let mx = row.iter().copied().fold(T::neg_infinity(), T::max);
-            let sum = row.iter().map(|&x| (x - mx).exp()).sum::<T>();
-            let lse = mx + sum.ln();
-            *loss = lse - row[t];
-            if let Some(s) = grad_scale {
-                for x in row.iter_mut() {
-                    *x = s * (*x - lse).exp();
+            let target_logit = row[t];
+            match grad_scale {
+                Some(s) => {
+                    // One exp pass: keep e = exp(x − max) in the row, then scale by s/Σe.
+                    let mut sum = T::zero();
+                    for x in row.iter_mut() {
+                        *x = (*x - mx).exp();
+                        sum = sum + *x;
+                    }
+                    *loss = mx + sum.ln() - target_logit;
+                    let k = s / sum;
+                    row.iter_mut().for_each(|x| *x = *x * k);
+                    row[t] = row[t] - s;
                 }
-                row[t] = row[t] - s;
+                None => {
+                    let sum = row.iter().map(|&x| (x - mx).exp()).sum::<T>();
+                    *loss = mx + sum.ln() - target_logit;
+                }
             }
         });
     Ok(())
