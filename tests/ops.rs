@@ -554,3 +554,35 @@ fn short_buffers_are_errors() {
         .matmul_fwd(&mut vec![0.0; 4], &x, Span::new(&w, 5, 10), 2, 5, 2)
         .is_err());
 }
+
+// ---------- optimizer ----------
+
+#[test]
+fn adamw_and_norm_match_the_reference_bit_for_bit() {
+    use baddata::optim::adamw::{adamw_reference, global_norm, AdamWConfig, StepArgs};
+    let be = Cpu::<f32>::new();
+    let mut r = rng(21);
+    // Longer than one rayon chunk (16384) and one norm chunk (4096), not a multiple of either.
+    let n = 40_000 + 37;
+    let mk = |r: &mut ChaCha8Rng, s: f64| -> Vec<f32> {
+        randv(r, n, s).iter().map(|&x| x as f32).collect()
+    };
+    let (p0, g, m0) = (mk(&mut r, 1.0), mk(&mut r, 0.1), mk(&mut r, 0.01));
+    let v0: Vec<f32> = mk(&mut r, 0.01).iter().map(|x| x.abs()).collect();
+    let args = StepArgs::new(&AdamWConfig::default(), 3e-4, 0.7, 5, 20_001);
+    let (mut p1, mut m1, mut v1) = (p0.clone(), m0.clone(), v0.clone());
+    adamw_reference(&mut p1, &g, &mut m1, &mut v1, &args);
+    let (mut p2, mut m2, mut v2) = (p0.clone(), m0.clone(), v0.clone());
+    be.adamw(&mut p2, &g, &mut m2, &mut v2, n, &args).unwrap();
+    let bits = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+    assert!(bits(&p1, &p2) && bits(&m1, &m2) && bits(&v1, &v2));
+    assert!(
+        p1.iter().zip(&p0).any(|(a, b)| a != b),
+        "the update must move the parameters"
+    );
+    let ns = be.norm_sq(&g, n).unwrap();
+    assert_eq!((ns.sqrt() as f32).to_bits(), global_norm(&g).to_bits());
+    assert!(be
+        .adamw(&mut p2, &g[..10].to_vec(), &mut m2, &mut v2, n, &args)
+        .is_err());
+}

@@ -378,4 +378,26 @@ pub trait Backend {
         v: usize,
         grad_scale: Option<f64>,
     ) -> Result<()>;
+
+    // ----- optimizer -----
+
+    /// Squared L2 norm of the first `n` elements of `g`, read back to the host, summed exactly as
+    /// [`crate::optim::adamw::global_norm`]: f64 partial sums over fixed 4096-element chunks,
+    /// added in chunk order.
+    fn norm_sq(&self, g: &Self::Buf, n: usize) -> Result<f64>;
+
+    /// One AdamW update over the first `n` elements of the flat buffers, element by element as
+    /// [`crate::optim::adamw::adamw_reference`] (same formula, same order of operations):
+    /// `g ← clip_scale·g`; decoupled decay for indices `>= no_decay_len`; moments; bias-corrected
+    /// step. Updates `p`, `m`, `v` in place.
+    #[allow(clippy::too_many_arguments)]
+    fn adamw(
+        &self,
+        p: &mut Self::Buf,
+        g: &Self::Buf,
+        m: &mut Self::Buf,
+        v: &mut Self::Buf,
+        n: usize,
+        args: &crate::optim::adamw::StepArgs,
+    ) -> Result<()>;
 }

@@ -10,6 +10,7 @@ pub mod attention;
 pub mod loss;
 pub mod matmul;
 pub mod norm;
+pub mod optim;
 pub mod pointwise;
 
 use super::{AttnShape, Backend, Float, Span, SpanMut};
@@ -342,5 +343,27 @@ impl<T: Float> Backend for Cpu<T> {
             v,
             grad_scale.map(T::of),
         )
+    }
+
+    fn norm_sq(&self, g: &Vec<T>, n: usize) -> Result<f64> {
+        need("norm_sq input", g.len(), n)?;
+        Ok(optim::norm_sq(&g[..n]))
+    }
+
+    fn adamw(
+        &self,
+        p: &mut Vec<T>,
+        g: &Vec<T>,
+        m: &mut Vec<T>,
+        v: &mut Vec<T>,
+        n: usize,
+        args: &crate::optim::adamw::StepArgs,
+    ) -> Result<()> {
+        need("adamw params", p.len(), n)?;
+        need("adamw grads", g.len(), n)?;
+        need("adamw m", m.len(), n)?;
+        need("adamw v", v.len(), n)?;
+        optim::adamw(&mut p[..n], &g[..n], &mut m[..n], &mut v[..n], args);
+        Ok(())
     }
 }
