@@ -210,8 +210,8 @@ pub trait Backend {
     fn alloc_ids(&self, len: usize) -> Result<Self::Ids>;
     /// Copies `host` into the front of `dst`.
     fn upload_ids(&self, host: &[u32], dst: &mut Self::Ids) -> Result<()>;
-    /// Sum of the first `n` elements of `x`, accumulated in f64 in index order, read back to the
-    /// host (the step's one synchronisation point: the loss).
+    /// Sum of the first `n` elements of `x`, accumulated in f64 in a fixed order (the CPU: index
+    /// order), read back to the host (the step's one synchronisation point: the loss).
     fn sum(&self, x: &Self::Buf, n: usize) -> Result<f64>;
 
     // ----- ops -----
