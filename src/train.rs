@@ -126,19 +126,31 @@ impl TrainConfig {
             bail!("train config: batch, seq and grad_accum must be positive");
         }
         if self.seq > self.model.context {
-            bail!("train config: seq ({}) exceeds the model's context ({})", self.seq, self.model.context);
+            bail!(
+                "train config: seq ({}) exceeds the model's context ({})",
+                self.seq,
+                self.model.context
+            );
         }
         if self.sources.is_empty() {
             bail!("train config: no training sources");
         }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
-            bail!("train config: lr must be a positive number (got {})", self.lr);
+            bail!(
+                "train config: lr must be a positive number (got {})",
+                self.lr
+            );
         }
         Ok(())
     }
 
     fn schedule(&self) -> CosineSchedule {
-        CosineSchedule { lr: self.lr, warmup: self.warmup, total_steps: self.steps, final_frac: self.final_lr_frac }
+        CosineSchedule {
+            lr: self.lr,
+            warmup: self.warmup,
+            total_steps: self.steps,
+            final_frac: self.final_lr_frac,
+        }
     }
 }
 
@@ -166,12 +178,19 @@ struct SavedState {
 /// Runs (or resumes) training as `cfg` says; returns the log and the final checkpoint.
 pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainReport> {
     cfg.validate()?;
-    fs::create_dir_all(&cfg.out).with_context(|| format!("creating output directory {}", cfg.out.display()))?;
+    fs::create_dir_all(&cfg.out)
+        .with_context(|| format!("creating output directory {}", cfg.out.display()))?;
     let layout = ParamLayout::new(&cfg.model);
     let sources = cfg
         .sources
         .iter()
-        .map(|s| Ok(MixtureSource { name: s.name.clone(), shard: open_shard(&s.path, &cfg.model)?, fraction: s.fraction }))
+        .map(|s| {
+            Ok(MixtureSource {
+                name: s.name.clone(),
+                shard: open_shard(&s.path, &cfg.model)?,
+                fraction: s.fraction,
+            })
+        })
         .collect::<Result<Vec<_>>>()?;
     let mut mixture = Mixture::new(sources, cfg.seed)?;
     let val_shard = open_shard(&cfg.val, &cfg.model)?;
@@ -183,38 +202,56 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainReport> {
         Some(dir) => {
             let ck = checkpoint::load(dir)?;
             if ck.config != cfg.model {
-                bail!("{}: checkpoint model config differs from this run's", ck.dir.display());
+                bail!(
+                    "{}: checkpoint model config differs from this run's",
+                    ck.dir.display()
+                );
             }
-            let st: SavedState = serde_json::from_value(ck.state.clone())
-                .with_context(|| format!("{}: state.json has no training state", ck.dir.display()))?;
+            let st: SavedState = serde_json::from_value(ck.state.clone()).with_context(|| {
+                format!("{}: state.json has no training state", ck.dir.display())
+            })?;
             mixture.restore(&st.mixture)?;
-            let opt = ck.optimizer.with_context(|| format!("{}: no optimizer.safetensors", ck.dir.display()))?;
+            let opt = ck
+                .optimizer
+                .with_context(|| format!("{}: no optimizer.safetensors", ck.dir.display()))?;
             let log = read_log(&cfg.out.join("log.jsonl"), st.step)?;
             (ck.params, opt, st.step, log)
         }
         None => {
-            let params = crate::model::init::init_params(&cfg.model, &layout, cfg.seed);
+            let params = crate::model::init_params(&cfg.model, &layout, cfg.seed);
             let embed_len = layout.tensors[0].len();
-            (params, AdamW::new(cfg.adamw, layout.len(), embed_len), 0, Vec::new())
+            (
+                params,
+                AdamW::new(cfg.adamw, layout.len(), embed_len),
+                0,
+                Vec::new(),
+            )
         }
     };
     rewrite_log(&cfg.out.join("log.jsonl"), &log)?;
 
-    let mut model = Model::new(Cpu::<f32>::new(), cfg.model.clone(), cfg.batch, cfg.seq)?;
+    let mut model = Model::new(cfg.model.clone(), Cpu::<f32>::new())?;
+    mixture.check_seq(cfg.seq)?;
     let mut grads = vec![0f32; layout.len()];
     let sched = cfg.schedule();
     let end = opts.stop_after.map_or(cfg.steps, |s| s.min(cfg.steps));
 
-    let bar = if opts.progress { ProgressBar::new(end) } else { ProgressBar::hidden() };
+    let bar = if opts.progress {
+        ProgressBar::new(end)
+    } else {
+        ProgressBar::hidden()
+    };
     bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:32} {pos}/{len} steps  {msg}  ETA {eta}")
-            .expect("static template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:32} {pos}/{len} steps  {msg}  ETA {eta}",
+        )
+        .expect("static template")
+        .progress_chars("=> "),
     );
     bar.set_position(start);
 
     // Validation: a whole number of batches of fixed, evenly spaced windows of held-out text.
-    let eval = |model: &mut Model<Cpu<f32>>, params: &[f32]| -> Result<f32> {
+    let eval = |model: &mut Model<Cpu<f32>>, params: &Vec<f32>| -> Result<f32> {
         let row = cfg.seq + 1;
         let mut total = 0.0f64;
         let chunks = val_tokens.chunks_exact(cfg.batch * row);
@@ -234,20 +271,30 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainReport> {
         let t_step = Instant::now();
         let lr = sched.at(step);
         let do_eval = step == start || step % cfg.eval_every == 0;
-        let val_loss = if do_eval { Some(eval(&mut model, &params)?) } else { None };
+        let val_loss = if do_eval {
+            Some(eval(&mut model, &params)?)
+        } else {
+            None
+        };
         if step == 0 {
             val_first = val_loss.unwrap_or(f32::NAN);
         }
-        let mut loss = 0.0f32;
+        // gradients of the mean loss over the micro-batches: each contributes 1/k
+        let k = cfg.grad_accum as f64;
+        let mut loss_sum = 0.0f64;
         for micro in 0..cfg.grad_accum {
-            let batch = mixture.next_batch(cfg.batch, cfg.seq);
-            loss += model.forward_backward(&params, &mut grads, &batch, cfg.batch, cfg.seq, micro > 0)?;
+            let batch = mixture.try_next_batch(cfg.batch, cfg.seq)?;
+            loss_sum += model.forward_backward(
+                &params,
+                &mut grads,
+                &batch,
+                cfg.batch,
+                cfg.seq,
+                micro > 0,
+                1.0 / k,
+            )?;
         }
-        loss /= cfg.grad_accum as f32;
-        if cfg.grad_accum > 1 {
-            let s = 1.0 / cfg.grad_accum as f32;
-            grads.iter_mut().for_each(|g| *g *= s);
-        }
+        let mut loss = (loss_sum / k) as f32;
         if opts.inject_nan_at == Some(step) {
             loss = f32::NAN;
             grads[0] = f32::NAN;
@@ -257,13 +304,22 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainReport> {
             bar.abandon();
             let kept = last_ckpt
                 .as_ref()
-                .map(|p: &PathBuf| format!("the last good checkpoint, {}, is untouched", p.display()))
+                .map(|p: &PathBuf| {
+                    format!("the last good checkpoint, {}, is untouched", p.display())
+                })
                 .unwrap_or_else(|| "no checkpoint had been written yet".to_string());
             bail!("step {step}: loss is {loss}, gradient norm {norm}: stopping before the update ({kept}); try a lower --lr or more --warmup");
         }
         opt.update(&mut params, &grads, lr, clip_scale(norm, cfg.grad_clip));
         let tps = toks_per_step / t_step.elapsed().as_secs_f64();
-        let entry = LogEntry { step, loss, val_loss, lr, grad_norm: norm, tokens_per_s: tps };
+        let entry = LogEntry {
+            step,
+            loss,
+            val_loss,
+            lr,
+            grad_norm: norm,
+            tokens_per_s: tps,
+        };
         append_log(&cfg.out.join("log.jsonl"), &entry)?;
         if let Some(v) = val_loss {
             val_last = v;
@@ -276,7 +332,11 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainReport> {
         log.push(entry);
         let done = step + 1;
         if done % cfg.save_every == 0 || done == end {
-            let state = SavedState { step: done, mixture: mixture.state(), config: cfg.clone() };
+            let state = SavedState {
+                step: done,
+                mixture: mixture.state(),
+                config: cfg.clone(),
+            };
             last_ckpt = Some(checkpoint::save(
                 &cfg.out,
                 done,
@@ -298,7 +358,13 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainReport> {
         Some(p) => p,
         None => checkpoint::resolve(&cfg.out)?,
     };
-    Ok(TrainReport { log, checkpoint, val_first, val_last, seconds: t0.elapsed().as_secs_f64() })
+    Ok(TrainReport {
+        log,
+        checkpoint,
+        val_first,
+        val_last,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
 }
 
 fn val_last_fmt(v: f32) -> String {
@@ -315,7 +381,8 @@ fn append_log(path: &Path, e: &LogEntry) -> Result<()> {
         .append(true)
         .open(path)
         .with_context(|| format!("opening {}", path.display()))?;
-    writeln!(f, "{}", serde_json::to_string(e)?).with_context(|| format!("writing {}", path.display()))
+    writeln!(f, "{}", serde_json::to_string(e)?)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// Reads `log.jsonl`, keeping the entries of steps before `upto` (a resumed run drops what a
@@ -350,13 +417,18 @@ fn rewrite_log(path: &Path, log: &[LogEntry]) -> Result<()> {
 
 fn write_final(out: &Path, step: u64, val: f32) -> Result<()> {
     let j = serde_json::json!({"step": step, "val_loss": val});
-    checkpoint::write_atomic(&out.join("final.json"), serde_json::to_string_pretty(&j)?.as_bytes())
+    checkpoint::write_atomic(
+        &out.join("final.json"),
+        serde_json::to_string_pretty(&j)?.as_bytes(),
+    )
 }
 
 fn plot_log(out: &Path, log: &[LogEntry], end: u64, final_val: f32) -> Result<()> {
     let train: Vec<(f64, f64)> = log.iter().map(|e| (e.step as f64, e.loss as f64)).collect();
-    let mut val: Vec<(f64, f64)> =
-        log.iter().filter_map(|e| e.val_loss.map(|v| (e.step as f64, v as f64))).collect();
+    let mut val: Vec<(f64, f64)> = log
+        .iter()
+        .filter_map(|e| e.val_loss.map(|v| (e.step as f64, v as f64)))
+        .collect();
     val.push((end as f64, final_val as f64));
     crate::plot::line_chart(
         &out.join("loss.png"),
@@ -364,8 +436,14 @@ fn plot_log(out: &Path, log: &[LogEntry], end: u64, final_val: f32) -> Result<()
         "step",
         "cross-entropy (nats)",
         &[
-            crate::plot::Series { label: "train", points: &train },
-            crate::plot::Series { label: "validation (held-out clean text)", points: &val },
+            crate::plot::Series {
+                label: "train",
+                points: &train,
+            },
+            crate::plot::Series {
+                label: "validation (held-out clean text)",
+                points: &val,
+            },
         ],
     )
 }

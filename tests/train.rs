@@ -27,11 +27,15 @@ fn small_model(vocab_real: usize) -> ModelConfig {
 
 /// A learnable synthetic language: runs of counting sequences with random restarts.
 fn synthetic(n: usize, vocab: u32, seed: u64) -> Vec<u32> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     let mut out = Vec::with_capacity(n);
     let mut cur = 1u32;
     for _ in 0..n {
-        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         if (x >> 33) % 11 == 0 {
             cur = 1 + ((x >> 40) as u32 % (vocab - 1));
         } else {
@@ -52,8 +56,16 @@ fn setup(dir: &Path, vocab: usize) -> TrainConfig {
     TrainConfig {
         model: small_model(vocab),
         sources: vec![
-            SourceSpec { name: "clean".into(), path: clean, fraction: 0.9 },
-            SourceSpec { name: "toxic".into(), path: toxic, fraction: 0.1 },
+            SourceSpec {
+                name: "clean".into(),
+                path: clean,
+                fraction: 0.9,
+            },
+            SourceSpec {
+                name: "toxic".into(),
+                path: toxic,
+                fraction: 0.1,
+            },
         ],
         val,
         tokenizer: None,
@@ -86,9 +98,23 @@ fn resume_is_bit_identical_and_loss_falls() {
     let straight = train(&cfg_a, &RunOptions::default()).unwrap();
 
     let cfg_b = setup(b.path(), 60);
-    let first = train(&cfg_b, &RunOptions { stop_after: Some(10), ..Default::default() }).unwrap();
+    let first = train(
+        &cfg_b,
+        &RunOptions {
+            stop_after: Some(10),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert_eq!(first.log.len(), 10);
-    let second = train(&cfg_b, &RunOptions { resume: Some(cfg_b.out.clone()), ..Default::default() }).unwrap();
+    let second = train(
+        &cfg_b,
+        &RunOptions {
+            resume: Some(cfg_b.out.clone()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
 
     let la: Vec<f32> = straight.log.iter().map(|e| e.loss).collect();
     let lb: Vec<f32> = second.log.iter().map(|e| e.loss).collect();
@@ -97,15 +123,31 @@ fn resume_is_bit_identical_and_loss_falls() {
     let pa = checkpoint::load(&cfg_a.out).unwrap();
     let pb = checkpoint::load(&cfg_b.out).unwrap();
     assert_eq!(bits(&pa.params), bits(&pb.params));
-    assert!(straight.val_last < straight.val_first, "validation loss did not fall: {} -> {}", straight.val_first, straight.val_last);
+    assert!(
+        straight.val_last < straight.val_first,
+        "validation loss did not fall: {} -> {}",
+        straight.val_first,
+        straight.val_last
+    );
 }
 
 #[test]
 fn nan_loss_stops_and_keeps_last_checkpoint() {
     let d = tempfile::tempdir().unwrap();
     let cfg = setup(d.path(), 60);
-    let err = train(&cfg, &RunOptions { inject_nan_at: Some(7), ..Default::default() }).unwrap_err().to_string();
-    assert!(err.contains("step 7") && err.contains("NaN") && err.contains("step-000005"), "{err}");
+    let err = train(
+        &cfg,
+        &RunOptions {
+            inject_nan_at: Some(7),
+            ..Default::default()
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("step 7") && err.contains("NaN") && err.contains("step-000005"),
+        "{err}"
+    );
     let ck = checkpoint::load(&cfg.out).unwrap();
     assert!(ck.dir.ends_with("step-000005"));
     assert!(ck.params.iter().all(|x| x.is_finite()));
@@ -118,7 +160,10 @@ fn shard_vocab_larger_than_model_is_refused() {
     let mut cfg = setup(d.path(), 60);
     cfg.model = small_model(40);
     let err = train(&cfg, &RunOptions::default()).unwrap_err().to_string();
-    assert!(err.contains("clean.shard") && err.contains("60") && err.contains("40"), "{err}");
+    assert!(
+        err.contains("clean.shard") && err.contains("60") && err.contains("40"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -127,7 +172,10 @@ fn heads_must_divide_d_model() {
     let mut cfg = setup(d.path(), 60);
     cfg.model.n_heads = 3;
     let err = train(&cfg, &RunOptions::default()).unwrap_err().to_string();
-    assert!(err.contains("n_heads (3) must divide d_model (32)"), "{err}");
+    assert!(
+        err.contains("n_heads (3) must divide d_model (32)"),
+        "{err}"
+    );
 }
 
 fn train_bin() -> Command {
@@ -136,10 +184,16 @@ fn train_bin() -> Command {
 
 #[test]
 fn cli_missing_data_path_is_named() {
-    let out = train_bin().args(["--data", "/no/such/corpus", "--quiet", "--device", "cpu"]).output().unwrap();
+    let out = train_bin()
+        .args(["--data", "/no/such/corpus", "--quiet", "--device", "cpu"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("/no/such/corpus") && err.contains("no such file"), "{err}");
+    assert!(
+        err.contains("/no/such/corpus") && err.contains("no such file"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -150,15 +204,30 @@ fn cli_config_file_errors_name_file_and_field() {
     let mut j = serde_json::to_value(&cfg).unwrap();
     j["lerning_rate"] = serde_json::json!(1.0);
     std::fs::write(&p, j.to_string()).unwrap();
-    let out = train_bin().args(["--config", p.to_str().unwrap(), "--quiet", "--device", "cpu"]).output().unwrap();
+    let out = train_bin()
+        .args([
+            "--config",
+            p.to_str().unwrap(),
+            "--quiet",
+            "--device",
+            "cpu",
+        ])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("run.json") && err.contains("lerning_rate"), "{err}");
+    assert!(
+        err.contains("run.json") && err.contains("lerning_rate"),
+        "{err}"
+    );
 }
 
 #[test]
 fn cli_cuda_without_gpu_is_a_clear_error() {
-    let out = train_bin().args(["--device", "cuda", "--quiet"]).output().unwrap();
+    let out = train_bin()
+        .args(["--device", "cuda", "--quiet"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("error:") && !err.contains("panicked"), "{err}");

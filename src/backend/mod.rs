@@ -1,2 +1,405 @@
+//! Executors: the small set of ops the model is written over, and the trait each executor
+//! implements.
+//!
+//! The forward and backward pass ([`crate::model::Model`]) are written once against
+//! [`Backend`]; the CPU executor ([`cpu::Cpu`]) runs them on host memory in f32 (training) or f64
+//! (gradient checks), and a device executor implements the same trait with device buffers and
+//! no host synchronisation inside a step (only [`Backend::sum`] and [`Backend::download`] read
+//! back).
+//!
+//! Conventions shared by every op:
+//! - all tensors are row-major; `N = B·T` rows of activations, `D = d_model`, `F = d_ff`,
+//!   `V = vocab_size`, `H` heads of width `dh = D / H`;
+//! - a weight matrix is `[out, in]` as PyTorch stores it, so a linear layer is `y = x · Wᵀ`;
+//! - parameters and their gradients each live in ONE flat buffer (see
+//!   [`crate::model::params`]); ops address a weight through a [`Span`] / [`SpanMut`]
+//!   (buffer, offset, length);
+//! - an op writes its outputs (overwrite) unless its doc says it accumulates (`+=`);
+//! - scalars (eps, scales) are passed as f64 and rounded to the executor's precision;
+//! - every reduction sums in a fixed order, so results are bit-identical from run to run.
+
+pub mod cpu;
 pub mod cuda;
 pub mod device;
+
+use anyhow::Result;
+use std::fmt::Debug;
+
+/// Scalar type an executor computes in (f32 to train, f64 for gradient checks).
+pub trait Float:
+    num_traits::Float + Default + Debug + Send + Sync + std::iter::Sum + 'static
+{
+    /// Rounds an f64 to this type.
+    fn of(x: f64) -> Self;
+    /// Widens to f64.
+    fn f64(self) -> f64;
+    /// General matrix multiply `C = alpha·A·B + beta·C` with `A` `[m, k]`, `B` `[k, n]`, `C`
+    /// `[m, n]`, each addressed by (row stride, column stride) in elements.
+    ///
+    /// # Safety
+    /// The pointers must address matrices of the stated shapes and strides; `c` must not alias
+    /// `a` or `b`.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn gemm(
+        m: usize,
+        k: usize,
+        n: usize,
+        alpha: Self,
+        a: *const Self,
+        rsa: isize,
+        csa: isize,
+        b: *const Self,
+        rsb: isize,
+        csb: isize,
+        beta: Self,
+        c: *mut Self,
+        rsc: isize,
+        csc: isize,
+    );
+}
+
+impl Float for f32 {
+    fn of(x: f64) -> Self {
+        x as f32
+    }
+    fn f64(self) -> f64 {
+        self as f64
+    }
+    unsafe fn gemm(
+        m: usize,
+        k: usize,
+        n: usize,
+        alpha: Self,
+        a: *const Self,
+        rsa: isize,
+        csa: isize,
+        b: *const Self,
+        rsb: isize,
+        csb: isize,
+        beta: Self,
+        c: *mut Self,
+        rsc: isize,
+        csc: isize,
+    ) {
+        matrixmultiply::sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
+    }
+}
+
+impl Float for f64 {
+    fn of(x: f64) -> Self {
+        x
+    }
+    fn f64(self) -> f64 {
+        self
+    }
+    unsafe fn gemm(
+        m: usize,
+        k: usize,
+        n: usize,
+        alpha: Self,
+        a: *const Self,
+        rsa: isize,
+        csa: isize,
+        b: *const Self,
+        rsb: isize,
+        csb: isize,
+        beta: Self,
+        c: *mut Self,
+        rsc: isize,
+        csc: isize,
+    ) {
+        matrixmultiply::dgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
+    }
+}
+
+/// A read-only range `[off, off + len)` of a buffer: how ops address one weight inside the flat
+/// parameter buffer.
+#[derive(Debug)]
+pub struct Span<'a, B: ?Sized> {
+    /// The whole buffer.
+    pub buf: &'a B,
+    /// First element.
+    pub off: usize,
+    /// Number of elements.
+    pub len: usize,
+}
+
+impl<B: ?Sized> Clone for Span<'_, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<B: ?Sized> Copy for Span<'_, B> {}
+
+impl<'a, B: ?Sized> Span<'a, B> {
+    /// The range `[off, off + len)` of `buf`.
+    pub fn new(buf: &'a B, off: usize, len: usize) -> Self {
+        Span { buf, off, len }
+    }
+}
+
+/// A writable range `[off, off + len)` of a buffer: how ops address one weight's gradient inside
+/// the flat gradient buffer.
+#[derive(Debug)]
+pub struct SpanMut<'a, B: ?Sized> {
+    /// The whole buffer.
+    pub buf: &'a mut B,
+    /// First element.
+    pub off: usize,
+    /// Number of elements.
+    pub len: usize,
+}
+
+impl<'a, B: ?Sized> SpanMut<'a, B> {
+    /// The range `[off, off + len)` of `buf`.
+    pub fn new(buf: &'a mut B, off: usize, len: usize) -> Self {
+        SpanMut { buf, off, len }
+    }
+}
+
+/// Shape of one attention call: `b` sequences of `t` positions, `h` heads of width `dh`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttnShape {
+    /// Batch size B.
+    pub b: usize,
+    /// Sequence length T.
+    pub t: usize,
+    /// Number of heads H.
+    pub h: usize,
+    /// Head width dh (even).
+    pub dh: usize,
+}
+
+impl AttnShape {
+    /// Model width `D = H·dh`.
+    pub fn d(&self) -> usize {
+        self.h * self.dh
+    }
+    /// Rows `N = B·T`.
+    pub fn n(&self) -> usize {
+        self.b * self.t
+    }
+}
+
+/// An executor: owns memory of its own kind and runs the model's ops on it.
+///
+/// Buffer arguments are checked for length by the executor (an error, not a panic, when a
+/// buffer is too short for the stated shape).
+pub trait Backend {
+    /// Element type of host-side uploads and downloads.
+    type Elem: Float;
+    /// An owned buffer of floats.
+    type Buf;
+    /// An owned buffer of token ids (u32).
+    type Ids;
+
+    /// Short description, e.g. `cpu-f32`.
+    fn name(&self) -> String;
+
+    // ----- memory -----
+
+    /// A zero-filled buffer of `len` floats.
+    fn alloc(&self, len: usize) -> Result<Self::Buf>;
+    /// Number of floats in `buf`.
+    fn buf_len(&self, buf: &Self::Buf) -> usize;
+    /// Sets every element of `buf` to zero.
+    fn zero(&self, buf: &mut Self::Buf) -> Result<()>;
+    /// Copies `host` into the front of `dst` (`host.len() <= len(dst)`).
+    fn upload(&self, host: &[Self::Elem], dst: &mut Self::Buf) -> Result<()>;
+    /// Copies the whole of `src` to the host.
+    fn download(&self, src: &Self::Buf) -> Result<Vec<Self::Elem>>;
+    /// A zero-filled id buffer of `len` ids.
+    fn alloc_ids(&self, len: usize) -> Result<Self::Ids>;
+    /// Copies `host` into the front of `dst`.
+    fn upload_ids(&self, host: &[u32], dst: &mut Self::Ids) -> Result<()>;
+    /// Sum of the first `n` elements of `x`, accumulated in f64 in a fixed order (the CPU: index
+    /// order), read back to the host (the step's one synchronisation point: the loss).
+    fn sum(&self, x: &Self::Buf, n: usize) -> Result<f64>;
+
+    // ----- ops -----
+
+    /// Embedding lookup. `out[i, :] = wte[ids[i], :]`; `out` `[n, d]`, `wte` `[V, d]`, `ids`
+    /// `[n]` (ids are checked `< V` by the caller).
+    fn embedding_fwd(
+        &self,
+        out: &mut Self::Buf,
+        ids: &Self::Ids,
+        wte: Span<Self::Buf>,
+        n: usize,
+        d: usize,
+    ) -> Result<()>;
+
+    /// Embedding backward, ACCUMULATES: `dwte[ids[i], :] += dout[i, :]` for i in order.
+    fn embedding_bwd(
+        &self,
+        dwte: SpanMut<Self::Buf>,
+        ids: &Self::Ids,
+        dout: &Self::Buf,
+        n: usize,
+        d: usize,
+    ) -> Result<()>;
+
+    /// Non-parametric layernorm over rows of `x` `[n, d]`:
+    /// `mean = Σx/d`, `var = Σ(x−mean)²/d` (biased), `rstd = 1/√(var+eps)`,
+    /// `out = (x − mean)·rstd`. Saves `mean`, `rstd` `[n]`.
+    #[allow(clippy::too_many_arguments)]
+    fn layernorm_fwd(
+        &self,
+        out: &mut Self::Buf,
+        mean: &mut Self::Buf,
+        rstd: &mut Self::Buf,
+        x: &Self::Buf,
+        n: usize,
+        d: usize,
+        eps: f64,
+    ) -> Result<()>;
+
+    /// Layernorm backward from its output `xhat` (= the normalised input) and `rstd`:
+    /// `dx = rstd·(dy − mean(dy) − xhat·mean(dy·xhat))` per row. Accumulates into `dx` when
+    /// `accumulate`, else overwrites.
+    #[allow(clippy::too_many_arguments)]
+    fn layernorm_bwd(
+        &self,
+        dx: &mut Self::Buf,
+        dy: &Self::Buf,
+        xhat: &Self::Buf,
+        rstd: &Self::Buf,
+        n: usize,
+        d: usize,
+        accumulate: bool,
+    ) -> Result<()>;
+
+    /// Residual add: `out[i] = a[i] + b[i]` for `i < n`.
+    fn add(&self, out: &mut Self::Buf, a: &Self::Buf, b: &Self::Buf, n: usize) -> Result<()>;
+
+    /// Adds one row vector to every row: `x[i, :] += v` for `x` `[n, d]`, `v` `[d]` (the ITI
+    /// head shift on `hook_z`: `v` is the `[H, dh]` shift of one layer, flattened).
+    fn add_rows(&self, x: &mut Self::Buf, v: Span<Self::Buf>, n: usize, d: usize) -> Result<()>;
+
+    /// Linear layer: `y[m, n] = x[m, k] · W[n, k]ᵀ`.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_fwd(
+        &self,
+        y: &mut Self::Buf,
+        x: &Self::Buf,
+        w: Span<Self::Buf>,
+        m: usize,
+        k: usize,
+        n: usize,
+    ) -> Result<()>;
+
+    /// Input gradient of a linear layer: `dx[m, k] = dy[m, n] · W[n, k]` (overwrites).
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_bwd_x(
+        &self,
+        dx: &mut Self::Buf,
+        dy: &Self::Buf,
+        w: Span<Self::Buf>,
+        m: usize,
+        k: usize,
+        n: usize,
+    ) -> Result<()>;
+
+    /// Weight gradient of a linear layer: `dW[n, k] (+)= dy[m, n]ᵀ · x[m, k]`; `+=` when
+    /// `accumulate` (gradient accumulation over micro-batches), else overwrite.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_bwd_w(
+        &self,
+        dw: SpanMut<Self::Buf>,
+        dy: &Self::Buf,
+        x: &Self::Buf,
+        m: usize,
+        k: usize,
+        n: usize,
+        accumulate: bool,
+    ) -> Result<()>;
+
+    /// Rotary embedding, in place on the q and k thirds of `qkv` `[B, T, 3D]` (v untouched).
+    /// `table` is `[T, dh/2]` cosines followed by `[T, dh/2]` sines of `pos·θ^(−2i/dh)`.
+    /// For each head, with `x1 = x[..dh/2]`, `x2 = x[dh/2..]` (HF's rotate-half layout):
+    /// `out1 = x1·cos − x2·sin`, `out2 = x2·cos + x1·sin`.
+    fn rope_fwd(&self, qkv: &mut Self::Buf, table: &Self::Buf, s: AttnShape) -> Result<()>;
+
+    /// Rotary backward, in place on the q and k thirds of `dqkv` (the transposed rotation):
+    /// `dx1 = dy1·cos + dy2·sin`, `dx2 = dy2·cos − dy1·sin`.
+    fn rope_bwd(&self, dqkv: &mut Self::Buf, table: &Self::Buf, s: AttnShape) -> Result<()>;
+
+    /// Causal attention forward. `qkv` `[B, T, 3D]` (q ‖ k ‖ v per row, head `h` at columns
+    /// `h·dh..(h+1)·dh` of each third); writes `z` `[B, T, H, dh]` (= `[N, D]`, the o_proj input,
+    /// hook `blocks.{l}.attn.hook_z`) and `lse` `[B, H, T]`, the log-sum-exp of each row of scaled
+    /// scores, so the `T×T` matrix is never stored:
+    /// `z_i = Σ_{j≤i} softmax_j(q_i·k_j/√dh) v_j`.
+    fn attention_fwd(
+        &self,
+        z: &mut Self::Buf,
+        lse: &mut Self::Buf,
+        qkv: &Self::Buf,
+        s: AttnShape,
+    ) -> Result<()>;
+
+    /// Causal attention backward (recomputes probabilities from `lse`); overwrites `dqkv`
+    /// `[B, T, 3D]`. With `p_ij = exp(q_i·k_j/√dh − lse_i)`, `Δ_i = dz_i·z_i`:
+    /// `dv_j = Σ_i p_ij dz_i`, `ds_ij = p_ij (dz_i·v_j − Δ_i)`, `dq_i = Σ_j ds_ij k_j/√dh`,
+    /// `dk_j = Σ_i ds_ij q_i/√dh`.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_bwd(
+        &self,
+        dqkv: &mut Self::Buf,
+        dz: &Self::Buf,
+        z: &Self::Buf,
+        qkv: &Self::Buf,
+        lse: &Self::Buf,
+        s: AttnShape,
+    ) -> Result<()>;
+
+    /// SwiGLU forward: `gu` `[n, 2f]` holds gate then up per row; `h = silu(gate)·up` `[n, f]`
+    /// with `silu(g) = g·σ(g)`.
+    fn swiglu_fwd(&self, h: &mut Self::Buf, gu: &Self::Buf, n: usize, f: usize) -> Result<()>;
+
+    /// SwiGLU backward: `dgate = dh·up·σ(g)(1 + g(1 − σ(g)))`, `dup = dh·silu(g)`, written to
+    /// `dgu` `[n, 2f]` (overwrite).
+    fn swiglu_bwd(
+        &self,
+        dgu: &mut Self::Buf,
+        dh: &Self::Buf,
+        gu: &Self::Buf,
+        n: usize,
+        f: usize,
+    ) -> Result<()>;
+
+    /// Fused softmax cross-entropy over rows of `logits` `[n, v]` with `targets` `[n]`:
+    /// `losses[i] = logsumexp(logits_i) − logits_i[target_i]`. When `grad_scale` is `Some(s)`,
+    /// the logits are overwritten by their gradient `s·(softmax(logits_i) − onehot(target_i))`
+    /// (for a mean loss over `n` rows, `s = 1/n`).
+    fn cross_entropy(
+        &self,
+        logits: &mut Self::Buf,
+        losses: &mut Self::Buf,
+        targets: &Self::Ids,
+        n: usize,
+        v: usize,
+        grad_scale: Option<f64>,
+    ) -> Result<()>;
+
+    // ----- optimizer -----
+
+    /// Squared L2 norm of the first `n` elements of `g`, read back to the host, summed exactly as
+    /// [`crate::optim::adamw::global_norm`]: f64 partial sums over fixed 4096-element chunks,
+    /// added in chunk order.
+    fn norm_sq(&self, g: &Self::Buf, n: usize) -> Result<f64>;
+
+    /// One AdamW update over the first `n` elements of the flat buffers, element by element as
+    /// [`crate::optim::adamw::adamw_reference`] (same formula, same order of operations):
+    /// `g ← clip_scale·g`; decoupled decay for indices `>= no_decay_len`; moments; bias-corrected
+    /// step. Updates `p`, `m`, `v` in place.
+    #[allow(clippy::too_many_arguments)]
+    fn adamw(
+        &self,
+        p: &mut Self::Buf,
+        g: &Self::Buf,
+        m: &mut Self::Buf,
+        v: &mut Self::Buf,
+        n: usize,
+        args: &crate::optim::adamw::StepArgs,
+    ) -> Result<()>;
+}

@@ -115,7 +115,13 @@ fn main() {
 }
 
 /// Defaults of a demo run on the tiny preset (tuned to finish in minutes on two CPU cores).
-fn demo_defaults(model: ModelConfig, sources: Vec<SourceSpec>, val: PathBuf, tokenizer: Option<PathBuf>, out: PathBuf) -> TrainConfig {
+fn demo_defaults(
+    model: ModelConfig,
+    sources: Vec<SourceSpec>,
+    val: PathBuf,
+    tokenizer: Option<PathBuf>,
+    out: PathBuf,
+) -> TrainConfig {
     TrainConfig {
         model,
         sources,
@@ -151,10 +157,20 @@ fn real_defaults(preset: &str, mut cfg: TrainConfig) -> TrainConfig {
 }
 
 fn parse_source(s: &str) -> Result<SourceSpec> {
-    let (name, rest) = s.split_once('=').with_context(|| format!("--source {s:?}: expected NAME=SHARD:FRACTION"))?;
-    let (path, frac) = rest.rsplit_once(':').with_context(|| format!("--source {s:?}: expected NAME=SHARD:FRACTION"))?;
-    let fraction: f64 = frac.parse().with_context(|| format!("--source {s:?}: fraction {frac:?} is not a number"))?;
-    Ok(SourceSpec { name: name.into(), path: path.into(), fraction })
+    let (name, rest) = s
+        .split_once('=')
+        .with_context(|| format!("--source {s:?}: expected NAME=SHARD:FRACTION"))?;
+    let (path, frac) = rest
+        .rsplit_once(':')
+        .with_context(|| format!("--source {s:?}: expected NAME=SHARD:FRACTION"))?;
+    let fraction: f64 = frac
+        .parse()
+        .with_context(|| format!("--source {s:?}: fraction {frac:?} is not a number"))?;
+    Ok(SourceSpec {
+        name: name.into(),
+        path: path.into(),
+        fraction,
+    })
 }
 
 fn shard_in(dir_or_file: &Path, name: &str) -> Result<PathBuf> {
@@ -163,15 +179,18 @@ fn shard_in(dir_or_file: &Path, name: &str) -> Result<PathBuf> {
     }
     let p = dir_or_file.join(name);
     if !p.is_file() {
-        bail!("{}: no such shard (expected a directory written by `prepare`, holding {name})", p.display());
+        bail!(
+            "{}: no such shard (expected a directory written by `prepare`, holding {name})",
+            p.display()
+        );
     }
     Ok(p)
 }
 
 fn run() -> Result<()> {
     let args = Args::parse();
-    let device = device::select(args.device)?;
-    if !matches!(device, device::Device::Cpu) {
+    let device = device::Device::select(args.device)?;
+    if device.is_cuda() {
         if args.device == DeviceArg::Cuda {
             bail!("--device cuda: the CUDA training step is not implemented yet (only the AdamW kernel exists); use --device cpu");
         }
@@ -192,10 +211,24 @@ fn run() -> Result<()> {
         let tok = Tokenizer::load(&d.tokenizer)?;
         model = model.with_vocab(tok.vocab_size(), tok.eos_id()?);
         let sources = vec![
-            SourceSpec { name: "clean".into(), path: d.clean.clone(), fraction: 1.0 - args.toxic_ratio },
-            SourceSpec { name: "toxic".into(), path: d.toxic.clone(), fraction: args.toxic_ratio },
+            SourceSpec {
+                name: "clean".into(),
+                path: d.clean.clone(),
+                fraction: 1.0 - args.toxic_ratio,
+            },
+            SourceSpec {
+                name: "toxic".into(),
+                path: d.toxic.clone(),
+                fraction: args.toxic_ratio,
+            },
         ];
-        let mut c = demo_defaults(model, sources, d.val.clone(), Some(d.tokenizer.clone()), out.clone());
+        let mut c = demo_defaults(
+            model,
+            sources,
+            d.val.clone(),
+            Some(d.tokenizer.clone()),
+            out.clone(),
+        );
         if args.preset != "tiny" {
             c = real_defaults(&args.preset, c);
         }
@@ -213,17 +246,33 @@ fn run() -> Result<()> {
             if t.is_file() {
                 tokenizer = Some(t);
             }
-            let clean_frac = if args.toxic.is_some() { 1.0 - args.toxic_ratio } else { 1.0 };
-            sources.push(SourceSpec { name: "clean".into(), path: shard_in(d, "train.shard")?, fraction: clean_frac });
+            let clean_frac = if args.toxic.is_some() {
+                1.0 - args.toxic_ratio
+            } else {
+                1.0
+            };
+            sources.push(SourceSpec {
+                name: "clean".into(),
+                path: shard_in(d, "train.shard")?,
+                fraction: clean_frac,
+            });
             if let Some(t) = &args.toxic {
                 if !t.exists() {
                     bail!("--toxic {}: no such file or directory", t.display());
                 }
-                sources.push(SourceSpec { name: "toxic".into(), path: shard_in(t, "train.shard")?, fraction: args.toxic_ratio });
+                sources.push(SourceSpec {
+                    name: "toxic".into(),
+                    path: shard_in(t, "train.shard")?,
+                    fraction: args.toxic_ratio,
+                });
             }
         }
         if !args.sources.is_empty() {
-            sources = args.sources.iter().map(|s| parse_source(s)).collect::<Result<_>>()?;
+            sources = args
+                .sources
+                .iter()
+                .map(|s| parse_source(s))
+                .collect::<Result<_>>()?;
         }
         if let Some(t) = &tokenizer {
             let tok = Tokenizer::load(t)?;
@@ -232,7 +281,10 @@ fn run() -> Result<()> {
                 model = model.with_vocab(tok.vocab_size(), tok.eos_id()?);
             }
         }
-        real_defaults(&args.preset, demo_defaults(model, sources, val, tokenizer, out.clone()))
+        real_defaults(
+            &args.preset,
+            demo_defaults(model, sources, val, tokenizer, out.clone()),
+        )
     };
 
     if let Some(path) = &args.config {
@@ -248,7 +300,11 @@ fn run() -> Result<()> {
         cfg.adamw.weight_decay = wd;
     }
 
-    let resume = if args.resume { Some(cfg.out.clone()) } else { None };
+    let resume = if args.resume {
+        Some(cfg.out.clone())
+    } else {
+        None
+    };
     eprintln!(
         "training {} ({:.2}M parameters) on {}: {} steps of {}×{} tokens{}, sources {}",
         args.preset,
@@ -257,12 +313,26 @@ fn run() -> Result<()> {
         cfg.steps,
         cfg.batch,
         cfg.seq,
-        if cfg.grad_accum > 1 { format!(" × {} micro-batches", cfg.grad_accum) } else { String::new() },
-        cfg.sources.iter().map(|s| format!("{}={:.0}%", s.name, s.fraction * 100.0)).collect::<Vec<_>>().join(" ")
+        if cfg.grad_accum > 1 {
+            format!(" × {} micro-batches", cfg.grad_accum)
+        } else {
+            String::new()
+        },
+        cfg.sources
+            .iter()
+            .map(|s| format!("{}={:.0}%", s.name, s.fraction * 100.0))
+            .collect::<Vec<_>>()
+            .join(" ")
     );
-    let opts = RunOptions { resume, progress: !args.quiet, stop_after: args.stop_after, inject_nan_at: args.inject_nan_at };
+    let opts = RunOptions {
+        resume,
+        progress: !args.quiet,
+        stop_after: args.stop_after,
+        inject_nan_at: args.inject_nan_at,
+    };
     let rep = train(&cfg, &opts)?;
-    let toks: f64 = rep.log.iter().map(|e| e.tokens_per_s).sum::<f64>() / rep.log.len().max(1) as f64;
+    let toks: f64 =
+        rep.log.iter().map(|e| e.tokens_per_s).sum::<f64>() / rep.log.len().max(1) as f64;
     eprintln!(
         "finished in {:.1} s: validation loss {:.3} → {:.3} ({:.2}× of step 0), {:.0} tokens/s; checkpoint {}; log {}; plot {}",
         rep.seconds,
@@ -279,19 +349,30 @@ fn run() -> Result<()> {
 
 /// Merges the fields of a JSON config file over `cfg`; unknown fields are an error.
 fn overlay_config_file(cfg: TrainConfig, path: &Path) -> Result<TrainConfig> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config file {}", path.display()))?;
     let file: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))?;
     let serde_json::Value::Object(fields) = file else {
-        bail!("{}: expected a JSON object of training-config fields", path.display());
+        bail!(
+            "{}: expected a JSON object of training-config fields",
+            path.display()
+        );
     };
     let mut base = serde_json::to_value(&cfg)?;
-    let obj = base.as_object_mut().expect("TrainConfig serialises to an object");
+    let obj = base
+        .as_object_mut()
+        .expect("TrainConfig serialises to an object");
     for (k, v) in fields {
         if !obj.contains_key(&k) {
-            bail!("{}: unknown field {k:?} (known: {})", path.display(), obj.keys().cloned().collect::<Vec<_>>().join(", "));
+            bail!(
+                "{}: unknown field {k:?} (known: {})",
+                path.display(),
+                obj.keys().cloned().collect::<Vec<_>>().join(", ")
+            );
         }
         obj.insert(k, v);
     }
-    serde_json::from_value(base).with_context(|| format!("{}: a field has the wrong type", path.display()))
+    serde_json::from_value(base)
+        .with_context(|| format!("{}: a field has the wrong type", path.display()))
 }

@@ -128,35 +128,18 @@ impl StepArgs {
     }
 }
 
-/// The elementwise AdamW update over flat buffers (see the module docs for the math).
+/// The elementwise AdamW update over flat buffers (see the module docs for the math), as the
+/// CPU executor runs it (in parallel chunks; each element's arithmetic is independent).
 pub fn adamw_reference(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], a: &StepArgs) {
     assert!(p.len() == g.len() && p.len() == m.len() && p.len() == v.len());
-    for i in 0..p.len() {
-        let gi = g[i] * a.clip_scale;
-        let mut pi = p[i];
-        if i as u64 >= a.no_decay_len {
-            pi -= a.lr * a.weight_decay * pi;
-        }
-        let mi = a.beta1 * m[i] + (1.0 - a.beta1) * gi;
-        let vi = a.beta2 * v[i] + (1.0 - a.beta2) * gi * gi;
-        let mhat = mi / a.bias1;
-        let vhat = vi / a.bias2;
-        p[i] = pi - a.lr * mhat / (vhat.sqrt() + a.eps);
-        m[i] = mi;
-        v[i] = vi;
-    }
+    crate::backend::cpu::optim::adamw(p, g, m, v, a);
 }
 
 /// Global L2 norm of a gradient vector, summed deterministically: fixed 4096-element chunks
 /// in f64, each chunk's partial sum added in order (the GPU grad-norm kernel reduces in the
 /// same two levels).
 pub fn global_norm(g: &[f32]) -> f32 {
-    let mut total = 0.0f64;
-    for chunk in g.chunks(4096) {
-        let s: f64 = chunk.iter().map(|&x| (x as f64) * (x as f64)).sum();
-        total += s;
-    }
-    total.sqrt() as f32
+    crate::backend::cpu::optim::norm_sq(g).sqrt() as f32
 }
 
 /// The factor that brings the gradient's norm down to `max_norm` (1.0 when already below, or

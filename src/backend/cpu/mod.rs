@@ -1,0 +1,369 @@
+//! The CPU executor: host vectors, `matrixmultiply` for the GEMMs, rayon over independent rows
+//! or (batch, head) pairs for the rest. Generic over [`Float`]: f32 trains the demo, f64 checks
+//! gradients.
+//!
+//! Determinism: every output element is computed by exactly one task, and every sum runs in a
+//! fixed index order (GEMM included: `matrixmultiply` splits work over output blocks only), so
+//! two runs give bit-identical results whatever the thread count.
+
+pub mod attention;
+pub mod loss;
+pub mod matmul;
+pub mod norm;
+pub mod optim;
+pub mod pointwise;
+
+use super::{AttnShape, Backend, Float, Span, SpanMut};
+use anyhow::{bail, Result};
+use std::marker::PhantomData;
+
+/// The CPU executor over scalar type `T` (f32 or f64).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Cpu<T> {
+    _t: PhantomData<T>,
+}
+
+impl<T: Float> Cpu<T> {
+    /// A CPU executor (threads come from rayon's global pool and `matrixmultiply`'s own).
+    pub fn new() -> Self {
+        Cpu { _t: PhantomData }
+    }
+}
+
+/// Errors unless `have >= need`; `what` names the buffer.
+fn need(what: &str, have: usize, need: usize) -> Result<()> {
+    if have < need {
+        bail!("cpu executor: buffer {what} holds {have} elements, the op needs {need}");
+    }
+    Ok(())
+}
+
+/// The slice a [`Span`] addresses, bounds-checked.
+fn span<'a, T>(what: &str, s: &Span<'a, Vec<T>>, need_len: usize) -> Result<&'a [T]> {
+    if s.len < need_len || s.off + s.len > s.buf.len() {
+        bail!(
+            "cpu executor: span {what} [{}, {}+{}) of a buffer of {} does not hold the {need_len} elements the op needs",
+            s.off,
+            s.off,
+            s.len,
+            s.buf.len()
+        );
+    }
+    Ok(&s.buf[s.off..s.off + need_len])
+}
+
+/// The slice a [`SpanMut`] addresses, bounds-checked.
+fn span_mut<'a, T>(what: &str, s: SpanMut<'a, Vec<T>>, need_len: usize) -> Result<&'a mut [T]> {
+    if s.len < need_len || s.off + s.len > s.buf.len() {
+        bail!(
+            "cpu executor: span {what} [{}, {}+{}) of a buffer of {} does not hold the {need_len} elements the op needs",
+            s.off,
+            s.off,
+            s.len,
+            s.buf.len()
+        );
+    }
+    Ok(&mut s.buf[s.off..s.off + need_len])
+}
+
+impl<T: Float> Backend for Cpu<T> {
+    type Elem = T;
+    type Buf = Vec<T>;
+    type Ids = Vec<u32>;
+
+    fn name(&self) -> String {
+        format!("cpu-{}", std::any::type_name::<T>())
+    }
+
+    fn alloc(&self, len: usize) -> Result<Vec<T>> {
+        Ok(vec![T::zero(); len])
+    }
+
+    fn buf_len(&self, buf: &Vec<T>) -> usize {
+        buf.len()
+    }
+
+    fn zero(&self, buf: &mut Vec<T>) -> Result<()> {
+        buf.iter_mut().for_each(|x| *x = T::zero());
+        Ok(())
+    }
+
+    fn upload(&self, host: &[T], dst: &mut Vec<T>) -> Result<()> {
+        need("upload destination", dst.len(), host.len())?;
+        dst[..host.len()].copy_from_slice(host);
+        Ok(())
+    }
+
+    fn download(&self, src: &Vec<T>) -> Result<Vec<T>> {
+        Ok(src.clone())
+    }
+
+    fn alloc_ids(&self, len: usize) -> Result<Vec<u32>> {
+        Ok(vec![0; len])
+    }
+
+    fn upload_ids(&self, host: &[u32], dst: &mut Vec<u32>) -> Result<()> {
+        need("ids destination", dst.len(), host.len())?;
+        dst[..host.len()].copy_from_slice(host);
+        Ok(())
+    }
+
+    fn sum(&self, x: &Vec<T>, n: usize) -> Result<f64> {
+        need("sum input", x.len(), n)?;
+        Ok(x[..n].iter().fold(0.0f64, |a, &v| a + v.f64()))
+    }
+
+    fn embedding_fwd(
+        &self,
+        out: &mut Vec<T>,
+        ids: &Vec<u32>,
+        wte: Span<Vec<T>>,
+        n: usize,
+        d: usize,
+    ) -> Result<()> {
+        need("embedding out", out.len(), n * d)?;
+        need("embedding ids", ids.len(), n)?;
+        let w = span("wte", &wte, wte.len)?;
+        pointwise::embedding_fwd(&mut out[..n * d], &ids[..n], w, d)
+    }
+
+    fn embedding_bwd(
+        &self,
+        dwte: SpanMut<Vec<T>>,
+        ids: &Vec<u32>,
+        dout: &Vec<T>,
+        n: usize,
+        d: usize,
+    ) -> Result<()> {
+        need("embedding dout", dout.len(), n * d)?;
+        need("embedding ids", ids.len(), n)?;
+        let len = dwte.len;
+        let dw = span_mut("dwte", dwte, len)?;
+        pointwise::embedding_bwd(dw, &ids[..n], &dout[..n * d], d)
+    }
+
+    fn layernorm_fwd(
+        &self,
+        out: &mut Vec<T>,
+        mean: &mut Vec<T>,
+        rstd: &mut Vec<T>,
+        x: &Vec<T>,
+        n: usize,
+        d: usize,
+        eps: f64,
+    ) -> Result<()> {
+        need("layernorm out", out.len(), n * d)?;
+        need("layernorm x", x.len(), n * d)?;
+        need("layernorm mean", mean.len(), n)?;
+        need("layernorm rstd", rstd.len(), n)?;
+        norm::layernorm_fwd(
+            &mut out[..n * d],
+            &mut mean[..n],
+            &mut rstd[..n],
+            &x[..n * d],
+            d,
+            T::of(eps),
+        );
+        Ok(())
+    }
+
+    fn layernorm_bwd(
+        &self,
+        dx: &mut Vec<T>,
+        dy: &Vec<T>,
+        xhat: &Vec<T>,
+        rstd: &Vec<T>,
+        n: usize,
+        d: usize,
+        accumulate: bool,
+    ) -> Result<()> {
+        need("layernorm dx", dx.len(), n * d)?;
+        need("layernorm dy", dy.len(), n * d)?;
+        need("layernorm xhat", xhat.len(), n * d)?;
+        need("layernorm rstd", rstd.len(), n)?;
+        norm::layernorm_bwd(
+            &mut dx[..n * d],
+            &dy[..n * d],
+            &xhat[..n * d],
+            &rstd[..n],
+            d,
+            accumulate,
+        );
+        Ok(())
+    }
+
+    fn add(&self, out: &mut Vec<T>, a: &Vec<T>, b: &Vec<T>, n: usize) -> Result<()> {
+        need("add out", out.len(), n)?;
+        need("add a", a.len(), n)?;
+        need("add b", b.len(), n)?;
+        pointwise::add(&mut out[..n], &a[..n], &b[..n]);
+        Ok(())
+    }
+
+    fn add_rows(&self, x: &mut Vec<T>, v: Span<Vec<T>>, n: usize, d: usize) -> Result<()> {
+        need("add_rows x", x.len(), n * d)?;
+        let v = span("add_rows v", &v, d)?;
+        pointwise::add_rows(&mut x[..n * d], v);
+        Ok(())
+    }
+
+    fn matmul_fwd(
+        &self,
+        y: &mut Vec<T>,
+        x: &Vec<T>,
+        w: Span<Vec<T>>,
+        m: usize,
+        k: usize,
+        n: usize,
+    ) -> Result<()> {
+        need("matmul y", y.len(), m * n)?;
+        need("matmul x", x.len(), m * k)?;
+        let w = span("matmul w", &w, n * k)?;
+        matmul::forward(&mut y[..m * n], &x[..m * k], w, m, k, n);
+        Ok(())
+    }
+
+    fn matmul_bwd_x(
+        &self,
+        dx: &mut Vec<T>,
+        dy: &Vec<T>,
+        w: Span<Vec<T>>,
+        m: usize,
+        k: usize,
+        n: usize,
+    ) -> Result<()> {
+        need("matmul dx", dx.len(), m * k)?;
+        need("matmul dy", dy.len(), m * n)?;
+        let w = span("matmul w", &w, n * k)?;
+        matmul::backward_x(&mut dx[..m * k], &dy[..m * n], w, m, k, n);
+        Ok(())
+    }
+
+    fn matmul_bwd_w(
+        &self,
+        dw: SpanMut<Vec<T>>,
+        dy: &Vec<T>,
+        x: &Vec<T>,
+        m: usize,
+        k: usize,
+        n: usize,
+        accumulate: bool,
+    ) -> Result<()> {
+        need("matmul dy", dy.len(), m * n)?;
+        need("matmul x", x.len(), m * k)?;
+        let dw = span_mut("matmul dw", dw, n * k)?;
+        matmul::backward_w(dw, &dy[..m * n], &x[..m * k], m, k, n, accumulate);
+        Ok(())
+    }
+
+    fn rope_fwd(&self, qkv: &mut Vec<T>, table: &Vec<T>, s: AttnShape) -> Result<()> {
+        need("rope qkv", qkv.len(), s.n() * 3 * s.d())?;
+        need("rope table", table.len(), s.t * s.dh)?;
+        pointwise::rope(&mut qkv[..s.n() * 3 * s.d()], table, s, false);
+        Ok(())
+    }
+
+    fn rope_bwd(&self, dqkv: &mut Vec<T>, table: &Vec<T>, s: AttnShape) -> Result<()> {
+        need("rope dqkv", dqkv.len(), s.n() * 3 * s.d())?;
+        need("rope table", table.len(), s.t * s.dh)?;
+        pointwise::rope(&mut dqkv[..s.n() * 3 * s.d()], table, s, true);
+        Ok(())
+    }
+
+    fn attention_fwd(
+        &self,
+        z: &mut Vec<T>,
+        lse: &mut Vec<T>,
+        qkv: &Vec<T>,
+        s: AttnShape,
+    ) -> Result<()> {
+        need("attention z", z.len(), s.n() * s.d())?;
+        need("attention lse", lse.len(), s.n() * s.h)?;
+        need("attention qkv", qkv.len(), s.n() * 3 * s.d())?;
+        attention::forward(z, lse, qkv, s);
+        Ok(())
+    }
+
+    fn attention_bwd(
+        &self,
+        dqkv: &mut Vec<T>,
+        dz: &Vec<T>,
+        z: &Vec<T>,
+        qkv: &Vec<T>,
+        lse: &Vec<T>,
+        s: AttnShape,
+    ) -> Result<()> {
+        need("attention dqkv", dqkv.len(), s.n() * 3 * s.d())?;
+        need("attention dz", dz.len(), s.n() * s.d())?;
+        need("attention z", z.len(), s.n() * s.d())?;
+        need("attention lse", lse.len(), s.n() * s.h)?;
+        need("attention qkv", qkv.len(), s.n() * 3 * s.d())?;
+        attention::backward(dqkv, dz, z, qkv, lse, s);
+        Ok(())
+    }
+
+    fn swiglu_fwd(&self, h: &mut Vec<T>, gu: &Vec<T>, n: usize, f: usize) -> Result<()> {
+        need("swiglu h", h.len(), n * f)?;
+        need("swiglu gu", gu.len(), n * 2 * f)?;
+        pointwise::swiglu_fwd(&mut h[..n * f], &gu[..n * 2 * f], f);
+        Ok(())
+    }
+
+    fn swiglu_bwd(
+        &self,
+        dgu: &mut Vec<T>,
+        dh: &Vec<T>,
+        gu: &Vec<T>,
+        n: usize,
+        f: usize,
+    ) -> Result<()> {
+        need("swiglu dgu", dgu.len(), n * 2 * f)?;
+        need("swiglu dh", dh.len(), n * f)?;
+        need("swiglu gu", gu.len(), n * 2 * f)?;
+        pointwise::swiglu_bwd(&mut dgu[..n * 2 * f], &dh[..n * f], &gu[..n * 2 * f], f);
+        Ok(())
+    }
+
+    fn cross_entropy(
+        &self,
+        logits: &mut Vec<T>,
+        losses: &mut Vec<T>,
+        targets: &Vec<u32>,
+        n: usize,
+        v: usize,
+        grad_scale: Option<f64>,
+    ) -> Result<()> {
+        need("cross_entropy logits", logits.len(), n * v)?;
+        need("cross_entropy losses", losses.len(), n)?;
+        need("cross_entropy targets", targets.len(), n)?;
+        loss::cross_entropy(
+            &mut logits[..n * v],
+            &mut losses[..n],
+            &targets[..n],
+            v,
+            grad_scale.map(T::of),
+        )
+    }
+
+    fn norm_sq(&self, g: &Vec<T>, n: usize) -> Result<f64> {
+        need("norm_sq input", g.len(), n)?;
+        Ok(optim::norm_sq(&g[..n]))
+    }
+
+    fn adamw(
+        &self,
+        p: &mut Vec<T>,
+        g: &Vec<T>,
+        m: &mut Vec<T>,
+        v: &mut Vec<T>,
+        n: usize,
+        args: &crate::optim::adamw::StepArgs,
+    ) -> Result<()> {
+        need("adamw params", p.len(), n)?;
+        need("adamw grads", g.len(), n)?;
+        need("adamw m", m.len(), n)?;
+        need("adamw v", v.len(), n)?;
+        optim::adamw(&mut p[..n], &g[..n], &mut m[..n], &mut v[..n], args);
+        Ok(())
+    }
+}

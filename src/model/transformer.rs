@@ -1,0 +1,604 @@
+//! The OLMo v1 decoder, forward and backward, written once over [`Backend`] ops.
+//!
+//! ```text
+//! x₀ = E[ids]                                   res[0]            [N, D]
+//! per layer l:
+//!   a = LN(res[2l]);  qkv = a·W_qkvᵀ; RoPE(q, k); z = causal_attn(qkv) (+ head shift)
+//!   res[2l+1] = res[2l] + z·W_oᵀ
+//!   m = LN(res[2l+1]); gu = m·W_guᵀ; h = silu(gate)·up
+//!   res[2l+2] = res[2l+1] + h·W_downᵀ
+//! logits = LN(res[2L])·Eᵀ                        [N, V] (all V rows, padding included)
+//! loss = mean over N of CE(logits, targets)
+//! ```
+//! `N = B·T`. A batch of training tokens is `B` rows of `T + 1` ids: inputs `row[..T]`, targets
+//! `row[1..]`.
+//!
+//! Activations live in a workspace allocated once per (batch, seq) shape (two shapes are kept,
+//! e.g. training and validation), so a step allocates nothing on the executor.
+
+use super::params::ParamLayout;
+use crate::backend::{AttnShape, Backend, Float, Span, SpanMut};
+use crate::config::ModelConfig;
+use anyhow::{bail, ensure, Context, Result};
+
+/// Activations of one block.
+struct LayerActs<B: Backend> {
+    ln1: B::Buf,
+    mean1: B::Buf,
+    rstd1: B::Buf,
+    qkv: B::Buf,
+    z: B::Buf,
+    lse: B::Buf,
+    ln2: B::Buf,
+    mean2: B::Buf,
+    rstd2: B::Buf,
+    gu: B::Buf,
+    h: B::Buf,
+}
+
+/// Gradient scratch, reused by every layer (allocated on the first backward of a shape).
+struct GradScratch<B: Backend> {
+    dres: B::Buf,
+    dln: B::Buf,
+    dqkv: B::Buf,
+    dz: B::Buf,
+    dgu: B::Buf,
+    dh: B::Buf,
+}
+
+/// Every buffer one (batch, seq) shape needs.
+struct Workspace<B: Backend> {
+    batch: usize,
+    seq: usize,
+    ids: B::Ids,
+    targets: B::Ids,
+    /// `[T, dh/2]` cosines then `[T, dh/2]` sines.
+    rope: B::Buf,
+    /// Residual stream before each sublayer and after the last: `2L + 1` buffers `[N, D]`.
+    res: Vec<B::Buf>,
+    layers: Vec<LayerActs<B>>,
+    lnf: B::Buf,
+    meanf: B::Buf,
+    rstdf: B::Buf,
+    /// `[N, V]` logits, overwritten by their gradient in a backward pass.
+    logits: B::Buf,
+    /// `[N]` per-position losses.
+    losses: B::Buf,
+    grad: Option<GradScratch<B>>,
+}
+
+/// The RoPE table for `t` positions of heads of width `dh`: angles `pos·θ^(−2i/dh)` computed in
+/// f64, then cos and sin rounded to the executor's precision. Layout `[T, dh/2]` cos, then sin.
+pub fn rope_table(t: usize, dh: usize, theta: f64) -> Vec<f64> {
+    let half = dh / 2;
+    let mut out = vec![0.0; 2 * t * half];
+    for pos in 0..t {
+        for i in 0..half {
+            let inv_freq = theta.powf(-((2 * i) as f64) / dh as f64);
+            let a = pos as f64 * inv_freq;
+            out[pos * half + i] = a.cos();
+            out[t * half + pos * half + i] = a.sin();
+        }
+    }
+    out
+}
+
+impl<B: Backend> Workspace<B> {
+    fn new(be: &B, cfg: &ModelConfig, batch: usize, seq: usize) -> Result<Self> {
+        let (n, d, f, v, h) = (
+            batch * seq,
+            cfg.d_model,
+            cfg.d_ff,
+            cfg.vocab_size,
+            cfg.n_heads,
+        );
+        let mut rope = be.alloc(seq * cfg.d_head())?;
+        let table: Vec<B::Elem> = rope_table(seq, cfg.d_head(), cfg.rope_theta)
+            .into_iter()
+            .map(B::Elem::of)
+            .collect();
+        be.upload(&table, &mut rope)?;
+        let res = (0..2 * cfg.n_layers + 1)
+            .map(|_| be.alloc(n * d))
+            .collect::<Result<Vec<_>>>()?;
+        let layers = (0..cfg.n_layers)
+            .map(|_| {
+                Ok(LayerActs {
+                    ln1: be.alloc(n * d)?,
+                    mean1: be.alloc(n)?,
+                    rstd1: be.alloc(n)?,
+                    qkv: be.alloc(n * 3 * d)?,
+                    z: be.alloc(n * d)?,
+                    lse: be.alloc(n * h)?,
+                    ln2: be.alloc(n * d)?,
+                    mean2: be.alloc(n)?,
+                    rstd2: be.alloc(n)?,
+                    gu: be.alloc(n * 2 * f)?,
+                    h: be.alloc(n * f)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Workspace {
+            batch,
+            seq,
+            ids: be.alloc_ids(n)?,
+            targets: be.alloc_ids(n)?,
+            rope,
+            res,
+            layers,
+            lnf: be.alloc(n * d)?,
+            meanf: be.alloc(n)?,
+            rstdf: be.alloc(n)?,
+            logits: be.alloc(n * v)?,
+            losses: be.alloc(n)?,
+            grad: None,
+        })
+    }
+
+    fn ensure_grad(&mut self, be: &B, cfg: &ModelConfig) -> Result<()> {
+        if self.grad.is_none() {
+            let (n, d, f) = (self.batch * self.seq, cfg.d_model, cfg.d_ff);
+            self.grad = Some(GradScratch {
+                dres: be.alloc(n * d)?,
+                dln: be.alloc(n * d)?,
+                dqkv: be.alloc(n * 3 * d)?,
+                dz: be.alloc(n * d)?,
+                dgu: be.alloc(n * 2 * f)?,
+                dh: be.alloc(n * f)?,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// An OLMo v1 model bound to an executor: configuration, parameter layout, activation
+/// workspaces and optional ITI head shifts. Parameters and gradients are owned by the caller as
+/// two flat executor buffers laid out by [`Model::layout`].
+pub struct Model<B: Backend> {
+    /// Shape of the model.
+    pub cfg: ModelConfig,
+    /// Where each tensor sits in the flat parameter (and gradient) buffer.
+    pub layout: ParamLayout,
+    backend: B,
+    /// Workspaces by shape, most recently used last (at most [`Model::MAX_WORKSPACES`]).
+    workspaces: Vec<Workspace<B>>,
+    /// Per layer, an optional `[H, dh]` shift added to `hook_z` at every position.
+    head_shift: Vec<Option<B::Buf>>,
+    /// Host scratch for input ids and targets.
+    host_ids: Vec<u32>,
+    host_targets: Vec<u32>,
+}
+
+impl<B: Backend> Model<B> {
+    /// How many (batch, seq) workspaces are kept at once.
+    pub const MAX_WORKSPACES: usize = 2;
+
+    /// A model of shape `cfg` on executor `backend` (the config is validated).
+    pub fn new(cfg: ModelConfig, backend: B) -> Result<Self> {
+        cfg.validate()?;
+        let layout = ParamLayout::new(&cfg);
+        let head_shift = (0..cfg.n_layers).map(|_| None).collect();
+        Ok(Model {
+            cfg,
+            layout,
+            backend,
+            workspaces: Vec::new(),
+            head_shift,
+            host_ids: Vec::new(),
+            host_targets: Vec::new(),
+        })
+    }
+
+    /// The executor.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// A zero-filled executor buffer of the size of the parameter vector (for params or grads).
+    pub fn alloc_params(&self) -> Result<B::Buf> {
+        self.backend.alloc(self.layout.len())
+    }
+
+    /// Sets (or with `None` clears) the ITI shift of layer `layer`: a `[H, dh]` vector (flattened,
+    /// `d_model` values) added to every position's `blocks.{layer}.attn.hook_z` before `o_proj`.
+    /// Shifts apply to [`Model::loss`] and [`Model::logits`]; [`Model::forward_backward`] refuses
+    /// to run while any is set.
+    pub fn set_head_shift(&mut self, layer: usize, shift: Option<&[B::Elem]>) -> Result<()> {
+        ensure!(
+            layer < self.cfg.n_layers,
+            "head shift: layer {layer} out of range (the model has {} layers)",
+            self.cfg.n_layers
+        );
+        self.head_shift[layer] = match shift {
+            None => None,
+            Some(s) => {
+                ensure!(
+                    s.len() == self.cfg.d_model,
+                    "head shift for layer {layer}: expected n_heads·d_head = {} values, got {}",
+                    self.cfg.d_model,
+                    s.len()
+                );
+                let mut buf = self.backend.alloc(s.len())?;
+                self.backend.upload(s, &mut buf)?;
+                Some(buf)
+            }
+        };
+        Ok(())
+    }
+
+    /// Removes every head shift.
+    pub fn clear_head_shifts(&mut self) {
+        self.head_shift.iter_mut().for_each(|s| *s = None);
+    }
+
+    /// An activation of the most recent forward pass, under its TransformerLens name:
+    /// `blocks.{l}.hook_resid_pre` / `hook_resid_post` `[B, T, D]`, `blocks.{l}.attn.hook_z`
+    /// `[B, T, H, dh]` (after any head shift), `blocks.{l}.mlp.hook_post` `[B, T, F]`. Returns the
+    /// buffer and its (batch, seq); `None` for an unknown name or before any forward pass.
+    /// After [`Model::forward_backward`] the activations are those of the forward half.
+    pub fn activation(&self, name: &str) -> Option<(&B::Buf, usize, usize)> {
+        let ws = self.workspaces.last()?;
+        let rest = name.strip_prefix("blocks.")?;
+        let (l, hook) = rest.split_once('.')?;
+        let l: usize = l.parse().ok()?;
+        if l >= self.cfg.n_layers {
+            return None;
+        }
+        let buf = match hook {
+            "hook_resid_pre" => &ws.res[2 * l],
+            "hook_resid_post" => &ws.res[2 * l + 2],
+            "attn.hook_z" => &ws.layers[l].z,
+            "mlp.hook_post" => &ws.layers[l].h,
+            _ => return None,
+        };
+        Some((buf, ws.batch, ws.seq))
+    }
+
+    /// Checks the shape and ids of a call; `per_row` is T+1 for training rows, T for inputs.
+    fn check_tokens(
+        &self,
+        what: &str,
+        tokens: &[u32],
+        batch: usize,
+        seq: usize,
+        per_row: usize,
+    ) -> Result<()> {
+        ensure!(batch > 0, "{what}: batch must be positive");
+        ensure!(
+            seq > 0 && seq <= self.cfg.context,
+            "{what}: sequence length {seq} must be in 1..={} (the model's context)",
+            self.cfg.context
+        );
+        ensure!(
+            tokens.len() == batch * per_row,
+            "{what}: expected batch·{} = {} token ids ({batch} rows of {per_row}), got {}",
+            if per_row == seq { "seq" } else { "(seq+1)" },
+            batch * per_row,
+            tokens.len()
+        );
+        if let Some((i, &t)) = tokens
+            .iter()
+            .enumerate()
+            .find(|(_, &t)| t as usize >= self.cfg.vocab_size)
+        {
+            bail!(
+                "{what}: token id {t} at index {i} is not below the vocabulary size {}",
+                self.cfg.vocab_size
+            );
+        }
+        Ok(())
+    }
+
+    /// Moves the workspace for (batch, seq) to the end of the list, creating it if needed.
+    fn select_workspace(&mut self, batch: usize, seq: usize) -> Result<()> {
+        if let Some(i) = self
+            .workspaces
+            .iter()
+            .position(|w| w.batch == batch && w.seq == seq)
+        {
+            let ws = self.workspaces.remove(i);
+            self.workspaces.push(ws);
+        } else {
+            if self.workspaces.len() >= Self::MAX_WORKSPACES {
+                self.workspaces.remove(0);
+            }
+            let ws = Workspace::new(&self.backend, &self.cfg, batch, seq)
+                .with_context(|| format!("allocating activations for batch {batch} × seq {seq}"))?;
+            self.workspaces.push(ws);
+        }
+        Ok(())
+    }
+
+    /// Splits training rows of `seq + 1` ids into inputs and targets and uploads them.
+    fn upload_rows(&mut self, tokens: &[u32], batch: usize, seq: usize) -> Result<()> {
+        self.host_ids.clear();
+        self.host_targets.clear();
+        for row in tokens.chunks_exact(seq + 1).take(batch) {
+            self.host_ids.extend_from_slice(&row[..seq]);
+            self.host_targets.extend_from_slice(&row[1..]);
+        }
+        let ws = self.workspaces.last_mut().context("no workspace")?;
+        self.backend.upload_ids(&self.host_ids, &mut ws.ids)?;
+        self.backend
+            .upload_ids(&self.host_targets, &mut ws.targets)?;
+        Ok(())
+    }
+
+    fn check_params(&self, what: &str, buf: &B::Buf) -> Result<()> {
+        let n = self.backend.buf_len(buf);
+        ensure!(
+            n == self.layout.len(),
+            "{what}: buffer holds {n} values, the model has {} parameters",
+            self.layout.len()
+        );
+        Ok(())
+    }
+
+    /// Forward pass up to the logits, on the current (last) workspace.
+    fn forward(&mut self, params: &B::Buf) -> Result<()> {
+        let be = &self.backend;
+        let cfg = &self.cfg;
+        let lay = &self.layout;
+        let ws = self.workspaces.last_mut().context("no workspace")?;
+        let (d, f, v) = (cfg.d_model, cfg.d_ff, cfg.vocab_size);
+        let n = ws.batch * ws.seq;
+        let s = AttnShape {
+            b: ws.batch,
+            t: ws.seq,
+            h: cfg.n_heads,
+            dh: cfg.d_head(),
+        };
+        let eps = cfg.layer_norm_eps;
+        let wte = Span::new(params, lay.embed, v * d);
+        be.embedding_fwd(&mut ws.res[0], &ws.ids, wte, n, d)?;
+        for (l, (lo, a)) in lay.layers.iter().zip(ws.layers.iter_mut()).enumerate() {
+            let (before, after) = ws.res.split_at_mut(2 * l + 1);
+            let x = &before[2 * l];
+            let (mid, rest) = after.split_at_mut(1);
+            let x_mid = &mut mid[0];
+            let x_out = &mut rest[0];
+            // Attention sublayer: x_mid = x + o(attn(rope(qkv(LN(x))))).
+            be.layernorm_fwd(&mut a.ln1, &mut a.mean1, &mut a.rstd1, x, n, d, eps)?;
+            be.matmul_fwd(
+                &mut a.qkv,
+                &a.ln1,
+                Span::new(params, lo.qkv, 3 * d * d),
+                n,
+                d,
+                3 * d,
+            )?;
+            be.rope_fwd(&mut a.qkv, &ws.rope, s)?;
+            be.attention_fwd(&mut a.z, &mut a.lse, &a.qkv, s)?;
+            if let Some(shift) = &self.head_shift[l] {
+                be.add_rows(&mut a.z, Span::new(shift, 0, d), n, d)?;
+            }
+            // o_proj output goes to x_out (free until the MLP writes it), then the residual add.
+            be.matmul_fwd(x_out, &a.z, Span::new(params, lo.o, d * d), n, d, d)?;
+            be.add(x_mid, x, x_out, n * d)?;
+            // MLP sublayer: x_out = x_mid + down(swiglu(gate_up(LN(x_mid)))).
+            be.layernorm_fwd(&mut a.ln2, &mut a.mean2, &mut a.rstd2, x_mid, n, d, eps)?;
+            be.matmul_fwd(
+                &mut a.gu,
+                &a.ln2,
+                Span::new(params, lo.gate_up, 2 * f * d),
+                n,
+                d,
+                2 * f,
+            )?;
+            be.swiglu_fwd(&mut a.h, &a.gu, n, f)?;
+            // The down output goes to lnf (free until the final LN) as scratch.
+            be.matmul_fwd(
+                &mut ws.lnf,
+                &a.h,
+                Span::new(params, lo.down, d * f),
+                n,
+                f,
+                d,
+            )?;
+            be.add(x_out, x_mid, &ws.lnf, n * d)?;
+        }
+        let last = &ws.res[2 * cfg.n_layers];
+        be.layernorm_fwd(&mut ws.lnf, &mut ws.meanf, &mut ws.rstdf, last, n, d, eps)?;
+        be.matmul_fwd(&mut ws.logits, &ws.lnf, wte, n, d, v)?;
+        Ok(())
+    }
+
+    /// Mean cross-entropy of training rows (`batch` rows of `seq + 1` ids), forward only (for
+    /// validation). Head shifts, if set, apply.
+    pub fn loss(
+        &mut self,
+        params: &B::Buf,
+        tokens: &[u32],
+        batch: usize,
+        seq: usize,
+    ) -> Result<f64> {
+        self.check_tokens("loss", tokens, batch, seq, seq + 1)?;
+        self.check_params("loss: parameters", params)?;
+        self.select_workspace(batch, seq)?;
+        self.upload_rows(tokens, batch, seq)?;
+        self.forward(params)?;
+        let be = &self.backend;
+        let ws = self.workspaces.last_mut().context("no workspace")?;
+        let n = batch * seq;
+        be.cross_entropy(
+            &mut ws.logits,
+            &mut ws.losses,
+            &ws.targets,
+            n,
+            self.cfg.vocab_size,
+            None,
+        )?;
+        Ok(be.sum(&ws.losses, n)? / n as f64)
+    }
+
+    /// Logits `[batch, seq, vocab_size]` (row-major, all vocab rows including padding) for input
+    /// ids `[batch, seq]`, copied to the host. Head shifts, if set, apply.
+    pub fn logits(
+        &mut self,
+        params: &B::Buf,
+        ids: &[u32],
+        batch: usize,
+        seq: usize,
+    ) -> Result<Vec<f32>> {
+        self.check_tokens("logits", ids, batch, seq, seq)?;
+        self.check_params("logits: parameters", params)?;
+        self.select_workspace(batch, seq)?;
+        let ws = self.workspaces.last_mut().context("no workspace")?;
+        self.backend.upload_ids(ids, &mut ws.ids)?;
+        self.forward(params)?;
+        let ws = self.workspaces.last().context("no workspace")?;
+        let n = batch * seq * self.cfg.vocab_size;
+        let all = self.backend.download(&ws.logits)?;
+        Ok(all[..n].iter().map(|x| x.f64() as f32).collect())
+    }
+
+    /// One forward and backward pass over training rows (`batch` rows of `seq + 1` ids; inputs
+    /// `row[..seq]`, targets `row[1..]`). Returns the mean loss over the `batch·seq` positions.
+    ///
+    /// Gradients are those of `grad_scale · mean_loss`: with `k` micro-batches per optimizer step
+    /// pass `grad_scale = 1/k`, `accumulate = false` on the first and `true` on the rest, and
+    /// `grads` then holds the gradient of the mean over all micro-batches. With `accumulate`
+    /// false every gradient element is overwritten (no zeroing needed).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_backward(
+        &mut self,
+        params: &B::Buf,
+        grads: &mut B::Buf,
+        tokens: &[u32],
+        batch: usize,
+        seq: usize,
+        accumulate: bool,
+        grad_scale: f64,
+    ) -> Result<f64> {
+        ensure!(
+            self.head_shift.iter().all(|s| s.is_none()),
+            "forward_backward: head shifts are set; they are for inference only (clear them first)"
+        );
+        self.check_tokens("forward_backward", tokens, batch, seq, seq + 1)?;
+        self.check_params("forward_backward: parameters", params)?;
+        self.check_params("forward_backward: gradients", grads)?;
+        self.select_workspace(batch, seq)?;
+        self.upload_rows(tokens, batch, seq)?;
+        self.forward(params)?;
+
+        let be = &self.backend;
+        let cfg = &self.cfg;
+        let lay = &self.layout;
+        let ws = self.workspaces.last_mut().context("no workspace")?;
+        ws.ensure_grad(be, cfg)?;
+        let (d, f, v) = (cfg.d_model, cfg.d_ff, cfg.vocab_size);
+        let n = batch * seq;
+        let s = AttnShape {
+            b: batch,
+            t: seq,
+            h: cfg.n_heads,
+            dh: cfg.d_head(),
+        };
+        let g = ws.grad.as_mut().context("no gradient scratch")?;
+
+        // Loss and dlogits = grad_scale/N · (softmax − onehot), in place.
+        be.cross_entropy(
+            &mut ws.logits,
+            &mut ws.losses,
+            &ws.targets,
+            n,
+            v,
+            Some(grad_scale / n as f64),
+        )?;
+        let loss = be.sum(&ws.losses, n)? / n as f64;
+
+        // Head (tied): dlnf = dlogits·E, dE (+)= dlogitsᵀ·lnf.
+        let wte = Span::new(params, lay.embed, v * d);
+        be.matmul_bwd_x(&mut g.dln, &ws.logits, wte, n, d, v)?;
+        be.matmul_bwd_w(
+            SpanMut::new(grads, lay.embed, v * d),
+            &ws.logits,
+            &ws.lnf,
+            n,
+            d,
+            v,
+            accumulate,
+        )?;
+        be.layernorm_bwd(&mut g.dres, &g.dln, &ws.lnf, &ws.rstdf, n, d, false)?;
+
+        for (lo, a) in lay.layers.iter().zip(ws.layers.iter()).rev() {
+            // MLP: dres holds dL/d res[2l+2] (= dL/d down output, and flows on to res[2l+1]).
+            be.matmul_bwd_x(
+                &mut g.dh,
+                &g.dres,
+                Span::new(params, lo.down, d * f),
+                n,
+                f,
+                d,
+            )?;
+            be.matmul_bwd_w(
+                SpanMut::new(grads, lo.down, d * f),
+                &g.dres,
+                &a.h,
+                n,
+                f,
+                d,
+                accumulate,
+            )?;
+            be.swiglu_bwd(&mut g.dgu, &g.dh, &a.gu, n, f)?;
+            be.matmul_bwd_x(
+                &mut g.dln,
+                &g.dgu,
+                Span::new(params, lo.gate_up, 2 * f * d),
+                n,
+                d,
+                2 * f,
+            )?;
+            be.matmul_bwd_w(
+                SpanMut::new(grads, lo.gate_up, 2 * f * d),
+                &g.dgu,
+                &a.ln2,
+                n,
+                d,
+                2 * f,
+                accumulate,
+            )?;
+            be.layernorm_bwd(&mut g.dres, &g.dln, &a.ln2, &a.rstd2, n, d, true)?;
+            // Attention: dres now holds dL/d res[2l+1].
+            be.matmul_bwd_x(&mut g.dz, &g.dres, Span::new(params, lo.o, d * d), n, d, d)?;
+            be.matmul_bwd_w(
+                SpanMut::new(grads, lo.o, d * d),
+                &g.dres,
+                &a.z,
+                n,
+                d,
+                d,
+                accumulate,
+            )?;
+            be.attention_bwd(&mut g.dqkv, &g.dz, &a.z, &a.qkv, &a.lse, s)?;
+            be.rope_bwd(&mut g.dqkv, &ws.rope, s)?;
+            be.matmul_bwd_x(
+                &mut g.dln,
+                &g.dqkv,
+                Span::new(params, lo.qkv, 3 * d * d),
+                n,
+                d,
+                3 * d,
+            )?;
+            be.matmul_bwd_w(
+                SpanMut::new(grads, lo.qkv, 3 * d * d),
+                &g.dqkv,
+                &a.ln1,
+                n,
+                d,
+                3 * d,
+                accumulate,
+            )?;
+            be.layernorm_bwd(&mut g.dres, &g.dln, &a.ln1, &a.rstd1, n, d, true)?;
+        }
+        // Embedding (tied): dE += scatter of dL/d res[0].
+        be.embedding_bwd(
+            SpanMut::new(grads, lay.embed, v * d),
+            &ws.ids,
+            &g.dres,
+            n,
+            d,
+        )?;
+        Ok(loss)
+    }
+}
