@@ -82,10 +82,18 @@ fi
 
 cp tools/gpu/correctness.sh tools/gpu/speed.sh "$stage/"
 chmod +x "$stage"/*.sh
-if [[ -f tools/hf_parity.py ]]; then
-  mkdir -p "$stage/hf"
-  cp tools/hf_parity.py "$stage/hf/"
-fi
+# Hugging Face parity fixture: a checkpoint written by `train` (a short demo run) and the logits
+# this engine computes for it; hf/hf_parity.py compares them with transformers' OlmoForCausalLM.
+echo "gpu-check: training a short demo run for the Hugging Face parity check"
+work="$root/target/gpu-check-work"
+rm -rf "$work/hfrun"
+cargo run --release --quiet --bin train -- --quiet --device cpu --steps 30 --save-every 30 --out "$work/hfrun"
+mkdir -p "$stage/hf/checkpoint"
+ck="$work/hfrun/$(cat "$work/hfrun/latest")"
+cp "$ck/model.safetensors" "$ck/config.json" "$stage/hf/checkpoint/"
+[[ -f "$ck/tokenizer.json" ]] && cp "$ck/tokenizer.json" "$stage/hf/checkpoint/"
+cargo run --release --quiet --example dump_logits -- "$ck" "$stage/hf/logits.safetensors" 2 128
+cp tools/hf_parity.py "$stage/hf/"
 
 nvcc="$(ls .cuda/venv/lib/python3*/site-packages/nvidia/cu13/bin/nvcc 2>/dev/null | head -n1 || true)"
 {

@@ -49,10 +49,11 @@ done
 # It gets the stage folder and the output folder, and must exit non-zero on a mismatch.
 if [[ -f "$here/hf/hf_parity.py" ]]; then
   t0=$(date +%s)
-  timeout "$limit" python3 "$here/hf/hf_parity.py" --stage "$here" --out "$out" >"$out/hf-parity.log" 2>&1
+  timeout "$limit" python3 "$here/hf/hf_parity.py" "$here/hf/checkpoint" "$here/hf/logits.safetensors" >"$out/hf-parity.log" 2>&1
   rc=$?
   secs=$(($(date +%s) - t0))
-  if ((rc == 0)); then add_row "hf_parity" ok "${secs}s"; else add_row "hf_parity" FAIL "rc $rc, ${secs}s"; status=1; fi
+  detail="$(grep -E '^HF OlmoForCausalLM parity' "$out/hf-parity.log" | tail -n1)"
+  if ((rc == 0)); then add_row "hf_parity" ok "${detail:-} ${secs}s"; else add_row "hf_parity" FAIL "rc $rc, ${detail:-see hf-parity.log} ${secs}s"; status=1; fi
 fi
 # ===================================================================================
 
