@@ -1,5 +1,6 @@
 //! `prepare`: raw text → tokenizer → token shards (train.shard, val.shard) for `train`.
 
+use baddata::backend::device::{Device, DeviceArg};
 use anyhow::{bail, Context, Result};
 use baddata::data::demo::{prepare_demo, DEFAULT_DEMO_VOCAB};
 use baddata::data::shard::write_shard;
@@ -68,6 +69,11 @@ struct Args {
     /// inputs.
     #[arg(long, conflicts_with_all = ["tokenizer", "olmo"])]
     demo: bool,
+
+    /// Device, as on every command. Tokenization runs on the CPU whatever is chosen; `cuda` still
+    /// checks that a usable GPU is there, so scripts fail early rather than at `train`.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    device: DeviceArg,
 }
 
 /// Expands `*`/`?` in the last path component (for shells that pass patterns through).
@@ -177,6 +183,7 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(args: &Args) -> Result<()> {
+    Device::select(args.device)?;
     if args.demo {
         return run_demo(args);
     }
