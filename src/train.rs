@@ -263,7 +263,8 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainReport> {
     };
 
     let t0 = Instant::now();
-    let mut val_first = f32::NAN;
+    // a resumed run reports the step-0 validation loss its log recorded
+    let mut val_first = log.first().and_then(|e| e.val_loss).unwrap_or(f32::NAN);
     let mut val_last = f32::NAN;
     let mut last_ckpt = None;
     let toks_per_step = (cfg.batch * cfg.seq * cfg.grad_accum) as f64;

@@ -276,15 +276,19 @@ fn run() -> Result<()> {
         }
         if let Some(t) = &tokenizer {
             let tok = Tokenizer::load(t)?;
-            baddata::data::tokenizer::check_fits(tok.vocab_size(), model.vocab_real, t)?;
             if args.preset == "tiny" {
+                // the demo-sized model takes its vocabulary from the tokenizer
                 model = model.with_vocab(tok.vocab_size(), tok.eos_id()?);
+            } else {
+                baddata::data::tokenizer::check_fits(tok.vocab_size(), model.vocab_real, t)?;
             }
         }
-        real_defaults(
-            &args.preset,
-            demo_defaults(model, sources, val, tokenizer, out.clone()),
-        )
+        let c = demo_defaults(model, sources, val, tokenizer, out.clone());
+        if args.preset == "tiny" {
+            c
+        } else {
+            real_defaults(&args.preset, c)
+        }
     };
 
     if let Some(path) = &args.config {
