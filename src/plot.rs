@@ -66,7 +66,13 @@ pub fn line_chart(
         chart
             .configure_mesh()
             .x_desc(x_label)
-            .x_label_formatter(&|x| if x.fract() == 0.0 { format!("{x:.0}") } else { format!("{x:.2}") })
+            .x_label_formatter(&|x| {
+                if x.fract() == 0.0 {
+                    format!("{x:.0}")
+                } else {
+                    format!("{x:.2}")
+                }
+            })
             .y_desc(y_label)
             .label_style(("sans-serif", 15))
             .axis_desc_style(("sans-serif", 17))

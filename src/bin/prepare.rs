@@ -1,7 +1,7 @@
 //! `prepare`: raw text → tokenizer → token shards (train.shard, val.shard) for `train`.
 
-use baddata::backend::device::{Device, DeviceArg};
 use anyhow::{bail, Context, Result};
+use baddata::backend::device::{Device, DeviceArg};
 use baddata::data::demo::{prepare_demo, DEFAULT_DEMO_VOCAB};
 use baddata::data::shard::write_shard;
 use baddata::data::text::{documents, Format};
