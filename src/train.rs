@@ -257,7 +257,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainReport> {
         let chunks = val_tokens.chunks_exact(cfg.batch * row);
         let n = chunks.len();
         for chunk in chunks {
-            total += model.loss(params, chunk, cfg.batch, cfg.seq)? as f64;
+            total += model.loss(params, chunk, cfg.batch, cfg.seq)?;
         }
         Ok((total / n as f64) as f32)
     };
