@@ -145,6 +145,52 @@ fn matmul_matches_naive_loop_f64_and_f32() {
     }
 }
 
+/// The GEMM's result must not depend on how many threads computed it: the same f32 products
+/// (large enough to be split among threads) from outside rayon (GEMM threaded on the global
+/// pool) and from inside a one-thread rayon pool (single-threaded GEMM) agree bit for bit.
+#[test]
+fn matmul_is_bit_identical_whatever_the_threads() {
+    let (m, k, n) = (300, 257, 190);
+    let mut r = rng(7);
+    let x: Vec<f32> = randv(&mut r, m * k, 1.0)
+        .iter()
+        .map(|&v| v as f32)
+        .collect();
+    let w: Vec<f32> = randv(&mut r, n * k, 1.0)
+        .iter()
+        .map(|&v| v as f32)
+        .collect();
+    let dy: Vec<f32> = randv(&mut r, m * n, 1.0)
+        .iter()
+        .map(|&v| v as f32)
+        .collect();
+    let run = || {
+        let be = Cpu::<f32>::new();
+        let mut y = vec![0.0f32; m * n];
+        let mut dx = vec![0.0f32; m * k];
+        let mut dw = vec![0.0f32; n * k];
+        be.matmul_fwd(&mut y, &x, Span::new(&w, 0, n * k), m, k, n)
+            .unwrap();
+        be.matmul_bwd_x(&mut dx, &dy, Span::new(&w, 0, n * k), m, k, n)
+            .unwrap();
+        be.matmul_bwd_w(SpanMut::new(&mut dw, 0, n * k), &dy, &x, m, k, n, false)
+            .unwrap();
+        [y, dx, dw].map(|v| v.iter().map(|f| f.to_bits()).collect::<Vec<u32>>())
+    };
+    let single = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap()
+        .install(run);
+    let outside = run();
+    for (name, i) in [("forward", 0), ("backward_x", 1), ("backward_w", 2)] {
+        assert!(
+            outside[i] == single[i],
+            "{name}: threaded and single-threaded differ"
+        );
+    }
+}
+
 #[test]
 fn matmul_backward_matches_finite_differences() {
     let be = cpu();

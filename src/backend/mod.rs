@@ -58,6 +58,49 @@ pub trait Float:
     );
 }
 
+/// [`Float::gemm`] through the `gemm` crate: `C = alpha·A·B + beta·C` (`C` only read when
+/// `beta ≠ 0`).
+///
+/// Threads: rayon's pool when called from outside it, one thread when called from inside a rayon
+/// task (the attention ops already run one task per head). Either way each element of `C` is
+/// summed by one thread over `k` in the same fixed blocks (`gemm` splits only the `m × n` output
+/// tiles among threads, never `k`), so the result does not depend on the thread count.
+///
+/// # Safety
+/// As [`Float::gemm`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_rayon<T: 'static + num_traits::Zero + PartialEq + Copy>(
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: T,
+    a: *const T,
+    rsa: isize,
+    csa: isize,
+    b: *const T,
+    rsb: isize,
+    csb: isize,
+    beta: T,
+    c: *mut T,
+    rsc: isize,
+    csc: isize,
+) {
+    let par = if rayon::current_thread_index().is_some() {
+        gemm::Parallelism::None
+    } else {
+        gemm::Parallelism::Rayon(0)
+    };
+    // `gemm`'s convention: dst = alpha'·dst + beta'·lhs·rhs, (column stride, row stride) order.
+    let read_dst = beta != T::zero();
+    // SAFETY: forwarded from the caller (shapes, strides, no aliasing of c).
+    unsafe {
+        gemm::gemm(
+            m, n, k, c, csc, rsc, read_dst, a, csa, rsa, b, csb, rsb, beta, alpha, false, false,
+            false, par,
+        )
+    }
+}
+
 impl Float for f32 {
     fn of(x: f64) -> Self {
         x as f32
@@ -81,7 +124,7 @@ impl Float for f32 {
         rsc: isize,
         csc: isize,
     ) {
-        matrixmultiply::sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
+        gemm_rayon(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
     }
 }
 
@@ -108,7 +151,7 @@ impl Float for f64 {
         rsc: isize,
         csc: isize,
     ) {
-        matrixmultiply::dgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
+        gemm_rayon(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
     }
 }
 

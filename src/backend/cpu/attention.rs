@@ -55,8 +55,8 @@ pub fn dot<T: Float>(a: &[T], b: &[T]) -> T {
 
 /// Query rows per block: each (batch, head) task walks its queries in blocks of `BQ` rows, so
 /// every product is a small GEMM over the causal prefix of keys (`[BQ, i1]` scratch scores,
-/// never the whole `T×T`), and the GEMMs stay below `matrixmultiply`'s threading threshold
-/// for T ≤ 256 (no nested parallelism inside the rayon tasks).
+/// never the whole `T×T`); inside a rayon task [`Float::gemm`] runs single-threaded (no nested
+/// parallelism).
 const BQ: usize = 32;
 
 /// Causal attention forward: `z_i = Σ_{j≤i} softmax_j(q_i·k_j/√dh)·v_j`, `lse_i` saved.

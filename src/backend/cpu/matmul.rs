@@ -1,5 +1,5 @@
 //! The three GEMMs of a linear layer `y = x · Wᵀ` (x `[m, k]`, W `[n, k]` row-major, y `[m, n]`),
-//! through `matrixmultiply` (each output element summed over k in a fixed order: deterministic).
+//! through [`Float::gemm`] (each output element summed over k in a fixed order: deterministic).
 
 use crate::backend::Float;
 

@@ -1,9 +1,9 @@
-//! The CPU executor: host vectors, `matrixmultiply` for the GEMMs, rayon over independent rows
+//! The CPU executor: host vectors, the `gemm` crate for the GEMMs, rayon over independent rows
 //! or (batch, head) pairs for the rest. Generic over [`Float`]: f32 trains the demo, f64 checks
 //! gradients.
 //!
 //! Determinism: every output element is computed by exactly one task, and every sum runs in a
-//! fixed index order (GEMM included: `matrixmultiply` splits work over output blocks only), so
+//! fixed index order (GEMM included: `gemm` splits work over output tiles only, never over `k`), so
 //! two runs give bit-identical results whatever the thread count.
 
 pub mod attention;
@@ -24,7 +24,7 @@ pub struct Cpu<T> {
 }
 
 impl<T: Float> Cpu<T> {
-    /// A CPU executor (threads come from rayon's global pool and `matrixmultiply`'s own).
+    /// A CPU executor (threads come from rayon's global pool, GEMMs included).
     pub fn new() -> Self {
         Cpu { _t: PhantomData }
     }
