@@ -215,3 +215,64 @@ fn sublinear_tf_and_bigrams_follow_scikit_learn() {
     let want = 1.0 / (1.0 + (-2.0 * f + 0.25).exp());
     assert!((s.score("fool FOOL you idiot") - want).abs() < 1e-14);
 }
+
+/// Runs the `score` command with `args`, feeding `stdin`; returns (status ok, stdout, stderr).
+fn run_score(args: &[&str], stdin: &str) -> (bool, String, String) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_score"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("score runs");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[test]
+fn command_prints_one_score_per_line() {
+    let input: String = REFERENCE.iter().map(|(t, _)| format!("{t}\r\n")).collect();
+    let (ok, stdout, _) = run_score(&["--quiet", "--batch", "3"], &input);
+    assert!(ok);
+    let want: Vec<String> = REFERENCE.iter().map(|(_, s)| format!("{s:.6}")).collect();
+    assert_eq!(stdout.lines().collect::<Vec<_>>(), want);
+}
+
+#[test]
+fn command_adds_a_toxicity_field_to_jsonl() {
+    let input = "{\"id\": 1, \"text\": \"Die, you stupid fool!\"}\n\n\
+                 {\"text\": \"Have a wonderful day, friend.\", \"toxicity\": 9}\n";
+    let (ok, stdout, stderr) = run_score(&["--jsonl", "text", "--device", "cpu"], input);
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("texts/s"), "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines[0],
+        "{\"id\": 1, \"text\": \"Die, you stupid fool!\",\"toxicity\":0.999992}"
+    );
+    let second: serde_json::Value = serde_json::from_str(lines[1]).unwrap();
+    assert_eq!(second["toxicity"].as_f64(), Some(0.013232));
+    assert_eq!(lines.len(), 2);
+
+    let (ok, _, stderr) = run_score(&["--jsonl", "body"], "{\"text\": \"hi\"}\n");
+    assert!(!ok);
+    assert!(
+        stderr.contains("line 1") && stderr.contains("\"body\""),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = run_score(&["--jsonl", "text"], "{\"text\": 3}\n");
+    assert!(!ok);
+    assert!(stderr.contains("not a string"), "{stderr}");
+}

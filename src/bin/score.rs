@@ -16,7 +16,8 @@ use std::time::Instant;
 /// classifier trained on ~200k labelled strings (Davidson et al. hate speech, Jigsaw toxic
 /// comments): it flags profane and abusive words, not meaning or context. It is NOT Perspective
 /// API, and its scores are not comparable with Perspective's. The weights are built into this
-/// program; nothing is downloaded.
+/// program; nothing is downloaded. A score is the classifier's probability, in [0, 1], that the
+/// text is toxic or profane (the demo calls a text toxic above 0.5).
 ///
 /// Input is read from stdin:
 ///   default     one text per line; prints one score per line (6 decimals), in order
