@@ -11,4 +11,5 @@ pub mod data;
 pub mod model;
 pub mod optim;
 pub mod plot;
+pub mod probe;
 pub mod train;
