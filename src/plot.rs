@@ -342,4 +342,40 @@ mod tests {
         )
         .is_err());
     }
+    #[test]
+    fn heatmap_writes_a_png_and_refuses_ragged_grids() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("h.png");
+        let values = vec![vec![0.5, 0.9, f64::NAN], vec![0.7, 1.0, 0.6]];
+        let spec = Heatmap {
+            title: "accuracy",
+            x_label: "head",
+            y_label: "layer",
+            legend: "validation accuracy",
+            values: &values,
+            range: Some((0.5, 1.0)),
+            marked: &[(1, 1)],
+            marked_label: "top 1",
+        };
+        heatmap(&p, &spec).unwrap();
+        assert_eq!(&std::fs::read(&p).unwrap()[1..4], b"PNG");
+        let ragged = vec![vec![0.5, 0.9], vec![0.7]];
+        let err = heatmap(
+            &p,
+            &Heatmap {
+                values: &ragged,
+                ..spec
+            },
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("rows of equal length"), "{err}");
+    }
+
+    #[test]
+    fn viridis_ends_and_middle() {
+        assert_eq!(viridis(0.0), RGBColor(68, 1, 84));
+        assert_eq!(viridis(1.0), RGBColor(253, 231, 37));
+        assert_eq!(viridis(0.5), RGBColor(33, 144, 141));
+        assert_eq!(viridis(f64::NAN), viridis(0.0));
+    }
 }

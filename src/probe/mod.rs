@@ -253,7 +253,11 @@ pub fn run_probe(job: &ProbeJob) -> Result<ProbeRun> {
     let grid = an.grid(l_n, h_n, |r| r.val_accuracy);
     let min = grid.iter().flatten().fold(1.0f64, |m, &v| m.min(v));
     let lo = ((min * 20.0).floor() / 20.0).min(0.5);
-    let marked: Vec<(usize, usize)> = an.heads.iter().map(|h| (h.layer, h.head)).collect();
+    // Outline the chosen heads, unless every head is chosen (the outline would say nothing).
+    let mut marked: Vec<(usize, usize)> = an.heads.iter().map(|h| (h.layer, h.head)).collect();
+    if marked.len() == l_n * h_n {
+        marked.clear();
+    }
     let heatmap = job.out.join("probe_accuracy.png");
     let title = format!(
         "Probe validation accuracy per head ({} texts, majority {:.2})",
