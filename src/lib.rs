@@ -11,5 +11,6 @@ pub mod data;
 pub mod model;
 pub mod optim;
 pub mod plot;
+pub mod probe;
 pub mod score;
 pub mod train;
