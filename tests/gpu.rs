@@ -558,8 +558,9 @@ fn adamw_rejects_mismatched_lengths(gpu: &Gpu) -> Result<()> {
 // ---------------------------------------------------------------------------------------------
 // training-step kernels: embedding, layernorm, SwiGLU, RoPE, cross-entropy
 //
-// Each output is compared with the CPU op run on the same fp32 inputs twice: in f32 (the
-// executor the demo trains with) and in f64 (the exact math); ‖out − ref‖/‖ref‖ < 1e-5 for both.
+// Each output is compared with the CPU op run on the same fp32 inputs twice: in f64 (the exact
+// math), ‖out − ref‖/‖ref‖ < 1e-5; and in f32 (the executor the demo trains with), within 1e-5
+// plus that f32 op's own distance from the f64 one.
 // Offsets 0 and 1 into guarded buffers run the float4 path and the scalar path.
 
 const KERNEL_TOL: f64 = 1e-5;
@@ -592,9 +593,13 @@ fn check_close(ctx: &str, what: &str, got: &[f32], want32: &[f32], want64: &[f64
     }
     let e32 = rel_err(got, want32);
     let e64 = rel_err64(got, want64);
+    // The f32 CPU op rounds too (sequential fp32 sums: ~1e-5 over a 50304-wide softmax row),
+    // so against it the limit grows by its own distance from the f64 op (triangle inequality).
+    let eref = rel_err64(want32, want64);
     ensure!(
-        e32 < KERNEL_TOL && e64 < KERNEL_TOL,
-        "{ctx}: {what}: relative error {e32:e} vs the f32 CPU op, {e64:e} vs f64 (limit {KERNEL_TOL:e})"
+        e64 < KERNEL_TOL && e32 < KERNEL_TOL + eref,
+        "{ctx}: {what}: relative error {e64:e} vs the f64 CPU op (limit {KERNEL_TOL:e}), {e32:e} \
+         vs the f32 CPU op (limit {KERNEL_TOL:e} + {eref:e}, the f32 op's own error)"
     );
     Ok(())
 }

@@ -211,7 +211,8 @@ impl EmbeddingKernels {
         let cfg = LaunchConfig {
             grid_dim: (
                 plan.n_buckets as u32,
-                (cols as u32).div_ceil(EMB_THREADS),
+                // The kernel strides over columns: any grid.y (at most 65535) covers them.
+                (cols as u32).div_ceil(EMB_THREADS).min(65535),
                 1,
             ),
             block_dim: (EMB_THREADS, 1, 1),
