@@ -12,7 +12,8 @@
 //! read once, each output written once):
 //! - embedding_fwd: 8·N·D (read the rows, write out); embedding_bwd: 4·N·D (dout) + 8·U·D
 //!   (read and write the U distinct rows of dwte)
-//! - layernorm_fwd: 8·N·D + 8·N; layernorm_bwd: 12·N·D + 4·N
+//! - layernorm_fwd: 8·N·D + 8·N; layernorm_fwd_residual: 16·N·D + 8·N (read a, b; write the
+//!   sum and out); layernorm_bwd: 12·N·D + 4·N
 //! - swiglu_fwd: 12·N·F; swiglu_bwd: 20·N·F
 //! - rope_fwd / rope_bwd: 16·N·D (read and write the q and k thirds in place)
 //! - cross_entropy: 4·N·V for the loss alone, 8·N·V with the gradient written over the logits
@@ -361,6 +362,25 @@ fn op_benches(c: &mut Criterion, be: &CudaBackend, copy_bps: f64) -> Result<()> 
             1e-5,
         )
     });
+    let mut xsum = filled(n * d)?;
+    bench!(
+        "layernorm_fwd_residual",
+        16 * nd + 8 * n as u64,
+        || -> Result<()> {
+            ln.forward_residual(
+                &mut y.as_view_mut(),
+                &mut mean.as_view_mut(),
+                &mut rstd.as_view_mut(),
+                &mut xsum.as_view_mut(),
+                &x.as_view(),
+                &dy.as_view(),
+                n,
+                d,
+                1e-5,
+            )
+        }
+    );
+    drop(xsum);
     bench!("layernorm_bwd", 12 * nd + 4 * n as u64, || -> Result<()> {
         ln.backward(
             &mut x.as_view_mut(),

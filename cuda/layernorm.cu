@@ -1,7 +1,7 @@
 // Non-parametric layernorm (OLMo v1: no weight, no bias), forward and backward, fp32.
 //
 // Layouts (row-major fp32, caller-owned; no buffer may alias another):
-//   x, out, dy, xhat, dx  [n, d]      mean, rstd  [n]
+//   x, a, b, xsum, out, dy, xhat, dx  [n, d]      mean, rstd  [n]
 // CPU references: src/backend/cpu/norm.rs `layernorm_fwd`, `layernorm_bwd`.
 //
 // One warp per row (LN_WARPS rows per block of 32·LN_WARPS threads). Lane l reads elements
@@ -16,30 +16,56 @@
 // Forward. Per row, as the CPU op: mean = Σx · (1/d); var = Σ(x − mean)² · (1/d) (biased);
 // rstd = 1 / sqrt(var + eps) (IEEE sqrt and division); out = (x − mean) · rstd.
 // Writes out [n, d], mean [n], rstd [n].
-extern "C" __global__ void __launch_bounds__(32 * LN_WARPS)
-layernorm_fwd(float* __restrict__ out, float* __restrict__ mean, float* __restrict__ rstd,
-              const float* __restrict__ x, unsigned int n, unsigned int d, float eps) {
+// RESID (layernorm_fwd_residual): the input is x = a + b, computed in the first pass and written
+// to xsum [n, d] (the next residual stream), which the later passes read back (each lane reads
+// only what it wrote itself). xsum must not alias a or b.
+template <bool RESID>
+__device__ __forceinline__ void ln_fwd_row(float* __restrict__ out, float* __restrict__ mean,
+                                           float* __restrict__ rstd, float* __restrict__ xsum,
+                                           const float* __restrict__ x,
+                                           const float* __restrict__ b, unsigned int n,
+                                           unsigned int d, float eps) {
     const unsigned int lane = threadIdx.x & 31;
     const unsigned int row = blockIdx.x * LN_WARPS + (threadIdx.x >> 5);
     if (row >= n) return;  // the whole warp leaves together; no block-wide sync below
-    const float* xr = x + (size_t)row * d;
-    float* o = out + (size_t)row * d;
+    const size_t base = (size_t)row * d;
+    float* o = out + base;
     const float inv_d = 1.0f / (float)d;
-    const bool vec = (d % 4 == 0) && is_aligned(x, 16) && is_aligned(out, 16);
+    bool vec = (d % 4 == 0) && is_aligned(x, 16) && is_aligned(out, 16);
+    if (RESID) vec = vec && is_aligned(b, 16) && is_aligned(xsum, 16);
     const unsigned int d4 = d / 4;
+    // The row the second and third passes read: x itself, or the sum written in pass one.
+    const float* xr = RESID ? xsum + base : x + base;
     const float4* x4 = reinterpret_cast<const float4*>(xr);
 
     float s = 0.0f;
     if (vec) {
         for (unsigned int k = lane; k < d4; k += 32) {
-            const float4 v = x4[k];
+            float4 v;
+            if (RESID) {
+                const float4 p = reinterpret_cast<const float4*>(x + base)[k];
+                const float4 q = reinterpret_cast<const float4*>(b + base)[k];
+                v = make_float4(p.x + q.x, p.y + q.y, p.z + q.z, p.w + q.w);
+                reinterpret_cast<float4*>(xsum + base)[k] = v;
+            } else {
+                v = x4[k];
+            }
             s += v.x;
             s += v.y;
             s += v.z;
             s += v.w;
         }
     } else {
-        for (unsigned int k = lane; k < d; k += 32) s += xr[k];
+        for (unsigned int k = lane; k < d; k += 32) {
+            float v;
+            if (RESID) {
+                v = x[base + k] + b[base + k];
+                xsum[base + k] = v;
+            } else {
+                v = xr[k];
+            }
+            s += v;
+        }
     }
     const float mu = warp_sum(s) * inv_d;
 
@@ -47,9 +73,9 @@ layernorm_fwd(float* __restrict__ out, float* __restrict__ mean, float* __restri
     if (vec) {
         for (unsigned int k = lane; k < d4; k += 32) {
             const float4 v = x4[k];
-            const float a = v.x - mu, b = v.y - mu, c = v.z - mu, e = v.w - mu;
+            const float a = v.x - mu, bb = v.y - mu, c = v.z - mu, e = v.w - mu;
             q += a * a;
-            q += b * b;
+            q += bb * bb;
             q += c * c;
             q += e * e;
         }
@@ -75,6 +101,22 @@ layernorm_fwd(float* __restrict__ out, float* __restrict__ mean, float* __restri
         mean[row] = mu;
         rstd[row] = rs;
     }
+}
+
+extern "C" __global__ void __launch_bounds__(32 * LN_WARPS)
+layernorm_fwd(float* __restrict__ out, float* __restrict__ mean, float* __restrict__ rstd,
+              const float* __restrict__ x, unsigned int n, unsigned int d, float eps) {
+    ln_fwd_row<false>(out, mean, rstd, nullptr, x, nullptr, n, d, eps);
+}
+
+// Residual add fused with the forward: xsum = a + b (element-wise, fp32 round to nearest, as
+// the CPU `add`), then layernorm of xsum exactly as layernorm_fwd.
+extern "C" __global__ void __launch_bounds__(32 * LN_WARPS)
+layernorm_fwd_residual(float* __restrict__ out, float* __restrict__ mean,
+                       float* __restrict__ rstd, float* __restrict__ xsum,
+                       const float* __restrict__ a, const float* __restrict__ b, unsigned int n,
+                       unsigned int d, float eps) {
+    ln_fwd_row<true>(out, mean, rstd, xsum, a, b, n, d, eps);
 }
 
 // Backward from the saved output xhat (= the normalised input) and rstd. Per row:

@@ -80,7 +80,7 @@ fn main() {
             adamw_rejects_mismatched_lengths,
         ),
     ];
-    let kernel_tests: [(&str, TestFn); 9] = [
+    let kernel_tests: [(&str, TestFn); 10] = [
         ("embedding_fwd_matches_cpu", embedding_fwd_matches_cpu),
         (
             "embedding_bwd_matches_cpu_bit_exact",
@@ -88,6 +88,10 @@ fn main() {
         ),
         ("layernorm_fwd_matches_cpu", layernorm_fwd_matches_cpu),
         ("layernorm_bwd_matches_cpu", layernorm_bwd_matches_cpu),
+        (
+            "layernorm_fwd_residual_matches_cpu",
+            layernorm_fwd_residual_matches_cpu,
+        ),
         ("swiglu_matches_cpu", swiglu_matches_cpu),
         ("rope_matches_cpu", rope_matches_cpu),
         ("cross_entropy_matches_cpu", cross_entropy_matches_cpu),
@@ -785,6 +789,53 @@ fn layernorm_fwd_matches_cpu(gpu: &Gpu) -> Result<()> {
                 d,
                 eps as f32,
             )?;
+            let (mut o32, mut m32, mut r32) = (vec![0f32; n * d], vec![0f32; n], vec![0f32; n]);
+            cpu_norm::layernorm_fwd(&mut o32, &mut m32, &mut r32, &x, d, eps as f32);
+            let (mut o64, mut m64, mut r64) = (vec![0f64; n * d], vec![0f64; n], vec![0f64; n]);
+            cpu_norm::layernorm_fwd(&mut o64, &mut m64, &mut r64, &to64(&x), d, eps);
+            let got = download_guarded(gpu, &dout, off, n * d, GUARD_F32, "out")?;
+            check_close(&ctx, "out", &got, &o32, &o64)?;
+            let got = download_guarded(gpu, &dmean, off, n, GUARD_F32, "mean")?;
+            check_close(&ctx, "mean", &got, &m32, &m64)?;
+            let got = download_guarded(gpu, &drstd, off, n, GUARD_F32, "rstd")?;
+            check_close(&ctx, "rstd", &got, &r32, &r64)?;
+        }
+    }
+    Ok(())
+}
+
+/// The fused residual add: the sum bit-identical to the CPU `add`, then the layernorm of that
+/// sum against the CPU op.
+fn layernorm_fwd_residual_matches_cpu(gpu: &Gpu) -> Result<()> {
+    let k = LayerNormKernels::new(&gpu.be)?;
+    let eps = 1e-5;
+    for &(n, d) in &LN_SHAPES {
+        for off in [0usize, 1] {
+            let ctx = format!("layernorm_fwd_residual n={n} d={d} offset={off}");
+            let mut rng = ChaCha8Rng::seed_from_u64(9500 + (n * d + off) as u64);
+            let a = ln_input(&mut rng, n, d);
+            let b = uniform(&mut rng, n * d, -1.0, 1.0);
+            let da = upload_guarded(gpu, &a, off, GUARD_F32)?;
+            let db = upload_guarded(gpu, &b, off, GUARD_F32)?;
+            let mut dsum = upload_guarded(gpu, &nan_vec(n * d), off, GUARD_F32)?;
+            let mut dout = upload_guarded(gpu, &nan_vec(n * d), off, GUARD_F32)?;
+            let mut dmean = upload_guarded(gpu, &nan_vec(n), off, GUARD_F32)?;
+            let mut drstd = upload_guarded(gpu, &nan_vec(n), off, GUARD_F32)?;
+            k.forward_residual(
+                &mut dout.slice_mut(off..off + n * d),
+                &mut dmean.slice_mut(off..off + n),
+                &mut drstd.slice_mut(off..off + n),
+                &mut dsum.slice_mut(off..off + n * d),
+                &da.slice(off..off + n * d),
+                &db.slice(off..off + n * d),
+                n,
+                d,
+                eps as f32,
+            )?;
+            let mut x = vec![0f32; n * d];
+            cpu_pw::add(&mut x, &a, &b);
+            let got = download_guarded(gpu, &dsum, off, n * d, GUARD_F32, "xsum")?;
+            check_bits(&ctx, "xsum", &got, &x)?;
             let (mut o32, mut m32, mut r32) = (vec![0f32; n * d], vec![0f32; n], vec![0f32; n]);
             cpu_norm::layernorm_fwd(&mut o32, &mut m32, &mut r32, &x, d, eps as f32);
             let (mut o64, mut m64, mut r64) = (vec![0f64; n * d], vec![0f64; n], vec![0f64; n]);

@@ -62,6 +62,20 @@ int main() {
             snprintf(name, 128, "ln bwd d=%u off=%d acc=%d", d, off, acc); report(name, rel(dxp, rd.data(), n * d));
         }
     }
+    for (int off : {0, 1}) for (unsigned d : {300u, 37u, 2048u}) {
+        unsigned n = 7;
+        auto as = uni(n * d, -2, 3); auto bs = uni(n * d, -1, 1);
+        const float* A = as.data() + off; const float* Bp = bs.data() + off;
+        std::vector<float> out(n * d + 8, NAN), xs(n * d + 8, NAN), mean(n + 8, NAN), rstd(n + 8, NAN);
+        launch({(n + 3) / 4}, {128}, [&] { layernorm_fwd_residual(out.data() + off, mean.data() + off, rstd.data() + off, xs.data() + off, A, Bp, n, d, 1e-5f); });
+        std::vector<double> ro(n * d), rm(n), rr(n); double bad = 0;
+        for (unsigned i = 0; i < n * d; ++i) { float v = A[i] + Bp[i]; bad += memcmp(&v, &xs[off + i], 4) != 0; }
+        for (unsigned i = 0; i < n; ++i) { double s = 0; for (unsigned c = 0; c < d; ++c) s += (float)(A[i * d + c] + Bp[i * d + c]); double mu = s / d, q = 0; for (unsigned c = 0; c < d; ++c) { double v = (float)(A[i * d + c] + Bp[i * d + c]) - mu; q += v * v; } double rs = 1 / std::sqrt(q / d + 1e-5); rm[i] = mu; rr[i] = rs; for (unsigned c = 0; c < d; ++c) ro[i * d + c] = ((float)(A[i * d + c] + Bp[i * d + c]) - mu) * rs; }
+        snprintf(name, 128, "ln fwd+res xsum d=%u off=%d (bit diffs)", d, off); report(name, bad, 0.5);
+        snprintf(name, 128, "ln fwd+res out d=%u off=%d", d, off); report(name, rel(out.data() + off, ro.data(), n * d));
+        snprintf(name, 128, "ln fwd+res mean d=%u off=%d", d, off); report(name, rel(mean.data() + off, rm.data(), n));
+        snprintf(name, 128, "ln fwd+res rstd d=%u off=%d", d, off); report(name, rel(rstd.data() + off, rr.data(), n));
+    }
     for (int off : {0, 1}) for (unsigned long long f : {300ull, 37ull}) {
         unsigned long long n = 5;
         auto gu = uni(n * 2 * f, -6, 6); auto dh = uni(n * f, -1, 1);

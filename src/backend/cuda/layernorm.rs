@@ -21,6 +21,7 @@ const LN_WARPS: u32 = 4;
 /// The kernels of `cuda/layernorm.cu`, bound to a stream.
 pub struct LayerNormKernels {
     fwd_fn: CudaFunction,
+    fwd_res_fn: CudaFunction,
     bwd_fn: CudaFunction,
     stream: Arc<CudaStream>,
 }
@@ -45,6 +46,7 @@ impl LayerNormKernels {
     pub fn new(gpu: &CudaBackend) -> Result<Self> {
         Ok(LayerNormKernels {
             fwd_fn: gpu.function("layernorm", "layernorm_fwd")?,
+            fwd_res_fn: gpu.function("layernorm", "layernorm_fwd_residual")?,
             bwd_fn: gpu.function("layernorm", "layernorm_bwd")?,
             stream: gpu.stream().clone(),
         })
@@ -83,6 +85,50 @@ impl LayerNormKernels {
         // SAFETY: matches `layernorm_fwd(float*, float*, float*, const float*, u32, u32,
         // float)`; buffer sizes checked above; row r < n is handled by one warp.
         unsafe { b.launch(config(n)) }.map_err(|e| anyhow!("layernorm_fwd launch failed: {e}"))?;
+        Ok(())
+    }
+
+    /// Residual add fused with [`Self::forward`]: `xsum = a + b` (all `[n, d]`; written, the
+    /// next residual stream), then the layernorm of `xsum` into `out`, `mean`, `rstd`, as
+    /// `add` followed by `layernorm_fwd` on the CPU. `xsum` must not alias `a` or `b`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_residual(
+        &self,
+        out: &mut CudaViewMut<'_, f32>,
+        mean: &mut CudaViewMut<'_, f32>,
+        rstd: &mut CudaViewMut<'_, f32>,
+        xsum: &mut CudaViewMut<'_, f32>,
+        a: &CudaView<'_, f32>,
+        b: &CudaView<'_, f32>,
+        n: usize,
+        d: usize,
+        eps: f32,
+    ) -> Result<()> {
+        check_shape("layernorm_fwd_residual", n, d)?;
+        need_len("layernorm_fwd_residual out", out.len(), n * d)?;
+        need_len("layernorm_fwd_residual xsum", xsum.len(), n * d)?;
+        need_len("layernorm_fwd_residual a", a.len(), n * d)?;
+        need_len("layernorm_fwd_residual b", b.len(), n * d)?;
+        need_len("layernorm_fwd_residual mean", mean.len(), n)?;
+        need_len("layernorm_fwd_residual rstd", rstd.len(), n)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let (n32, d32) = (n as u32, d as u32);
+        let mut l = self.stream.launch_builder(&self.fwd_res_fn);
+        l.arg(out)
+            .arg(mean)
+            .arg(rstd)
+            .arg(xsum)
+            .arg(a)
+            .arg(b)
+            .arg(&n32)
+            .arg(&d32)
+            .arg(&eps);
+        // SAFETY: matches `layernorm_fwd_residual(float*, float*, float*, float*, const float*,
+        // const float*, u32, u32, float)`; buffer sizes checked above.
+        unsafe { l.launch(config(n)) }
+            .map_err(|e| anyhow!("layernorm_fwd_residual launch failed: {e}"))?;
         Ok(())
     }
 
