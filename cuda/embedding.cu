@@ -78,6 +78,8 @@ embedding_bwd(float* __restrict__ dwte, const float* __restrict__ dout,
             float4* g4 = reinterpret_cast<float4*>(dwte) + (size_t)id * d4 + c;
             const float4* x4 = reinterpret_cast<const float4*>(dout) + c;
             float4 acc = *g4;
+            // Unrolling lets the loads of a hot id's rows be issued ahead; the adds stay in order.
+#pragma unroll 4
             for (unsigned int k = start; k < end; ++k) {
                 const float4 x = x4[(size_t)positions[k] * d4];
                 acc.x = __fadd_rn(acc.x, x.x);
@@ -91,6 +93,7 @@ embedding_bwd(float* __restrict__ dwte, const float* __restrict__ dout,
         for (unsigned int c = c0; c < d; c += cstride) {
             float* g = dwte + (size_t)id * d + c;
             float acc = *g;
+#pragma unroll 4
             for (unsigned int k = start; k < end; ++k) acc = __fadd_rn(acc, dout[(size_t)positions[k] * d + c]);
             *g = acc;
         }
