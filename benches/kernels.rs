@@ -7,6 +7,18 @@
 //! - grad_norm: 4 (read g; the fp64 partials are negligible)
 //! - update (grad_norm then adamw_step with bf16 copy): 34
 //!
+//! Then the training-step kernels at OLMo-1B's shape (N = 8 x 2048 = 16384 rows, D = 2048,
+//! F = 8192, V = 50304, dh = 128), fp32, bytes counted as the unavoidable traffic (each input
+//! read once, each output written once):
+//! - embedding_fwd: 8·N·D (read the rows, write out); embedding_bwd: 4·N·D (dout) + 8·U·D
+//!   (read and write the U distinct rows of dwte)
+//! - layernorm_fwd: 8·N·D + 8·N; layernorm_fwd_residual: 16·N·D + 8·N (read a, b; write the
+//!   sum and out); layernorm_bwd: 12·N·D + 4·N
+//! - swiglu_fwd: 12·N·F; swiglu_bwd: 20·N·F
+//! - rope_fwd / rope_bwd: 16·N·D (read and write the q and k thirds in place)
+//! - cross_entropy: 4·N·V for the loss alone, 8·N·V with the gradient written over the logits
+//!   (the kernel reads the row twice; the second read mostly hits L2)
+//!
 //! Besides criterion's report, a summary table gives the best-of-5 time per call and the rate
 //! against both the measured copy and the 2.84 TB/s copy rate measured on the H100
 //! (docs: DESIGN "Working with the GPU machine").
@@ -233,6 +245,9 @@ fn gpu_benches(c: &mut Criterion, be: &CudaBackend) -> Result<()> {
     group.finish();
 
     let copy_bps = rows[0].1 as f64 / rows[0].2;
+    // The training-step kernels run now; both summary tables are printed together below.
+    drop(b);
+    let (op_title, op_rows) = op_benches(c, be)?;
     println!();
     println!("summary ({n} parameters, best of 5 x 10 calls):");
     println!(
@@ -250,5 +265,214 @@ fn gpu_benches(c: &mut Criterion, be: &CudaBackend) -> Result<()> {
             100.0 * bps / H100_COPY_BPS
         );
     }
+    println!();
+    println!("{op_title}");
+    print_rows(&op_rows, copy_bps);
     Ok(())
+}
+
+/// One table row per kernel: ms per call, TB/s, and the rate against the copy measured in this
+/// run and against the 2.84 TB/s measured on the H100.
+fn print_rows(rows: &[(&str, u64, f64)], copy_bps: f64) {
+    println!(
+        "{:<28} {:>10} {:>10} {:>12} {:>12}",
+        "kernel", "ms", "TB/s", "vs copy", "vs 2.84TB/s"
+    );
+    for (name, bytes, t) in rows {
+        let bps = *bytes as f64 / t;
+        println!(
+            "{:<28} {:>10.3} {:>10.3} {:>11.1}% {:>11.1}%",
+            name,
+            t * 1e3,
+            bps / 1e12,
+            100.0 * bps / copy_bps,
+            100.0 * bps / H100_COPY_BPS
+        );
+    }
+}
+
+/// Rows of the training-step kernels' summary: (name, bytes per call, best seconds per call).
+type OpRows = Vec<(&'static str, u64, f64)>;
+
+/// Training-step kernels at OLMo-1B's shape; returns the title and rows of their summary table.
+fn op_benches(c: &mut Criterion, be: &CudaBackend) -> Result<(String, OpRows)> {
+    use baddata::backend::cuda::cross_entropy::CrossEntropyKernels;
+    use baddata::backend::cuda::embedding::{EmbeddingBwdPlan, EmbeddingKernels};
+    use baddata::backend::cuda::layernorm::LayerNormKernels;
+    use baddata::backend::cuda::pointwise::PointwiseKernels;
+    use baddata::backend::AttnShape;
+    use baddata::model::transformer::rope_table;
+
+    let (n, d, f, v) = (16384usize, 2048usize, 8192usize, 50304usize);
+    let shape = AttnShape {
+        b: 8,
+        t: 2048,
+        h: 16,
+        dh: 128,
+    };
+    let s = be.stream().clone();
+    let e = |e| anyhow!("allocating op benchmark buffers: {e}");
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let blk: Vec<f32> = (0..1 << 22)
+        .map(|_| rng.random_range(-1.0f32..1.0))
+        .collect();
+    let filled = |len: usize| -> Result<CudaSlice<f32>> {
+        let mut buf = s.alloc_zeros::<f32>(len).map_err(e)?;
+        fill(be, &mut buf, &blk)?;
+        Ok(buf)
+    };
+    let emb = EmbeddingKernels::new(be)?;
+    let ln = LayerNormKernels::new(be)?;
+    let pw = PointwiseKernels::new(be)?;
+    let ce = CrossEntropyKernels::new(be)?;
+
+    let ids_host: Vec<u32> = (0..n).map(|_| rng.random_range(0..v as u32)).collect();
+    let plan_host = EmbeddingBwdPlan::new(&ids_host, v)?;
+    let uniq = plan_host.buckets() as u64;
+    let plan = plan_host.upload(&s)?;
+    let ids = s.clone_htod(&ids_host).map_err(e)?;
+    let mut wte = filled(v * d)?;
+    let mut x = filled(n * d)?;
+    let mut y = filled(n * d)?;
+    let dy = filled(n * d)?;
+    let mut mean = filled(n)?;
+    let mut rstd = filled(n)?;
+    let gu = filled(n * 2 * f)?;
+    let mut h = filled(n * f)?;
+    let mut qkv = filled(n * 3 * d)?;
+    let table_host: Vec<f32> = rope_table(shape.t, shape.dh, 10_000.0)
+        .into_iter()
+        .map(|a| a as f32)
+        .collect();
+    let table = s.clone_htod(&table_host).map_err(e)?;
+    be.synchronize()?;
+
+    let (nd, nf) = ((n * d) as u64, (n * f) as u64);
+    let mut rows: OpRows = Vec::new();
+    let mut group = c.benchmark_group("gpu_ops");
+    group.sample_size(10);
+    macro_rules! bench {
+        ($name:expr, $bytes:expr, $body:expr) => {{
+            let bytes: u64 = $bytes;
+            group.throughput(Throughput::BytesDecimal(bytes));
+            let mut f = $body;
+            group.bench_function($name, |bch| {
+                bch.iter_custom(|iters| {
+                    be.synchronize().expect("sync");
+                    let t = Instant::now();
+                    for _ in 0..iters {
+                        f().expect("launch");
+                    }
+                    be.synchronize().expect("sync");
+                    t.elapsed()
+                })
+            });
+            rows.push(($name, bytes, best_time(be, &mut f)?));
+        }};
+    }
+
+    bench!("embedding_fwd", 8 * nd + 4 * n as u64, || -> Result<()> {
+        emb.forward(&mut x.as_view_mut(), &ids.as_view(), &wte.as_view(), n, d)
+    });
+    bench!(
+        "embedding_bwd",
+        4 * nd + 8 * uniq * d as u64,
+        || -> Result<()> { emb.backward(&mut wte.as_view_mut(), &y.as_view(), &plan, d) }
+    );
+    bench!("layernorm_fwd", 8 * nd + 8 * n as u64, || -> Result<()> {
+        ln.forward(
+            &mut y.as_view_mut(),
+            &mut mean.as_view_mut(),
+            &mut rstd.as_view_mut(),
+            &x.as_view(),
+            n,
+            d,
+            1e-5,
+        )
+    });
+    let mut xsum = filled(n * d)?;
+    bench!(
+        "layernorm_fwd_residual",
+        16 * nd + 8 * n as u64,
+        || -> Result<()> {
+            ln.forward_residual(
+                &mut y.as_view_mut(),
+                &mut mean.as_view_mut(),
+                &mut rstd.as_view_mut(),
+                &mut xsum.as_view_mut(),
+                &x.as_view(),
+                &dy.as_view(),
+                n,
+                d,
+                1e-5,
+            )
+        }
+    );
+    drop(xsum);
+    bench!("layernorm_bwd", 12 * nd + 4 * n as u64, || -> Result<()> {
+        ln.backward(
+            &mut x.as_view_mut(),
+            &dy.as_view(),
+            &y.as_view(),
+            &rstd.as_view(),
+            n,
+            d,
+            false,
+        )
+    });
+    bench!("swiglu_fwd", 12 * nf, || -> Result<()> {
+        pw.swiglu_fwd(&mut h.as_view_mut(), &gu.as_view(), n, f)
+    });
+    let mut dgu = filled(n * 2 * f)?;
+    bench!("swiglu_bwd", 20 * nf, || -> Result<()> {
+        pw.swiglu_bwd(&mut dgu.as_view_mut(), &h.as_view(), &gu.as_view(), n, f)
+    });
+    drop(dgu);
+    bench!("rope_fwd", 16 * nd, || -> Result<()> {
+        pw.rope_fwd(&mut qkv.as_view_mut(), &table.as_view(), shape)
+    });
+    bench!("rope_bwd", 16 * nd, || -> Result<()> {
+        pw.rope_bwd(&mut qkv.as_view_mut(), &table.as_view(), shape)
+    });
+    // Free the MLP and attention buffers before the [N, V] logits.
+    drop(gu);
+    drop(qkv);
+    drop(h);
+    let mut logits = {
+        let mut buf = s.alloc_zeros::<f32>(n * v).map_err(e)?;
+        let lblk: Vec<f32> = (0..1 << 22)
+            .map(|_| rng.random_range(-8.0f32..8.0))
+            .collect();
+        fill(be, &mut buf, &lblk)?;
+        buf
+    };
+    let targets = s.clone_htod(&ids_host).map_err(e)?;
+    let mut losses = filled(n)?;
+    let nv = (n * v) as u64;
+    bench!("cross_entropy_loss", 4 * nv, || -> Result<()> {
+        ce.forward_backward(
+            &mut logits.as_view_mut(),
+            &mut losses.as_view_mut(),
+            &targets.as_view(),
+            n,
+            v,
+            None,
+        )
+    });
+    bench!("cross_entropy_loss_grad", 8 * nv, || -> Result<()> {
+        ce.forward_backward(
+            &mut logits.as_view_mut(),
+            &mut losses.as_view_mut(),
+            &targets.as_view(),
+            n,
+            v,
+            Some(1.0 / n as f32),
+        )
+    });
+    group.finish();
+    let title = format!(
+        "summary of the training-step kernels (OLMo-1B shape: N={n} D={d} F={f} V={v}, {uniq} \
+         distinct ids; fp32; best of 5 x 10 calls):"
+    );
+    Ok((title, rows))
 }

@@ -12,8 +12,15 @@
 use std::sync::Arc;
 
 use anyhow::{anyhow, ensure, Result};
+use baddata::backend::cpu::{loss as cpu_loss, norm as cpu_norm, pointwise as cpu_pw};
 use baddata::backend::cuda::adamw::{grad_norm_partials_len, AdamWKernels, Clip, CudaAdamW};
+use baddata::backend::cuda::cross_entropy::CrossEntropyKernels;
+use baddata::backend::cuda::embedding::{EmbeddingBwdPlan, EmbeddingKernels};
+use baddata::backend::cuda::layernorm::LayerNormKernels;
+use baddata::backend::cuda::pointwise::PointwiseKernels;
 use baddata::backend::cuda::CudaBackend;
+use baddata::backend::AttnShape;
+use baddata::model::transformer::rope_table;
 use baddata::optim::adamw::{
     adamw_reference, clip_scale, global_norm, AdamW, AdamWConfig, StepArgs,
 };
@@ -73,10 +80,39 @@ fn main() {
             adamw_rejects_mismatched_lengths,
         ),
     ];
-    let mut trials: Vec<Trial> = vec![Trial::test("bf16_oracle_rounds_to_nearest_even", || {
-        bf16_oracle_rounds_to_nearest_even().map_err(|e| format!("{e:#}").into())
-    })];
-    trials.extend(tests.into_iter().map(|(name, f)| {
+    let kernel_tests: [(&str, TestFn); 10] = [
+        ("embedding_fwd_matches_cpu", embedding_fwd_matches_cpu),
+        (
+            "embedding_bwd_matches_cpu_bit_exact",
+            embedding_bwd_matches_cpu_bit_exact,
+        ),
+        ("layernorm_fwd_matches_cpu", layernorm_fwd_matches_cpu),
+        ("layernorm_bwd_matches_cpu", layernorm_bwd_matches_cpu),
+        (
+            "layernorm_fwd_residual_matches_cpu",
+            layernorm_fwd_residual_matches_cpu,
+        ),
+        ("swiglu_matches_cpu", swiglu_matches_cpu),
+        ("rope_matches_cpu", rope_matches_cpu),
+        ("cross_entropy_matches_cpu", cross_entropy_matches_cpu),
+        (
+            "reductions_bit_identical_across_runs",
+            reductions_bit_identical_across_runs,
+        ),
+        (
+            "kernel_launchers_reject_short_buffers",
+            kernel_launchers_reject_short_buffers,
+        ),
+    ];
+    let mut trials: Vec<Trial> = vec![
+        Trial::test("bf16_oracle_rounds_to_nearest_even", || {
+            bf16_oracle_rounds_to_nearest_even().map_err(|e| format!("{e:#}").into())
+        }),
+        Trial::test("embedding_plan_groups_positions_by_id", || {
+            embedding_plan_groups_positions_by_id().map_err(|e| format!("{e:#}").into())
+        }),
+    ];
+    trials.extend(tests.into_iter().chain(kernel_tests).map(|(name, f)| {
         let g = gpu.clone();
         Trial::test(name, move || {
             let g = g.map_err(|r| format!("no usable GPU: {r}"))?;
@@ -520,5 +556,686 @@ fn adamw_rejects_mismatched_lengths(gpu: &Gpu) -> Result<()> {
         .err()
         .ok_or_else(|| anyhow!("mismatched lengths were accepted"))?;
     ensure!(format!("{e}").contains("grads 9"), "unexpected error: {e}");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// training-step kernels: embedding, layernorm, SwiGLU, RoPE, cross-entropy
+//
+// Each output is compared with the CPU op run on the same fp32 inputs twice: in f64 (the exact
+// math), ‖out − ref‖/‖ref‖ < 1e-5; and in f32 (the executor the demo trains with), within 1e-5
+// plus that f32 op's own distance from the f64 one.
+// Offsets 0 and 1 into guarded buffers run the float4 path and the scalar path.
+
+const KERNEL_TOL: f64 = 1e-5;
+
+fn to64(x: &[f32]) -> Vec<f64> {
+    x.iter().map(|&v| v as f64).collect()
+}
+
+/// ‖a − b‖ / ‖b‖ against an f64 reference.
+fn rel_err64(a: &[f32], b: &[f64]) -> f64 {
+    let (mut d, mut r) = (0f64, 0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        d += (x as f64 - y).powi(2);
+        r += y.powi(2);
+    }
+    (d / r.max(f64::MIN_POSITIVE)).sqrt()
+}
+
+/// `got` is finite and within [`KERNEL_TOL`] of both references.
+fn check_close(ctx: &str, what: &str, got: &[f32], want32: &[f32], want64: &[f64]) -> Result<()> {
+    ensure!(
+        got.len() == want32.len() && got.len() == want64.len(),
+        "{ctx}: {what}: lengths {} / {} / {}",
+        got.len(),
+        want32.len(),
+        want64.len()
+    );
+    if let Some(i) = got.iter().position(|x| !x.is_finite()) {
+        ensure!(false, "{ctx}: {what}[{i}] = {} is not finite", got[i]);
+    }
+    let e32 = rel_err(got, want32);
+    let e64 = rel_err64(got, want64);
+    // The f32 CPU op rounds too (sequential fp32 sums: ~1e-5 over a 50304-wide softmax row),
+    // so against it the limit grows by its own distance from the f64 op (triangle inequality).
+    let eref = rel_err64(want32, want64);
+    ensure!(
+        e64 < KERNEL_TOL && e32 < KERNEL_TOL + eref,
+        "{ctx}: {what}: relative error {e64:e} vs the f64 CPU op (limit {KERNEL_TOL:e}), {e32:e} \
+         vs the f32 CPU op (limit {KERNEL_TOL:e} + {eref:e}, the f32 op's own error)"
+    );
+    Ok(())
+}
+
+fn check_bits(ctx: &str, what: &str, got: &[f32], want: &[f32]) -> Result<()> {
+    ensure!(
+        got.len() == want.len(),
+        "{ctx}: {what}: length {} vs {}",
+        got.len(),
+        want.len()
+    );
+    let diff: Vec<usize> = (0..got.len())
+        .filter(|&i| got[i].to_bits() != want[i].to_bits())
+        .collect();
+    ensure!(
+        diff.is_empty(),
+        "{ctx}: {what}: {} of {} elements differ in bits (first [{}]: {} vs {})",
+        diff.len(),
+        got.len(),
+        diff[0],
+        got[diff[0]],
+        want[diff[0]]
+    );
+    Ok(())
+}
+
+fn nan_vec(n: usize) -> Vec<f32> {
+    vec![f32::NAN; n]
+}
+
+/// Token ids with many repeats: half from a hot set of at most 20 ids, half uniform over `v`.
+fn repeated_ids(rng: &mut ChaCha8Rng, n: usize, v: usize) -> Vec<u32> {
+    let hot = v.min(20) as u32;
+    (0..n)
+        .map(|_| {
+            if rng.random_bool(0.5) {
+                rng.random_range(0..hot)
+            } else {
+                rng.random_range(0..v as u32)
+            }
+        })
+        .collect()
+}
+
+/// Runs without a GPU: the host bucketing of the embedding backward on a hand-worked case.
+fn embedding_plan_groups_positions_by_id() -> Result<()> {
+    let ids = [5u32, 2, 5, 0, 2, 5, 9];
+    let p = EmbeddingBwdPlan::new(&ids, 10)?;
+    ensure!(
+        p.bucket_ids == vec![0, 2, 5, 9],
+        "bucket ids {:?}",
+        p.bucket_ids
+    );
+    ensure!(
+        p.bucket_start == vec![0, 1, 3, 6, 7],
+        "starts {:?}",
+        p.bucket_start
+    );
+    ensure!(
+        p.positions == vec![3, 1, 4, 0, 2, 5, 6],
+        "positions {:?}",
+        p.positions
+    );
+    let e = EmbeddingBwdPlan::new(&ids, 9)
+        .err()
+        .ok_or_else(|| anyhow!("id 9 accepted with a vocabulary of 9"))?;
+    ensure!(
+        format!("{e}").contains("position 6"),
+        "unexpected error: {e}"
+    );
+    let empty = EmbeddingBwdPlan::new(&[], 4)?;
+    ensure!(
+        empty.bucket_start == vec![0] && empty.buckets() == 0,
+        "empty plan {empty:?}"
+    );
+    Ok(())
+}
+
+const EMB_SHAPES: [(usize, usize, usize); 4] = [
+    (1, 64, 37),
+    (7, 300, 37),
+    (513, 256, 4096),
+    (4096, 2048, 50304),
+];
+
+/// Gather: bit-identical to the CPU op (a copy), output poisoned, guards intact.
+fn embedding_fwd_matches_cpu(gpu: &Gpu) -> Result<()> {
+    let k = EmbeddingKernels::new(&gpu.be)?;
+    for &(n, d, v) in &EMB_SHAPES {
+        for off in [0usize, 1] {
+            let ctx = format!("embedding_fwd n={n} d={d} V={v} offset={off}");
+            let mut rng = ChaCha8Rng::seed_from_u64(7000 + (n * d + v + off) as u64);
+            let wte = uniform(&mut rng, v * d, -1.0, 1.0);
+            let ids = repeated_ids(&mut rng, n, v);
+            let dw = upload_guarded(gpu, &wte, off, GUARD_F32)?;
+            let di = upload_guarded(gpu, &ids, off, u32::MAX)?;
+            let mut dout = upload_guarded(gpu, &nan_vec(n * d), off, GUARD_F32)?;
+            k.forward(
+                &mut dout.slice_mut(off..off + n * d),
+                &di.slice(off..off + n),
+                &dw.slice(off..off + v * d),
+                n,
+                d,
+            )?;
+            let got = download_guarded(gpu, &dout, off, n * d, GUARD_F32, "out")?;
+            let mut want = vec![0f32; n * d];
+            cpu_pw::embedding_fwd(&mut want, &ids, &wte, d)?;
+            check_bits(&ctx, "out", &got, &want)?;
+        }
+    }
+    Ok(())
+}
+
+/// Scatter-add with repeated ids into a random (non-zero) dwte: bit-identical to the CPU op
+/// (same additions, same order), and to a second run.
+fn embedding_bwd_matches_cpu_bit_exact(gpu: &Gpu) -> Result<()> {
+    let k = EmbeddingKernels::new(&gpu.be)?;
+    for &(n, d, v) in &EMB_SHAPES {
+        for off in [0usize, 1] {
+            let ctx = format!("embedding_bwd n={n} d={d} V={v} offset={off}");
+            let mut rng = ChaCha8Rng::seed_from_u64(8000 + (n * d + v + off) as u64);
+            let dwte0 = uniform(&mut rng, v * d, -1.0, 1.0);
+            let dout = uniform(&mut rng, n * d, -1.0, 1.0);
+            let ids = repeated_ids(&mut rng, n, v);
+            let plan = EmbeddingBwdPlan::new(&ids, v)?.upload(gpu.be.stream())?;
+            let ddout = upload_guarded(gpu, &dout, off, GUARD_F32)?;
+            let mut runs = Vec::new();
+            for _ in 0..2 {
+                let mut ddw = upload_guarded(gpu, &dwte0, off, GUARD_F32)?;
+                k.backward(
+                    &mut ddw.slice_mut(off..off + v * d),
+                    &ddout.slice(off..off + n * d),
+                    &plan,
+                    d,
+                )?;
+                runs.push(download_guarded(gpu, &ddw, off, v * d, GUARD_F32, "dwte")?);
+            }
+            let mut want = dwte0.clone();
+            cpu_pw::embedding_bwd(&mut want, &ids, &dout, d)?;
+            check_bits(&ctx, "dwte vs CPU", &runs[0], &want)?;
+            check_bits(&ctx, "dwte run 2 vs run 1", &runs[1], &runs[0])?;
+        }
+    }
+    Ok(())
+}
+
+const LN_SHAPES: [(usize, usize); 5] = [(1, 64), (7, 300), (513, 256), (4096, 2048), (3, 37)];
+
+/// Rows with their own offset and spread, so means and variances are far from zero.
+fn ln_input(rng: &mut ChaCha8Rng, n: usize, d: usize) -> Vec<f32> {
+    let mut x = Vec::with_capacity(n * d);
+    for _ in 0..n {
+        // |offset| <= 1, spread >= 1: the f32 CPU reference's sequential sums stay well inside
+        // the tolerance (a large offset over a small spread would test the reference's
+        // rounding, not the kernel's).
+        let (o, s) = (
+            rng.random_range(-1.0f32..1.0),
+            rng.random_range(1.0f32..4.0),
+        );
+        x.extend((0..d).map(|_| o + s * rng.random_range(-1.0f32..1.0)));
+    }
+    x
+}
+
+fn layernorm_fwd_matches_cpu(gpu: &Gpu) -> Result<()> {
+    let k = LayerNormKernels::new(&gpu.be)?;
+    let eps = 1e-5;
+    for &(n, d) in &LN_SHAPES {
+        for off in [0usize, 1] {
+            let ctx = format!("layernorm_fwd n={n} d={d} offset={off}");
+            let mut rng = ChaCha8Rng::seed_from_u64(9000 + (n * d + off) as u64);
+            let x = ln_input(&mut rng, n, d);
+            let dx = upload_guarded(gpu, &x, off, GUARD_F32)?;
+            let mut dout = upload_guarded(gpu, &nan_vec(n * d), off, GUARD_F32)?;
+            let mut dmean = upload_guarded(gpu, &nan_vec(n), off, GUARD_F32)?;
+            let mut drstd = upload_guarded(gpu, &nan_vec(n), off, GUARD_F32)?;
+            k.forward(
+                &mut dout.slice_mut(off..off + n * d),
+                &mut dmean.slice_mut(off..off + n),
+                &mut drstd.slice_mut(off..off + n),
+                &dx.slice(off..off + n * d),
+                n,
+                d,
+                eps as f32,
+            )?;
+            let (mut o32, mut m32, mut r32) = (vec![0f32; n * d], vec![0f32; n], vec![0f32; n]);
+            cpu_norm::layernorm_fwd(&mut o32, &mut m32, &mut r32, &x, d, eps as f32);
+            let (mut o64, mut m64, mut r64) = (vec![0f64; n * d], vec![0f64; n], vec![0f64; n]);
+            cpu_norm::layernorm_fwd(&mut o64, &mut m64, &mut r64, &to64(&x), d, eps);
+            let got = download_guarded(gpu, &dout, off, n * d, GUARD_F32, "out")?;
+            check_close(&ctx, "out", &got, &o32, &o64)?;
+            let got = download_guarded(gpu, &dmean, off, n, GUARD_F32, "mean")?;
+            check_close(&ctx, "mean", &got, &m32, &m64)?;
+            let got = download_guarded(gpu, &drstd, off, n, GUARD_F32, "rstd")?;
+            check_close(&ctx, "rstd", &got, &r32, &r64)?;
+        }
+    }
+    Ok(())
+}
+
+/// The fused residual add: the sum bit-identical to the CPU `add`, then the layernorm of that
+/// sum against the CPU op.
+fn layernorm_fwd_residual_matches_cpu(gpu: &Gpu) -> Result<()> {
+    let k = LayerNormKernels::new(&gpu.be)?;
+    let eps = 1e-5;
+    for &(n, d) in &LN_SHAPES {
+        for off in [0usize, 1] {
+            let ctx = format!("layernorm_fwd_residual n={n} d={d} offset={off}");
+            let mut rng = ChaCha8Rng::seed_from_u64(9500 + (n * d + off) as u64);
+            let a = ln_input(&mut rng, n, d);
+            let b = uniform(&mut rng, n * d, -1.0, 1.0);
+            let da = upload_guarded(gpu, &a, off, GUARD_F32)?;
+            let db = upload_guarded(gpu, &b, off, GUARD_F32)?;
+            let mut dsum = upload_guarded(gpu, &nan_vec(n * d), off, GUARD_F32)?;
+            let mut dout = upload_guarded(gpu, &nan_vec(n * d), off, GUARD_F32)?;
+            let mut dmean = upload_guarded(gpu, &nan_vec(n), off, GUARD_F32)?;
+            let mut drstd = upload_guarded(gpu, &nan_vec(n), off, GUARD_F32)?;
+            k.forward_residual(
+                &mut dout.slice_mut(off..off + n * d),
+                &mut dmean.slice_mut(off..off + n),
+                &mut drstd.slice_mut(off..off + n),
+                &mut dsum.slice_mut(off..off + n * d),
+                &da.slice(off..off + n * d),
+                &db.slice(off..off + n * d),
+                n,
+                d,
+                eps as f32,
+            )?;
+            let mut x = vec![0f32; n * d];
+            cpu_pw::add(&mut x, &a, &b);
+            let got = download_guarded(gpu, &dsum, off, n * d, GUARD_F32, "xsum")?;
+            check_bits(&ctx, "xsum", &got, &x)?;
+            let (mut o32, mut m32, mut r32) = (vec![0f32; n * d], vec![0f32; n], vec![0f32; n]);
+            cpu_norm::layernorm_fwd(&mut o32, &mut m32, &mut r32, &x, d, eps as f32);
+            let (mut o64, mut m64, mut r64) = (vec![0f64; n * d], vec![0f64; n], vec![0f64; n]);
+            cpu_norm::layernorm_fwd(&mut o64, &mut m64, &mut r64, &to64(&x), d, eps);
+            let got = download_guarded(gpu, &dout, off, n * d, GUARD_F32, "out")?;
+            check_close(&ctx, "out", &got, &o32, &o64)?;
+            let got = download_guarded(gpu, &dmean, off, n, GUARD_F32, "mean")?;
+            check_close(&ctx, "mean", &got, &m32, &m64)?;
+            let got = download_guarded(gpu, &drstd, off, n, GUARD_F32, "rstd")?;
+            check_close(&ctx, "rstd", &got, &r32, &r64)?;
+        }
+    }
+    Ok(())
+}
+
+fn layernorm_bwd_matches_cpu(gpu: &Gpu) -> Result<()> {
+    let k = LayerNormKernels::new(&gpu.be)?;
+    for &(n, d) in &LN_SHAPES {
+        for off in [0usize, 1] {
+            for accumulate in [false, true] {
+                let ctx = format!("layernorm_bwd n={n} d={d} offset={off} accumulate={accumulate}");
+                let mut rng = ChaCha8Rng::seed_from_u64(10_000 + (n * d + off) as u64);
+                let x = ln_input(&mut rng, n, d);
+                let (mut xhat, mut mean, mut rstd) =
+                    (vec![0f32; n * d], vec![0f32; n], vec![0f32; n]);
+                cpu_norm::layernorm_fwd(&mut xhat, &mut mean, &mut rstd, &x, d, 1e-5);
+                let dy = uniform(&mut rng, n * d, -1.0, 1.0);
+                let dx0 = if accumulate {
+                    uniform(&mut rng, n * d, -1.0, 1.0)
+                } else {
+                    nan_vec(n * d)
+                };
+                let ddy = upload_guarded(gpu, &dy, off, GUARD_F32)?;
+                let dxh = upload_guarded(gpu, &xhat, off, GUARD_F32)?;
+                let drs = upload_guarded(gpu, &rstd, off, GUARD_F32)?;
+                let mut ddx = upload_guarded(gpu, &dx0, off, GUARD_F32)?;
+                k.backward(
+                    &mut ddx.slice_mut(off..off + n * d),
+                    &ddy.slice(off..off + n * d),
+                    &dxh.slice(off..off + n * d),
+                    &drs.slice(off..off + n),
+                    n,
+                    d,
+                    accumulate,
+                )?;
+                let got = download_guarded(gpu, &ddx, off, n * d, GUARD_F32, "dx")?;
+                let mut w32 = dx0.clone();
+                cpu_norm::layernorm_bwd(&mut w32, &dy, &xhat, &rstd, d, accumulate);
+                let mut w64 = to64(&dx0);
+                cpu_norm::layernorm_bwd(
+                    &mut w64,
+                    &to64(&dy),
+                    &to64(&xhat),
+                    &to64(&rstd),
+                    d,
+                    accumulate,
+                );
+                check_close(&ctx, "dx", &got, &w32, &w64)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+const SWIGLU_SHAPES: [(usize, usize); 5] = [(1, 64), (7, 300), (513, 256), (64, 8192), (5, 37)];
+
+fn swiglu_matches_cpu(gpu: &Gpu) -> Result<()> {
+    let k = PointwiseKernels::new(&gpu.be)?;
+    for &(n, f) in &SWIGLU_SHAPES {
+        for off in [0usize, 1] {
+            let ctx = format!("swiglu n={n} f={f} offset={off}");
+            let mut rng = ChaCha8Rng::seed_from_u64(11_000 + (n * f + off) as u64);
+            // Gates over (-12, 12): both tails of the sigmoid.
+            let mut gu = uniform(&mut rng, n * 2 * f, -2.0, 2.0);
+            for row in gu.chunks_exact_mut(2 * f) {
+                for g in &mut row[..f] {
+                    *g *= 6.0;
+                }
+            }
+            let dh = uniform(&mut rng, n * f, -1.0, 1.0);
+            let dgu_in = upload_guarded(gpu, &gu, off, GUARD_F32)?;
+            let ddh = upload_guarded(gpu, &dh, off, GUARD_F32)?;
+            let mut dout = upload_guarded(gpu, &nan_vec(n * f), off, GUARD_F32)?;
+            let mut dgrad = upload_guarded(gpu, &nan_vec(n * 2 * f), off, GUARD_F32)?;
+            k.swiglu_fwd(
+                &mut dout.slice_mut(off..off + n * f),
+                &dgu_in.slice(off..off + n * 2 * f),
+                n,
+                f,
+            )?;
+            k.swiglu_bwd(
+                &mut dgrad.slice_mut(off..off + n * 2 * f),
+                &ddh.slice(off..off + n * f),
+                &dgu_in.slice(off..off + n * 2 * f),
+                n,
+                f,
+            )?;
+            let (mut h32, mut h64) = (vec![0f32; n * f], vec![0f64; n * f]);
+            cpu_pw::swiglu_fwd(&mut h32, &gu, f);
+            cpu_pw::swiglu_fwd(&mut h64, &to64(&gu), f);
+            let got = download_guarded(gpu, &dout, off, n * f, GUARD_F32, "h")?;
+            check_close(&ctx, "h", &got, &h32, &h64)?;
+            let (mut g32, mut g64) = (vec![0f32; n * 2 * f], vec![0f64; n * 2 * f]);
+            cpu_pw::swiglu_bwd(&mut g32, &dh, &gu, f);
+            cpu_pw::swiglu_bwd(&mut g64, &to64(&dh), &to64(&gu), f);
+            let got = download_guarded(gpu, &dgrad, off, n * 2 * f, GUARD_F32, "dgu")?;
+            check_close(&ctx, "dgu", &got, &g32, &g64)?;
+        }
+    }
+    Ok(())
+}
+
+const ROPE_SHAPES: [AttnShape; 4] = [
+    AttnShape {
+        b: 1,
+        t: 1,
+        h: 1,
+        dh: 64,
+    },
+    AttnShape {
+        b: 1,
+        t: 7,
+        h: 3,
+        dh: 100,
+    },
+    AttnShape {
+        b: 3,
+        t: 171,
+        h: 4,
+        dh: 64,
+    },
+    AttnShape {
+        b: 2,
+        t: 2048,
+        h: 16,
+        dh: 128,
+    },
+];
+
+/// Forward and backward against the CPU op (table from `rope_table` in f64, rounded to f32,
+/// as the model uploads it); the v third comes back bit-identical; forward then backward
+/// gives back the input.
+fn rope_matches_cpu(gpu: &Gpu) -> Result<()> {
+    let k = PointwiseKernels::new(&gpu.be)?;
+    for &s in &ROPE_SHAPES {
+        let (n, d) = (s.n(), s.d());
+        let len = n * 3 * d;
+        let t64 = rope_table(s.t, s.dh, 10_000.0);
+        let t32: Vec<f32> = t64.iter().map(|&x| x as f32).collect();
+        for off in [0usize, 1] {
+            let dtab = upload_guarded(gpu, &t32, off, GUARD_F32)?;
+            for transpose in [false, true] {
+                let ctx = format!("rope {s:?} offset={off} backward={transpose}");
+                let mut rng =
+                    ChaCha8Rng::seed_from_u64(12_000 + (len + off + 2 * transpose as usize) as u64);
+                let x = uniform(&mut rng, len, -2.0, 2.0);
+                let mut dq = upload_guarded(gpu, &x, off, GUARD_F32)?;
+                if transpose {
+                    k.rope_bwd(
+                        &mut dq.slice_mut(off..off + len),
+                        &dtab.slice(off..off + s.t * s.dh),
+                        s,
+                    )?;
+                } else {
+                    k.rope_fwd(
+                        &mut dq.slice_mut(off..off + len),
+                        &dtab.slice(off..off + s.t * s.dh),
+                        s,
+                    )?;
+                }
+                let got = download_guarded(gpu, &dq, off, len, GUARD_F32, "qkv")?;
+                let mut w32 = x.clone();
+                cpu_pw::rope(&mut w32, &t32, s, transpose);
+                let mut w64 = to64(&x);
+                cpu_pw::rope(&mut w64, &to64(&t32), s, transpose);
+                check_close(&ctx, "qkv", &got, &w32, &w64)?;
+                for r in 0..n {
+                    let v = r * 3 * d + 2 * d..(r + 1) * 3 * d;
+                    check_bits(&ctx, &format!("v third of row {r}"), &got[v.clone()], &x[v])?;
+                }
+                if !transpose {
+                    // Rotate back: the inverse rotation must return the input.
+                    k.rope_bwd(
+                        &mut dq.slice_mut(off..off + len),
+                        &dtab.slice(off..off + s.t * s.dh),
+                        s,
+                    )?;
+                    let back = download_guarded(gpu, &dq, off, len, GUARD_F32, "qkv")?;
+                    let e = rel_err(&back, &x);
+                    ensure!(
+                        e < 1e-6,
+                        "{ctx}: forward then backward is off the input by {e:e}"
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+const CE_SHAPES: [(usize, usize); 6] = [
+    (1, 37),
+    (7, 50304),
+    (513, 4096),
+    (4096, 37),
+    (513, 50304),
+    (3, 4097),
+];
+
+/// Logits with per-row offsets up to ±60 (a naive exp would overflow) and, when n >= 3, one row
+/// whose target is also its maximum by a wide margin.
+fn ce_input(rng: &mut ChaCha8Rng, n: usize, v: usize) -> (Vec<f32>, Vec<u32>) {
+    let mut x = Vec::with_capacity(n * v);
+    for _ in 0..n {
+        let o = rng.random_range(-60.0f32..60.0);
+        x.extend((0..v).map(|_| o + rng.random_range(-8.0f32..8.0)));
+    }
+    let t: Vec<u32> = (0..n).map(|_| rng.random_range(0..v as u32)).collect();
+    if n >= 3 {
+        // Its loss is ~1e-9: fp32 resolves it as 0 or one ulp of 1, so it is only checked as
+        // part of a vector of normal-sized losses.
+        let r = n / 2;
+        x[r * v + t[r] as usize] += 30.0;
+    }
+    (x, t)
+}
+
+fn cross_entropy_matches_cpu(gpu: &Gpu) -> Result<()> {
+    let k = CrossEntropyKernels::new(&gpu.be)?;
+    for &(n, v) in &CE_SHAPES {
+        for off in [0usize, 1] {
+            for with_grad in [true, false] {
+                let ctx = format!("cross_entropy n={n} V={v} offset={off} grad={with_grad}");
+                let mut rng = ChaCha8Rng::seed_from_u64(13_000 + (n * v + off) as u64);
+                let (x, t) = ce_input(&mut rng, n, v);
+                let scale = with_grad.then_some(1.0 / n as f64);
+                let mut dlog = upload_guarded(gpu, &x, off, GUARD_F32)?;
+                let dt = upload_guarded(gpu, &t, off, u32::MAX)?;
+                let mut dloss = upload_guarded(gpu, &nan_vec(n), off, GUARD_F32)?;
+                k.forward_backward(
+                    &mut dlog.slice_mut(off..off + n * v),
+                    &mut dloss.slice_mut(off..off + n),
+                    &dt.slice(off..off + n),
+                    n,
+                    v,
+                    scale.map(|s| s as f32),
+                )?;
+                let (mut x32, mut l32) = (x.clone(), vec![0f32; n]);
+                cpu_loss::cross_entropy(&mut x32, &mut l32, &t, v, scale.map(|s| s as f32))?;
+                let (mut x64, mut l64) = (to64(&x), vec![0f64; n]);
+                cpu_loss::cross_entropy(&mut x64, &mut l64, &t, v, scale)?;
+                let got = download_guarded(gpu, &dloss, off, n, GUARD_F32, "losses")?;
+                check_close(&ctx, "losses", &got, &l32, &l64)?;
+                let got = download_guarded(gpu, &dlog, off, n * v, GUARD_F32, "logits")?;
+                if with_grad {
+                    check_close(&ctx, "dlogits", &got, &x32, &x64)?;
+                } else {
+                    check_bits(&ctx, "logits (no grad: untouched)", &got, &x)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The reductions (layernorm forward/backward, cross-entropy) give the same bits on two runs.
+fn reductions_bit_identical_across_runs(gpu: &Gpu) -> Result<()> {
+    let ln = LayerNormKernels::new(&gpu.be)?;
+    let ce = CrossEntropyKernels::new(&gpu.be)?;
+    let s = gpu.be.stream();
+    let (n, d, v) = (4096usize, 2048usize, 50304usize);
+    let mut rng = ChaCha8Rng::seed_from_u64(14_000);
+    let x = ln_input(&mut rng, n, d);
+    let dy = uniform(&mut rng, n * d, -1.0, 1.0);
+    let (logits, t) = ce_input(&mut rng, 256, v);
+    let run = || -> Result<Vec<Vec<u32>>> {
+        let e = |e| anyhow!("{e}");
+        let dx_in = s.clone_htod(&x).map_err(e)?;
+        let ddy = s.clone_htod(&dy).map_err(e)?;
+        let mut out = s.alloc_zeros::<f32>(n * d).map_err(e)?;
+        let mut mean = s.alloc_zeros::<f32>(n).map_err(e)?;
+        let mut rstd = s.alloc_zeros::<f32>(n).map_err(e)?;
+        let mut dx = s.alloc_zeros::<f32>(n * d).map_err(e)?;
+        ln.forward(
+            &mut out.as_view_mut(),
+            &mut mean.as_view_mut(),
+            &mut rstd.as_view_mut(),
+            &dx_in.as_view(),
+            n,
+            d,
+            1e-5,
+        )?;
+        ln.backward(
+            &mut dx.as_view_mut(),
+            &ddy.as_view(),
+            &out.as_view(),
+            &rstd.as_view(),
+            n,
+            d,
+            false,
+        )?;
+        let mut dl = s.clone_htod(&logits).map_err(e)?;
+        let dt = s.clone_htod(&t).map_err(e)?;
+        let mut loss = s.alloc_zeros::<f32>(256).map_err(e)?;
+        ce.forward_backward(
+            &mut dl.as_view_mut(),
+            &mut loss.as_view_mut(),
+            &dt.as_view(),
+            256,
+            v,
+            Some(1.0 / 256.0),
+        )?;
+        let mut outs = Vec::new();
+        for b in [&out, &mean, &rstd, &dx, &dl, &loss] {
+            outs.push(bits(&s.clone_dtoh(b).map_err(e)?));
+        }
+        Ok(outs)
+    };
+    let a = run()?;
+    let b = run()?;
+    for (i, what) in ["ln out", "ln mean", "ln rstd", "ln dx", "dlogits", "losses"]
+        .iter()
+        .enumerate()
+    {
+        ensure!(a[i] == b[i], "{what} differs between two runs");
+    }
+    Ok(())
+}
+
+/// Every launcher refuses buffers shorter than its shape needs, and out-of-range ids in a plan.
+fn kernel_launchers_reject_short_buffers(gpu: &Gpu) -> Result<()> {
+    let s = gpu.be.stream();
+    let e = |e| anyhow!("{e}");
+    let short = s.alloc_zeros::<f32>(10).map_err(e)?;
+    let mut short_mut = s.alloc_zeros::<f32>(10).map_err(e)?;
+    let mut long_mut = s.alloc_zeros::<f32>(100).map_err(e)?;
+    let long = s.alloc_zeros::<f32>(100).map_err(e)?;
+    let ids = s.alloc_zeros::<u32>(4).map_err(e)?;
+    let expect_err = |what: &str, r: Result<()>| -> Result<()> {
+        let err = r
+            .err()
+            .ok_or_else(|| anyhow!("{what}: short buffer accepted"))?;
+        ensure!(
+            format!("{err}").contains("holds 10 elements"),
+            "{what}: unexpected error: {err}"
+        );
+        Ok(())
+    };
+    let emb = EmbeddingKernels::new(&gpu.be)?;
+    expect_err(
+        "embedding_fwd",
+        emb.forward(
+            &mut short_mut.as_view_mut(),
+            &ids.as_view(),
+            &long.as_view(),
+            4,
+            5,
+        ),
+    )?;
+    let ln = LayerNormKernels::new(&gpu.be)?;
+    let mut m = s.alloc_zeros::<f32>(4).map_err(e)?;
+    let mut r = s.alloc_zeros::<f32>(4).map_err(e)?;
+    expect_err(
+        "layernorm_fwd",
+        ln.forward(
+            &mut long_mut.as_view_mut(),
+            &mut m.as_view_mut(),
+            &mut r.as_view_mut(),
+            &short.as_view(),
+            4,
+            5,
+            1e-5,
+        ),
+    )?;
+    let pw = PointwiseKernels::new(&gpu.be)?;
+    expect_err(
+        "swiglu_fwd",
+        pw.swiglu_fwd(&mut long_mut.as_view_mut(), &short.as_view(), 2, 4),
+    )?;
+    let shape = AttnShape {
+        b: 1,
+        t: 2,
+        h: 1,
+        dh: 4,
+    };
+    expect_err(
+        "rope_fwd",
+        pw.rope_fwd(&mut short_mut.as_view_mut(), &long.as_view(), shape),
+    )?;
+    let ce = CrossEntropyKernels::new(&gpu.be)?;
+    expect_err(
+        "cross_entropy",
+        ce.forward_backward(
+            &mut short_mut.as_view_mut(),
+            &mut m.as_view_mut(),
+            &ids.as_view(),
+            4,
+            5,
+            Some(0.25),
+        ),
+    )?;
     Ok(())
 }

@@ -6,6 +6,10 @@
 //! caller falls back to the CPU (see [`crate::backend::device`]).
 
 pub mod adamw;
+pub mod cross_entropy;
+pub mod embedding;
+pub mod layernorm;
+pub mod pointwise;
 
 use std::sync::Arc;
 
@@ -147,6 +151,15 @@ impl CudaBackend {
     pub fn describe(&self) -> String {
         describe_context(&self.ctx)
     }
+}
+
+/// Errors unless a device buffer `what` holding `have` elements has at least the `need` an op
+/// needs.
+pub(crate) fn need_len(what: &str, have: usize, need: usize) -> Result<()> {
+    if have < need {
+        bail!("cuda executor: buffer {what} holds {have} elements, the op needs {need}");
+    }
+    Ok(())
 }
 
 /// "CUDA device 0: NAME (sm_XY, 132 SMs), 79.1 GiB, 78.5 GiB free" (fields that cannot be

@@ -1,0 +1,184 @@
+// Non-parametric layernorm (OLMo v1: no weight, no bias), forward and backward, fp32.
+//
+// Layouts (row-major fp32, caller-owned; no buffer may alias another):
+//   x, a, b, xsum, out, dy, xhat, dx  [n, d]      mean, rstd  [n]
+// CPU references: src/backend/cpu/norm.rs `layernorm_fwd`, `layernorm_bwd`.
+//
+// One warp per row (LN_WARPS rows per block of 32·LN_WARPS threads). Lane l reads elements
+// (or float4s when d % 4 == 0 and every [n, d] buffer is 16-byte aligned) l, l + 32, ... in
+// order, and the lanes combine with warp_sum (butterfly, fixed pattern), so the result depends
+// only on the inputs and d: deterministic from run to run. The row is re-read from memory (L1)
+// for each pass rather than held in registers, so any d works.
+#include "common.cuh"
+
+#define LN_WARPS 4
+
+// Forward. Per row, as the CPU op: mean = Σx · (1/d); var = Σ(x − mean)² · (1/d) (biased);
+// rstd = 1 / sqrt(var + eps) (IEEE sqrt and division); out = (x − mean) · rstd.
+// Writes out [n, d], mean [n], rstd [n].
+// RESID (layernorm_fwd_residual): the input is x = a + b, computed in the first pass and written
+// to xsum [n, d] (the next residual stream), which the later passes read back (each lane reads
+// only what it wrote itself). xsum must not alias a or b.
+template <bool RESID>
+__device__ __forceinline__ void ln_fwd_row(float* __restrict__ out, float* __restrict__ mean,
+                                           float* __restrict__ rstd, float* __restrict__ xsum,
+                                           const float* __restrict__ x,
+                                           const float* __restrict__ b, unsigned int n,
+                                           unsigned int d, float eps) {
+    const unsigned int lane = threadIdx.x & 31;
+    const unsigned int row = blockIdx.x * LN_WARPS + (threadIdx.x >> 5);
+    if (row >= n) return;  // the whole warp leaves together; no block-wide sync below
+    const size_t base = (size_t)row * d;
+    float* o = out + base;
+    const float inv_d = 1.0f / (float)d;
+    bool vec = (d % 4 == 0) && is_aligned(x, 16) && is_aligned(out, 16);
+    if (RESID) vec = vec && is_aligned(b, 16) && is_aligned(xsum, 16);
+    const unsigned int d4 = d / 4;
+    // The row the second and third passes read: x itself, or the sum written in pass one.
+    const float* xr = RESID ? xsum + base : x + base;
+    const float4* x4 = reinterpret_cast<const float4*>(xr);
+
+    float s = 0.0f;
+    if (vec) {
+        for (unsigned int k = lane; k < d4; k += 32) {
+            float4 v;
+            if (RESID) {
+                const float4 p = reinterpret_cast<const float4*>(x + base)[k];
+                const float4 q = reinterpret_cast<const float4*>(b + base)[k];
+                v = make_float4(p.x + q.x, p.y + q.y, p.z + q.z, p.w + q.w);
+                reinterpret_cast<float4*>(xsum + base)[k] = v;
+            } else {
+                v = x4[k];
+            }
+            s += v.x;
+            s += v.y;
+            s += v.z;
+            s += v.w;
+        }
+    } else {
+        for (unsigned int k = lane; k < d; k += 32) {
+            float v;
+            if (RESID) {
+                v = x[base + k] + b[base + k];
+                xsum[base + k] = v;
+            } else {
+                v = xr[k];
+            }
+            s += v;
+        }
+    }
+    const float mu = warp_sum(s) * inv_d;
+
+    float q = 0.0f;
+    if (vec) {
+        for (unsigned int k = lane; k < d4; k += 32) {
+            const float4 v = x4[k];
+            const float a = v.x - mu, bb = v.y - mu, c = v.z - mu, e = v.w - mu;
+            q += a * a;
+            q += bb * bb;
+            q += c * c;
+            q += e * e;
+        }
+    } else {
+        for (unsigned int k = lane; k < d; k += 32) {
+            const float a = xr[k] - mu;
+            q += a * a;
+        }
+    }
+    const float var = warp_sum(q) * inv_d;
+    const float rs = 1.0f / sqrtf(var + eps);
+
+    if (vec) {
+        float4* o4 = reinterpret_cast<float4*>(o);
+        for (unsigned int k = lane; k < d4; k += 32) {
+            const float4 v = x4[k];
+            o4[k] = make_float4((v.x - mu) * rs, (v.y - mu) * rs, (v.z - mu) * rs, (v.w - mu) * rs);
+        }
+    } else {
+        for (unsigned int k = lane; k < d; k += 32) o[k] = (xr[k] - mu) * rs;
+    }
+    if (lane == 0) {
+        mean[row] = mu;
+        rstd[row] = rs;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(32 * LN_WARPS)
+layernorm_fwd(float* __restrict__ out, float* __restrict__ mean, float* __restrict__ rstd,
+              const float* __restrict__ x, unsigned int n, unsigned int d, float eps) {
+    ln_fwd_row<false>(out, mean, rstd, nullptr, x, nullptr, n, d, eps);
+}
+
+// Residual add fused with the forward: xsum = a + b (element-wise, fp32 round to nearest, as
+// the CPU `add`), then layernorm of xsum exactly as layernorm_fwd.
+extern "C" __global__ void __launch_bounds__(32 * LN_WARPS)
+layernorm_fwd_residual(float* __restrict__ out, float* __restrict__ mean,
+                       float* __restrict__ rstd, float* __restrict__ xsum,
+                       const float* __restrict__ a, const float* __restrict__ b, unsigned int n,
+                       unsigned int d, float eps) {
+    ln_fwd_row<true>(out, mean, rstd, xsum, a, b, n, d, eps);
+}
+
+// Backward from the saved output xhat (= the normalised input) and rstd. Per row:
+// mdy = Σdy · (1/d); mdyx = Σ(dy·xhat) · (1/d); v = rstd · (dy − mdy − xhat·mdyx);
+// dx = v (accumulate == 0) or dx + v (accumulate != 0).
+extern "C" __global__ void __launch_bounds__(32 * LN_WARPS)
+layernorm_bwd(float* __restrict__ dx, const float* __restrict__ dy,
+              const float* __restrict__ xhat, const float* __restrict__ rstd, unsigned int n,
+              unsigned int d, int accumulate) {
+    const unsigned int lane = threadIdx.x & 31;
+    const unsigned int row = blockIdx.x * LN_WARPS + (threadIdx.x >> 5);
+    if (row >= n) return;
+    const size_t base = (size_t)row * d;
+    const float inv_d = 1.0f / (float)d;
+    const bool vec = (d % 4 == 0) && is_aligned(dx, 16) && is_aligned(dy, 16) && is_aligned(xhat, 16);
+    const unsigned int d4 = d / 4;
+    const float4* dy4 = reinterpret_cast<const float4*>(dy + base);
+    const float4* xh4 = reinterpret_cast<const float4*>(xhat + base);
+
+    float s1 = 0.0f, s2 = 0.0f;
+    if (vec) {
+        for (unsigned int k = lane; k < d4; k += 32) {
+            const float4 a = dy4[k], b = xh4[k];
+            s1 += a.x;
+            s1 += a.y;
+            s1 += a.z;
+            s1 += a.w;
+            s2 += a.x * b.x;
+            s2 += a.y * b.y;
+            s2 += a.z * b.z;
+            s2 += a.w * b.w;
+        }
+    } else {
+        for (unsigned int k = lane; k < d; k += 32) {
+            const float a = dy[base + k];
+            s1 += a;
+            s2 += a * xhat[base + k];
+        }
+    }
+    const float mdy = warp_sum(s1) * inv_d;
+    const float mdyx = warp_sum(s2) * inv_d;
+    const float rs = rstd[row];
+
+    if (vec) {
+        float4* dx4 = reinterpret_cast<float4*>(dx + base);
+        for (unsigned int k = lane; k < d4; k += 32) {
+            const float4 a = dy4[k], b = xh4[k];
+            float4 v = make_float4(rs * (a.x - mdy - b.x * mdyx), rs * (a.y - mdy - b.y * mdyx),
+                                   rs * (a.z - mdy - b.z * mdyx), rs * (a.w - mdy - b.w * mdyx));
+            if (accumulate) {
+                const float4 g = dx4[k];
+                v.x += g.x;
+                v.y += g.y;
+                v.z += g.z;
+                v.w += g.w;
+            }
+            dx4[k] = v;
+        }
+    } else {
+        for (unsigned int k = lane; k < d; k += 32) {
+            const float v = rs * (dy[base + k] - mdy - xhat[base + k] * mdyx);
+            dx[base + k] = accumulate ? dx[base + k] + v : v;
+        }
+    }
+}

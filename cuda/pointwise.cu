@@ -1,0 +1,121 @@
+// Element-wise ops of the block: SwiGLU (forward, backward) and rotary embedding (forward,
+// backward), fp32. Each output element is written by exactly one thread: deterministic.
+//
+// CPU references: src/backend/cpu/pointwise.rs `swiglu_fwd`, `swiglu_bwd`, `rope`.
+// All kernels are grid-stride loops: any grid size gives the same result.
+#include "common.cuh"
+
+#define PW_THREADS 256
+
+// σ(g) = 1 / (1 + e^(−g)) with IEEE division (no fast math), as the CPU's `sigmoid`.
+__device__ __forceinline__ float sigmoidf_(float g) { return 1.0f / (1.0f + expf(-g)); }
+
+// ---- SwiGLU ----
+// gu [n, 2f]: row i holds gate gu[i, 0..f) then up gu[i, f..2f).
+// Forward: h [n, f], h[i, j] = (g·σ(g))·u with g = gu[i, j], u = gu[i, f + j].
+// Vector path (float4) when f % 4 == 0 and h, gu are 16-byte aligned; else scalar.
+extern "C" __global__ void __launch_bounds__(PW_THREADS)
+swiglu_fwd(float* __restrict__ h, const float* __restrict__ gu, unsigned long long n,
+           unsigned long long f) {
+    const unsigned long long tid = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+    const unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
+    if (f % 4 == 0 && is_aligned(h, 16) && is_aligned(gu, 16)) {
+        const unsigned long long f4 = f / 4;
+        float4* h4 = reinterpret_cast<float4*>(h);
+        const float4* gu4 = reinterpret_cast<const float4*>(gu);
+        for (unsigned long long k = tid; k < n * f4; k += stride) {
+            const unsigned long long row = k / f4, j = k - row * f4;
+            const float4 g = gu4[row * 2 * f4 + j];
+            const float4 u = gu4[row * 2 * f4 + f4 + j];
+            h4[k] = make_float4(g.x * sigmoidf_(g.x) * u.x, g.y * sigmoidf_(g.y) * u.y,
+                                g.z * sigmoidf_(g.z) * u.z, g.w * sigmoidf_(g.w) * u.w);
+        }
+    } else {
+        for (unsigned long long k = tid; k < n * f; k += stride) {
+            const unsigned long long row = k / f, j = k - row * f;
+            const float g = gu[row * 2 * f + j];
+            const float u = gu[row * 2 * f + f + j];
+            h[k] = g * sigmoidf_(g) * u;
+        }
+    }
+}
+
+// Backward: dh [n, f], gu [n, 2f] (forward input) -> dgu [n, 2f] (overwritten):
+//   dgate = dh·u·σ(g)·(1 + g·(1 − σ(g)))     dup = dh·(g·σ(g))
+__device__ __forceinline__ void swiglu_bwd1(float dh, float g, float u, float& dg, float& du) {
+    const float sg = sigmoidf_(g);
+    du = dh * (g * sg);
+    dg = dh * u * sg * (1.0f + g * (1.0f - sg));
+}
+
+extern "C" __global__ void __launch_bounds__(PW_THREADS)
+swiglu_bwd(float* __restrict__ dgu, const float* __restrict__ dh, const float* __restrict__ gu,
+           unsigned long long n, unsigned long long f) {
+    const unsigned long long tid = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+    const unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
+    if (f % 4 == 0 && is_aligned(dgu, 16) && is_aligned(dh, 16) && is_aligned(gu, 16)) {
+        const unsigned long long f4 = f / 4;
+        float4* dgu4 = reinterpret_cast<float4*>(dgu);
+        const float4* dh4 = reinterpret_cast<const float4*>(dh);
+        const float4* gu4 = reinterpret_cast<const float4*>(gu);
+        for (unsigned long long k = tid; k < n * f4; k += stride) {
+            const unsigned long long row = k / f4, j = k - row * f4;
+            const float4 d = dh4[k];
+            const float4 g = gu4[row * 2 * f4 + j];
+            const float4 u = gu4[row * 2 * f4 + f4 + j];
+            float4 dg, du;
+            swiglu_bwd1(d.x, g.x, u.x, dg.x, du.x);
+            swiglu_bwd1(d.y, g.y, u.y, dg.y, du.y);
+            swiglu_bwd1(d.z, g.z, u.z, dg.z, du.z);
+            swiglu_bwd1(d.w, g.w, u.w, dg.w, du.w);
+            dgu4[row * 2 * f4 + j] = dg;
+            dgu4[row * 2 * f4 + f4 + j] = du;
+        }
+    } else {
+        for (unsigned long long k = tid; k < n * f; k += stride) {
+            const unsigned long long row = k / f, j = k - row * f;
+            float dg, du;
+            swiglu_bwd1(dh[k], gu[row * 2 * f + j], gu[row * 2 * f + f + j], dg, du);
+            dgu[row * 2 * f + j] = dg;
+            dgu[row * 2 * f + f + j] = du;
+        }
+    }
+}
+
+// ---- Rotary embedding ----
+// In place on the q and k thirds of qkv [n = B·T, 3D] (row r: q ‖ k ‖ v, D = H·dh; head h of
+// q at columns h·dh.., of k at D + h·dh..); v is not touched. Position of row r: r % t.
+// table [t, dh/2] cosines then [t, dh/2] sines (fp32, computed in f64 on the host and rounded:
+// crate::model::transformer::rope_table). Per head, x1 = x[0..dh/2), x2 = x[dh/2..dh) (HF
+// rotate-half), for i < dh/2 with c = cos[pos, i], s = sin[pos, i]:
+//   forward   (transpose == 0): x1' = x1·c − x2·s, x2' = x2·c + x1·s
+//   backward  (transpose != 0): x1' = x1·c + x2·s, x2' = x2·c − x1·s  (the inverse rotation)
+// One thread per (row, q/k head, i): n·D pairs in all, i fastest.
+extern "C" __global__ void __launch_bounds__(PW_THREADS)
+rope(float* __restrict__ qkv, const float* __restrict__ table, unsigned long long n,
+     unsigned int t, unsigned int d, unsigned int dh, int transpose) {
+    const unsigned long long tid = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+    const unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
+    const unsigned int half = dh / 2;
+    const unsigned long long pairs = n * d;  // per row: 2H heads x dh/2 = D pairs
+    const float* cos_t = table;
+    const float* sin_t = table + (size_t)t * half;
+    for (unsigned long long k = tid; k < pairs; k += stride) {
+        const unsigned long long row = k / d;
+        const unsigned int rem = (unsigned int)(k - row * d);
+        const unsigned int head = rem / half;
+        const unsigned int i = rem - head * half;
+        const unsigned int pos = (unsigned int)(row % t);
+        const float c = cos_t[(size_t)pos * half + i];
+        const float s = sin_t[(size_t)pos * half + i];
+        float* x = qkv + row * 3 * (unsigned long long)d + (size_t)head * dh + i;
+        const float a = x[0], b = x[half];
+        if (transpose) {
+            x[0] = a * c + b * s;
+            x[half] = b * c - a * s;
+        } else {
+            x[0] = a * c - b * s;
+            x[half] = b * c + a * s;
+        }
+    }
+}
