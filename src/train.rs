@@ -425,7 +425,22 @@ fn write_final(out: &Path, step: u64, val: f32) -> Result<()> {
 }
 
 fn plot_log(out: &Path, log: &[LogEntry], end: u64, final_val: f32) -> Result<()> {
-    let train: Vec<(f64, f64)> = log.iter().map(|e| (e.step as f64, e.loss as f64)).collect();
+    // training loss as a trailing mean over `w` steps (single batches are noisy)
+    let w = (log.len() / 50).clamp(1, 20);
+    let train: Vec<(f64, f64)> = log
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let lo = (i + 1).saturating_sub(w);
+            let mean = log[lo..=i].iter().map(|x| x.loss as f64).sum::<f64>() / (i + 1 - lo) as f64;
+            (e.step as f64, mean)
+        })
+        .collect();
+    let train_label = if w > 1 {
+        format!("train (mean of {w} steps)")
+    } else {
+        "train".to_string()
+    };
     let mut val: Vec<(f64, f64)> = log
         .iter()
         .filter_map(|e| e.val_loss.map(|v| (e.step as f64, v as f64)))
@@ -438,7 +453,7 @@ fn plot_log(out: &Path, log: &[LogEntry], end: u64, final_val: f32) -> Result<()
         "cross-entropy (nats)",
         &[
             crate::plot::Series {
-                label: "train",
+                label: &train_label,
                 points: &train,
             },
             crate::plot::Series {

@@ -90,7 +90,7 @@ struct Args {
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     device: DeviceArg,
     /// BPE vocabulary of the demo data (as given to `train --demo-vocab`).
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = baddata::data::demo::DEFAULT_DEMO_VOCAB)]
     demo_vocab: usize,
     /// No progress bar.
     #[arg(long)]

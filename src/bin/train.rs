@@ -94,7 +94,7 @@ struct Args {
     #[arg(long)]
     save_every: Option<u64>,
     /// BPE vocabulary size for the demo tokenizer.
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = baddata::data::demo::DEFAULT_DEMO_VOCAB)]
     demo_vocab: usize,
     /// Stop after this many steps (the schedule still spans --steps); for splitting a run.
     #[arg(long)]
@@ -128,19 +128,19 @@ fn demo_defaults(
         val,
         tokenizer,
         out,
-        batch: 8,
+        batch: 4,
         seq: 256,
         grad_accum: 1,
-        steps: 200,
-        lr: 2e-3,
-        warmup: 20,
+        steps: 1000,
+        lr: 4e-3,
+        warmup: 40,
         final_lr_frac: 0.1,
         grad_clip: 1.0,
         adamw: AdamWConfig::default(),
         seed: 1234,
-        eval_every: 25,
+        eval_every: 50,
         eval_windows: 32,
-        save_every: 100,
+        save_every: 500,
     }
 }
 

@@ -38,7 +38,7 @@ use std::time::Instant;
 /// Version of the demo composition; a cache built by another version is rebuilt.
 pub const DEMO_VERSION: u64 = 1;
 /// Default vocabulary size of the demo's BPE.
-pub const DEFAULT_DEMO_VOCAB: usize = 4096;
+pub const DEFAULT_DEMO_VOCAB: usize = 2048;
 /// Share of distinct flagged passages held out (per corpus) as probe positives.
 pub const PROBE_FRACTION: f64 = 0.15;
 /// Share of each corpus's documents held out as clean validation text.
