@@ -55,7 +55,9 @@ pub trait Float:
         c: *mut Self,
         rsc: isize,
         csc: isize,
-    );
+    ) {
+        gemm_rayon(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
+    }
 }
 
 /// [`Float::gemm`] through the `gemm` crate: `C = alpha·A·B + beta·C` (`C` only read when
@@ -108,24 +110,6 @@ impl Float for f32 {
     fn f64(self) -> f64 {
         self as f64
     }
-    unsafe fn gemm(
-        m: usize,
-        k: usize,
-        n: usize,
-        alpha: Self,
-        a: *const Self,
-        rsa: isize,
-        csa: isize,
-        b: *const Self,
-        rsb: isize,
-        csb: isize,
-        beta: Self,
-        c: *mut Self,
-        rsc: isize,
-        csc: isize,
-    ) {
-        gemm_rayon(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
-    }
 }
 
 impl Float for f64 {
@@ -134,24 +118,6 @@ impl Float for f64 {
     }
     fn f64(self) -> f64 {
         self
-    }
-    unsafe fn gemm(
-        m: usize,
-        k: usize,
-        n: usize,
-        alpha: Self,
-        a: *const Self,
-        rsa: isize,
-        csa: isize,
-        b: *const Self,
-        rsb: isize,
-        csb: isize,
-        beta: Self,
-        c: *mut Self,
-        rsc: isize,
-        csc: isize,
-    ) {
-        gemm_rayon(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
     }
 }
 
