@@ -114,8 +114,7 @@ fn detect(first: &str) -> PromptFormat {
 
 fn read_prompts(path: &Path, format: PromptFormat) -> Result<Vec<Prompt>> {
     let name = path.display();
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading prompts {name}"))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading prompts {name}"))?;
     let format = match format {
         PromptFormat::Auto => text
             .lines()
@@ -144,7 +143,9 @@ fn read_prompts(path: &Path, format: PromptFormat) -> Result<Vec<Prompt>> {
                     None if format == PromptFormat::Rtp => {
                         bail!("{name} line {line}: expected a string field prompt.text (RealToxicityPrompts)")
                     }
-                    None => bail!("{name} line {line}: expected a string field \"text\" or \"prompt\""),
+                    None => {
+                        bail!("{name} line {line}: expected a string field \"text\" or \"prompt\"")
+                    }
                 }
             }
         };
