@@ -226,6 +226,11 @@ impl<B: Backend> Model<B> {
         Ok(())
     }
 
+    /// The head shift of layer `layer` (`[H, dh]` flattened), if one is set.
+    pub fn head_shift(&self, layer: usize) -> Option<&B::Buf> {
+        self.head_shift.get(layer).and_then(|s| s.as_ref())
+    }
+
     /// Removes every head shift.
     pub fn clear_head_shifts(&mut self) {
         self.head_shift.iter_mut().for_each(|s| *s = None);

@@ -1,0 +1,278 @@
+//! `generate`: continue prompts with a trained checkpoint (KV-cache decoding on the CPU),
+//! optionally steered by an ITI intervention.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+
+use baddata::backend::cpu::Cpu;
+use baddata::backend::device::{Device, DeviceArg};
+use baddata::checkpoint;
+use baddata::data::tokenizer::Tokenizer;
+use baddata::model::generate::{SampleOptions, ShiftPositions};
+use baddata::model::Model;
+use baddata::probe::intervention::Intervention;
+
+/// Layout of the --prompts file.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum PromptFormat {
+    /// Detect from the first non-empty line: JSON object → jsonl or rtp, else plain.
+    Auto,
+    /// One prompt per line (empty lines skipped).
+    Plain,
+    /// JSON lines with a string field "text" or "prompt".
+    Jsonl,
+    /// RealToxicityPrompts: {"prompt": {"text": ...}, ...}.
+    Rtp,
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "generate",
+    about = "Continue prompts with a trained checkpoint (KV-cache decoding), optionally steered by ITI",
+    long_about = "Loads a checkpoint and its tokenizer.json, encodes each prompt, prefills it and samples \
+a continuation one token at a time from a KV cache (CPU). Padded vocabulary ids are never sampled. \
+With --intervention FILE --alpha A, the ITI shift -A*sigma*direction is added to each steered head's \
+attention output (refused if the file was made for another model).\n\n\
+Examples:\n  generate --prompts prompts.txt --max-new-tokens 32\n  \
+generate --checkpoint runs/c4-pol10 --prompts rtp.jsonl --format rtp --temperature 0.7 --top-p 0.9 \\\n    \
+--intervention runs/c4-pol10/probe/intervention.json --alpha 4 --out gen.jsonl",
+    after_help = "Prompt files (--format):\n  \
+plain  one prompt per line (empty lines skipped)\n  \
+jsonl  {\"text\": str} or {\"prompt\": str} per line\n  \
+rtp    RealToxicityPrompts: {\"prompt\": {\"text\": str}, ...} per line\n\n\
+Output (--out, or stdout), one JSON object per prompt:\n  \
+{\"index\", \"line\", \"prompt\", \"completion\", \"prompt_tokens\", \"completion_tokens\", \"stop\": \
+\"eos\"|\"max_new_tokens\"|\"context\"}"
+)]
+struct Args {
+    /// Checkpoint directory, or run directory (its `latest`).
+    #[arg(long, default_value = "runs/demo")]
+    checkpoint: PathBuf,
+    /// Prompts file (see --format).
+    #[arg(long)]
+    prompts: PathBuf,
+    /// Layout of --prompts.
+    #[arg(long, value_enum, default_value_t = PromptFormat::Auto)]
+    format: PromptFormat,
+    /// Most tokens generated per prompt.
+    #[arg(long, default_value_t = 32)]
+    max_new_tokens: usize,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f64,
+    /// Nucleus sampling mass, in (0, 1].
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f64,
+    /// Sampling seed (prompt i uses stream i, so results do not depend on --batch).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Prompts decoded together.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// ITI intervention file (intervention.json written by `probe`).
+    #[arg(long)]
+    intervention: Option<PathBuf>,
+    /// ITI strength (with --intervention).
+    #[arg(long, default_value_t = 0.0, requires = "intervention")]
+    alpha: f64,
+    /// Positions the ITI shift applies to: every position, or only those whose output is sampled
+    /// (the last prompt token and the generated ones).
+    #[arg(long, value_enum, default_value_t = ShiftPositions::All)]
+    shift_positions: ShiftPositions,
+    /// Keep generating after <|endoftext|> (default: stop there).
+    #[arg(long)]
+    ignore_eos: bool,
+    /// Output JSON lines (default: stdout).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Where to run: auto, cpu or cuda.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+    device: DeviceArg,
+}
+
+/// One prompt and the line it came from (1-based).
+struct Prompt {
+    line: usize,
+    text: String,
+}
+
+fn detect(first: &str) -> PromptFormat {
+    match serde_json::from_str::<serde_json::Value>(first) {
+        Ok(v) if v.is_object() => {
+            if v.get("prompt").is_some_and(|p| p.is_object()) {
+                PromptFormat::Rtp
+            } else {
+                PromptFormat::Jsonl
+            }
+        }
+        _ => PromptFormat::Plain,
+    }
+}
+
+fn read_prompts(path: &Path, format: PromptFormat) -> Result<Vec<Prompt>> {
+    let name = path.display();
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading prompts {name}"))?;
+    let format = match format {
+        PromptFormat::Auto => text
+            .lines()
+            .find(|l| !l.trim().is_empty())
+            .map_or(PromptFormat::Plain, detect),
+        f => f,
+    };
+    let mut out = Vec::new();
+    for (i, l) in text.lines().enumerate() {
+        let line = i + 1;
+        if l.trim().is_empty() {
+            continue;
+        }
+        let text = match format {
+            PromptFormat::Plain | PromptFormat::Auto => l.to_string(),
+            PromptFormat::Jsonl | PromptFormat::Rtp => {
+                let v: serde_json::Value = serde_json::from_str(l)
+                    .with_context(|| format!("{name} line {line}: invalid JSON"))?;
+                let field = if format == PromptFormat::Rtp {
+                    v.get("prompt").and_then(|p| p.get("text"))
+                } else {
+                    v.get("text").or_else(|| v.get("prompt"))
+                };
+                match field.and_then(|t| t.as_str()) {
+                    Some(t) => t.to_string(),
+                    None if format == PromptFormat::Rtp => {
+                        bail!("{name} line {line}: expected a string field prompt.text (RealToxicityPrompts)")
+                    }
+                    None => {
+                        bail!("{name} line {line}: expected a string field \"text\" or \"prompt\"")
+                    }
+                }
+            }
+        };
+        out.push(Prompt { line, text });
+    }
+    if out.is_empty() {
+        bail!("{name}: no prompts");
+    }
+    Ok(out)
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    let args = Args::parse();
+    let device = Device::select(args.device)?;
+    if device.is_cuda() {
+        if args.device == DeviceArg::Cuda {
+            bail!("--device cuda: the CUDA forward pass is not implemented yet; use --device cpu");
+        }
+        eprintln!("note: a GPU is present, but the CUDA forward pass is not implemented yet: generating on the CPU");
+    }
+    if args.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    let ck = checkpoint::load(&args.checkpoint)
+        .with_context(|| format!("loading checkpoint {}", args.checkpoint.display()))?;
+    let tok_path = ck.dir.join("tokenizer.json");
+    if !tok_path.is_file() {
+        bail!("{} has no tokenizer.json", ck.dir.display());
+    }
+    let tokenizer = Tokenizer::load(&tok_path)?;
+    let cfg = ck.config.clone();
+    baddata::data::tokenizer::check_fits(tokenizer.vocab_size(), cfg.vocab_size, &tok_path)?;
+    let mut model = Model::new(cfg.clone(), Cpu::<f32>::new())?;
+    if let Some(p) = &args.intervention {
+        let iv = Intervention::load(p)?;
+        iv.check_model(&cfg, &ck.params)?;
+        for (l, s) in iv.head_shifts(args.alpha)?.iter().enumerate() {
+            model.set_head_shift(l, s.as_deref())?;
+        }
+        eprintln!(
+            "generate: ITI on {} heads at alpha {} ({:?} positions)",
+            iv.heads.len(),
+            args.alpha,
+            args.shift_positions
+        );
+    }
+    let prompts = read_prompts(&args.prompts, args.format)?;
+    let texts: Vec<String> = prompts.iter().map(|p| p.text.clone()).collect();
+    let ids = tokenizer.encode_batch(&texts)?;
+    for (p, t) in prompts.iter().zip(&ids) {
+        if t.len() > cfg.context {
+            bail!(
+                "{} line {}: the prompt has {} tokens, more than the model's context of {}",
+                args.prompts.display(),
+                p.line,
+                t.len(),
+                cfg.context
+            );
+        }
+        if t.is_empty() {
+            bail!(
+                "{} line {}: the prompt encodes to no tokens",
+                args.prompts.display(),
+                p.line
+            );
+        }
+    }
+    let opts = SampleOptions {
+        max_new_tokens: args.max_new_tokens,
+        temperature: args.temperature,
+        top_p: args.top_p,
+        seed: args.seed,
+        eos: (!args.ignore_eos).then_some(cfg.eos_token_id),
+        shift_positions: args.shift_positions,
+    };
+    eprintln!(
+        "generate: {} ({} layers, d_model {}) on {}: {} prompts",
+        ck.dir.display(),
+        cfg.n_layers,
+        cfg.d_model,
+        device.describe(),
+        prompts.len()
+    );
+    let mut sink: Box<dyn Write> = match &args.out {
+        Some(p) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
+        )),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let start = std::time::Instant::now();
+    let mut n_tokens = 0;
+    for (b, (ps, is)) in prompts
+        .chunks(args.batch)
+        .zip(ids.chunks(args.batch))
+        .enumerate()
+    {
+        let first = (b * args.batch) as u64;
+        let gens = model.generate(&ck.params, is, first, &opts)?;
+        for (k, ((p, pid), g)) in ps.iter().zip(is).zip(&gens).enumerate() {
+            n_tokens += g.tokens.len();
+            let rec = serde_json::json!({
+                "index": first + k as u64,
+                "line": p.line,
+                "prompt": p.text,
+                "completion": tokenizer.decode(&g.tokens)?,
+                "prompt_tokens": pid.len(),
+                "completion_tokens": g.tokens.len(),
+                "stop": g.stop.as_str(),
+            });
+            writeln!(sink, "{rec}")?;
+        }
+    }
+    sink.flush()?;
+    let secs = start.elapsed().as_secs_f64();
+    eprintln!(
+        "generate: {n_tokens} tokens in {secs:.2} s ({:.1} tokens/s){}",
+        n_tokens as f64 / secs.max(1e-9),
+        args.out
+            .as_ref()
+            .map_or(String::new(), |p| format!(", wrote {}", p.display()))
+    );
+    Ok(())
+}
