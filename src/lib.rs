@@ -8,6 +8,7 @@ pub mod backend;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod eval;
 pub mod model;
 pub mod optim;
 pub mod plot;

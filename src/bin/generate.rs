@@ -2,7 +2,7 @@
 //! optionally steered by an ITI intervention.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
@@ -10,23 +10,11 @@ use clap::Parser;
 use baddata::backend::cpu::Cpu;
 use baddata::backend::device::{Device, DeviceArg};
 use baddata::checkpoint;
+use baddata::data::prompts::{read_prompts, PromptFormat};
 use baddata::data::tokenizer::Tokenizer;
 use baddata::model::generate::{SampleOptions, ShiftPositions};
 use baddata::model::Model;
 use baddata::probe::intervention::Intervention;
-
-/// Layout of the --prompts file.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-enum PromptFormat {
-    /// Detect from the first non-empty line: JSON object → jsonl or rtp, else plain.
-    Auto,
-    /// One prompt per line (empty lines skipped).
-    Plain,
-    /// JSON lines with a string field "text" or "prompt".
-    Jsonl,
-    /// RealToxicityPrompts: {"prompt": {"text": ...}, ...}.
-    Rtp,
-}
 
 #[derive(Parser, Debug)]
 #[command(
@@ -91,70 +79,6 @@ struct Args {
     /// Where to run: auto, cpu or cuda.
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     device: DeviceArg,
-}
-
-/// One prompt and the line it came from (1-based).
-struct Prompt {
-    line: usize,
-    text: String,
-}
-
-fn detect(first: &str) -> PromptFormat {
-    match serde_json::from_str::<serde_json::Value>(first) {
-        Ok(v) if v.is_object() => {
-            if v.get("prompt").is_some_and(|p| p.is_object()) {
-                PromptFormat::Rtp
-            } else {
-                PromptFormat::Jsonl
-            }
-        }
-        _ => PromptFormat::Plain,
-    }
-}
-
-fn read_prompts(path: &Path, format: PromptFormat) -> Result<Vec<Prompt>> {
-    let name = path.display();
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading prompts {name}"))?;
-    let format = match format {
-        PromptFormat::Auto => text
-            .lines()
-            .find(|l| !l.trim().is_empty())
-            .map_or(PromptFormat::Plain, detect),
-        f => f,
-    };
-    let mut out = Vec::new();
-    for (i, l) in text.lines().enumerate() {
-        let line = i + 1;
-        if l.trim().is_empty() {
-            continue;
-        }
-        let text = match format {
-            PromptFormat::Plain | PromptFormat::Auto => l.to_string(),
-            PromptFormat::Jsonl | PromptFormat::Rtp => {
-                let v: serde_json::Value = serde_json::from_str(l)
-                    .with_context(|| format!("{name} line {line}: invalid JSON"))?;
-                let field = if format == PromptFormat::Rtp {
-                    v.get("prompt").and_then(|p| p.get("text"))
-                } else {
-                    v.get("text").or_else(|| v.get("prompt"))
-                };
-                match field.and_then(|t| t.as_str()) {
-                    Some(t) => t.to_string(),
-                    None if format == PromptFormat::Rtp => {
-                        bail!("{name} line {line}: expected a string field prompt.text (RealToxicityPrompts)")
-                    }
-                    None => {
-                        bail!("{name} line {line}: expected a string field \"text\" or \"prompt\"")
-                    }
-                }
-            }
-        };
-        out.push(Prompt { line, text });
-    }
-    if out.is_empty() {
-        bail!("{name}: no prompts");
-    }
-    Ok(out)
 }
 
 fn main() {

@@ -3,6 +3,7 @@
 
 pub mod demo;
 pub mod mixture;
+pub mod prompts;
 pub mod shard;
 pub mod text;
 pub mod tokenizer;
