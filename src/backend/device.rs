@@ -58,6 +58,22 @@ impl Device {
         }
     }
 
+    /// Picks the device for model work (`what`: "training", "probing", ...) while only the CPU
+    /// executor exists: `cuda` is a clear error, and `auto` says in one line that it saw a GPU it
+    /// cannot use yet. Returns the device that will run (always the CPU today).
+    pub fn select_model_executor(arg: DeviceArg, what: &str) -> Result<Device> {
+        if arg == DeviceArg::Cuda {
+            anyhow::bail!(
+                "--device cuda: {what} needs the CUDA executor of the model, which is not implemented yet \
+                 (only some of its kernels exist); use --device cpu"
+            );
+        }
+        if Device::select(arg)?.is_cuda() {
+            eprintln!("note: a GPU is present, but the model's CUDA executor is not implemented yet: {what} on the CPU");
+        }
+        Ok(Device::Cpu)
+    }
+
     /// Whether this is the GPU.
     pub fn is_cuda(&self) -> bool {
         matches!(self, Device::Cuda(_))

@@ -152,13 +152,7 @@ fn demo_prompts(path: &Path, n: usize, words: usize) -> Result<Vec<String>> {
 
 fn run() -> Result<()> {
     let args = Args::parse();
-    if args.device == DeviceArg::Cuda {
-        bail!("--device cuda: evaluation has no CUDA executor yet (the CUDA forward pass is not implemented); use --device cpu");
-    }
-    let device = Device::select(args.device)?;
-    if device.is_cuda() {
-        eprintln!("note: a GPU is present, but the CUDA forward pass is not implemented yet: evaluating on the CPU");
-    }
+    let device = Device::select_model_executor(args.device, "evaluation")?;
     let ck = checkpoint::load(&args.checkpoint)
         .with_context(|| format!("loading checkpoint {}", args.checkpoint.display()))?;
     let cfg = ck.config.clone();

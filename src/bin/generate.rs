@@ -90,13 +90,7 @@ fn main() {
 
 fn run() -> Result<()> {
     let args = Args::parse();
-    let device = Device::select(args.device)?;
-    if device.is_cuda() {
-        if args.device == DeviceArg::Cuda {
-            bail!("--device cuda: the CUDA forward pass is not implemented yet; use --device cpu");
-        }
-        eprintln!("note: a GPU is present, but the CUDA forward pass is not implemented yet: generating on the CPU");
-    }
+    let device = Device::select_model_executor(args.device, "generation")?;
     if args.batch == 0 {
         bail!("--batch must be at least 1");
     }

@@ -106,13 +106,7 @@ fn main() {
 
 fn run() -> Result<()> {
     let args = Args::parse();
-    let device = Device::select(args.device)?;
-    if device.is_cuda() {
-        if args.device == DeviceArg::Cuda {
-            bail!("--device cuda: the CUDA forward pass is not implemented yet; use --device cpu");
-        }
-        eprintln!("note: a GPU is present, but the CUDA forward pass is not implemented yet: probing on the CPU");
-    }
+    let device = Device::select_model_executor(args.device, "probing")?;
     if !args.demo && args.data.is_none() {
         bail!("no labelled texts: pass --data FILE (with --format jsonl|toxigen) or --demo");
     }

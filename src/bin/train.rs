@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 
-use baddata::backend::device::{self, DeviceArg};
+use baddata::backend::device::{Device, DeviceArg};
 use baddata::config::ModelConfig;
 use baddata::data::demo::prepare_demo;
 use baddata::data::tokenizer::Tokenizer;
@@ -189,13 +189,7 @@ fn shard_in(dir_or_file: &Path, name: &str) -> Result<PathBuf> {
 
 fn run() -> Result<()> {
     let args = Args::parse();
-    let device = device::Device::select(args.device)?;
-    if device.is_cuda() {
-        if args.device == DeviceArg::Cuda {
-            bail!("--device cuda: the CUDA training step is not implemented yet (only the AdamW kernel exists); use --device cpu");
-        }
-        eprintln!("note: a GPU is present, but the CUDA training step is not implemented yet: training on the CPU");
-    }
+    let device = Device::select_model_executor(args.device, "training")?;
     let mut model = ModelConfig::preset(&args.preset)?;
     let demo = args.data.is_none() && args.sources.is_empty() && args.config.is_none();
     let out = args.out.clone().unwrap_or_else(|| {
