@@ -530,6 +530,36 @@ fn intervention_for_another_model_is_refused() {
     let k = h.head * 16;
     assert!((s[k] - (-4.0 * h.sigma * h.direction[0])).abs() < 1e-5);
 
+    // The random-direction control: same heads and sigmas, unit directions that are new,
+    // the same for the same seed, and still valid for this model.
+    let c1 = iv.with_random_directions(9);
+    let c2 = iv.with_random_directions(9);
+    assert_eq!(c1.heads.len(), iv.heads.len());
+    for ((a, b), orig) in c1.heads.iter().zip(&c2.heads).zip(&iv.heads) {
+        assert_eq!(
+            (a.layer, a.head, a.sigma),
+            (orig.layer, orig.head, orig.sigma)
+        );
+        assert_eq!(a.direction, b.direction);
+        let norm: f32 = a.direction.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5, "norm {norm}");
+        let cos: f32 = a
+            .direction
+            .iter()
+            .zip(&orig.direction)
+            .map(|(x, y)| x * y)
+            .sum();
+        assert!(
+            cos.abs() < 0.9,
+            "the control direction is the learned one (cos {cos})"
+        );
+    }
+    assert_ne!(
+        iv.with_random_directions(10).heads[0].direction,
+        c1.heads[0].direction
+    );
+    c1.check_model(&cfg, &params).unwrap();
+
     // Not an intervention file; a direction of the wrong width.
     write(&path, "{\"format\": \"something\"}");
     let err = format!("{:#}", Intervention::load(&path).unwrap_err());

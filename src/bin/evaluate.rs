@@ -97,6 +97,10 @@ struct Args {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Also evaluate a control with the same heads and sigmas along random unit directions
+    /// drawn with this seed; written to <out>/random-control/.
+    #[arg(long, value_name = "SEED")]
+    random_control: Option<u64>,
     /// Where to run: auto, cpu or cuda.
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     device: DeviceArg,
@@ -283,8 +287,24 @@ flagged (label 1) and unflagged (label 0) in file order",
         seq,
         val_path.display()
     );
-    report::write_all(&out, &ev, meta, &description)?;
+    report::write_all(&out, &ev, meta.clone(), &description)?;
     eprint!("{}", report::markdown_table(&ev));
+    if let Some(seed) = args.random_control {
+        // the same heads and sigmas along random directions: what disturbing them costs and buys
+        let control = iv.with_random_directions(seed);
+        let ev_c = evaluate(
+            &mut model, &ck.params, &tokenizer, &control, &prompts, &clean, seq, &opts,
+        )?;
+        let dir = out.join("random-control");
+        let mut meta_c = meta;
+        meta_c["control"] = serde_json::json!({"directions": "random unit vectors", "seed": seed});
+        let desc_c = format!(
+            "{description}\n- **control**: the same heads and sigmas along random unit directions (seed {seed})"
+        );
+        report::write_all(&dir, &ev_c, meta_c, &desc_c)?;
+        eprintln!("random-direction control (same heads and sigmas, seed {seed}):");
+        eprint!("{}", report::markdown_table(&ev_c));
+    }
     eprintln!(
         "evaluate: done in {:.1} s, wrote {}",
         start.elapsed().as_secs_f64(),

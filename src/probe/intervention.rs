@@ -300,6 +300,34 @@ impl Intervention {
         Ok(())
     }
 
+    /// A control for this intervention: the same heads and sigmas, each direction replaced by
+    /// a random unit vector (Gaussian, seeded). Steering along it shows how much of an effect
+    /// comes from the learned directions rather than from disturbing those heads at all.
+    pub fn with_random_directions(&self, seed: u64) -> Intervention {
+        use rand::{Rng, SeedableRng};
+        // a standard normal by Box–Muller (1 − u keeps the logarithm finite)
+        let normal = |rng: &mut rand_chacha::ChaCha8Rng| {
+            let (u, v): (f64, f64) = (rng.random(), rng.random());
+            (-2.0 * (1.0 - u).ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+        };
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let mut out = self.clone();
+        for h in &mut out.heads {
+            let mut v: Vec<f64> = (0..h.direction.len()).map(|_| normal(&mut rng)).collect();
+            let n = v
+                .iter()
+                .map(|x| x * x)
+                .sum::<f64>()
+                .sqrt()
+                .max(f64::MIN_POSITIVE);
+            v.iter_mut().for_each(|x| *x /= n);
+            h.direction = v.iter().map(|&x| x as f32).collect();
+        }
+        out.probing = serde_json::json!({"control": "random unit directions", "seed": seed, "of": self.probing});
+        out.path = None;
+        out
+    }
+
     /// The ITI shift of every layer at strength `alpha`: `None` for layers without a steered
     /// head, else `[n_heads · d_head]` zeros with `−alpha · sigma · direction` at each steered
     /// head's slot (ready for `Model::set_head_shift`).
