@@ -44,6 +44,7 @@ template <class T> T __shfl_xor_sync(unsigned, T v, int off) {
     return r;
 }
 inline void __syncthreads() { my_block->arrive_and_wait(); }
+inline void __syncwarp(unsigned = 0xffffffffu) { my_warp->bar.arrive_and_wait(); }
 template <class F> void launch(dim3v g, dim3v b, F f) {
     gridDim = g; blockDim = b;
     unsigned nt = b.x;
