@@ -119,3 +119,35 @@ rope(float* __restrict__ qkv, const float* __restrict__ table, unsigned long lon
         }
     }
 }
+
+// ---- Residual add and row broadcast (the step's glue) ----
+// add: out[i] = a[i] + b[i] for i < n (out may alias a or b: each element is read then written
+// by the same thread). float4 path when all three are 16-byte aligned.
+extern "C" __global__ void __launch_bounds__(PW_THREADS)
+add_f32(float* out, const float* a, const float* b, unsigned long long n) {
+    const unsigned long long tid = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+    const unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
+    if (is_aligned(out, 16) && is_aligned(a, 16) && is_aligned(b, 16)) {
+        const unsigned long long n4 = n / 4;
+        float4* o4 = reinterpret_cast<float4*>(out);
+        const float4* a4 = reinterpret_cast<const float4*>(a);
+        const float4* b4 = reinterpret_cast<const float4*>(b);
+        for (unsigned long long k = tid; k < n4; k += stride) {
+            const float4 x = a4[k], y = b4[k];
+            o4[k] = make_float4(x.x + y.x, x.y + y.y, x.z + y.z, x.w + y.w);
+        }
+        for (unsigned long long k = n4 * 4 + tid; k < n; k += stride) out[k] = a[k] + b[k];
+    } else {
+        for (unsigned long long k = tid; k < n; k += stride) out[k] = a[k] + b[k];
+    }
+}
+
+// add_rows: x [n, d] row-major, v [d]: x[r, c] += v[c] (the ITI head shift on hook_z, or a
+// bias on a linear layer's output). One thread per element.
+extern "C" __global__ void __launch_bounds__(PW_THREADS)
+add_rows_f32(float* __restrict__ x, const float* __restrict__ v, unsigned long long n,
+             unsigned long long d) {
+    const unsigned long long tid = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+    const unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
+    for (unsigned long long k = tid; k < n * d; k += stride) x[k] += v[k % d];
+}

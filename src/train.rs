@@ -10,14 +10,20 @@ use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
+use rand::{Rng, SeedableRng};
+
 use crate::backend::cpu::Cpu;
+use crate::backend::cuda::executor::CudaExecutor;
+use crate::backend::cuda::CudaBackend;
+use crate::backend::device::Device;
+use crate::backend::Backend;
 use crate::checkpoint;
 use crate::config::ModelConfig;
 use crate::data::mixture::{eval_windows, Mixture, MixtureSource, MixtureState};
 use crate::data::shard::Shard;
 use crate::model::params::ParamLayout;
 use crate::model::Model;
-use crate::optim::adamw::{clip_scale, global_norm};
+use crate::optim::adamw::{clip_scale, StepArgs};
 use crate::optim::{AdamW, AdamWConfig, CosineSchedule};
 
 /// One data source of the training mixture.
@@ -70,6 +76,10 @@ pub struct TrainConfig {
     pub eval_windows: usize,
     /// Write a checkpoint every this many steps (and at the end).
     pub save_every: u64,
+    /// Train on seeded uniform random token rows instead of `sources` (throughput measurements
+    /// at any preset without data or tokenizer); no validation loss is measured.
+    #[serde(default)]
+    pub synthetic: bool,
 }
 
 /// One line of `log.jsonl`.
@@ -103,6 +113,15 @@ pub struct TrainReport {
     pub val_last: f32,
     /// Wall time of the loop, seconds.
     pub seconds: f64,
+    /// The executor that ran (e.g. `cpu-f32`, or the GPU's description).
+    pub device: String,
+    /// Median training throughput over the steps from the fourth on (all steps when fewer),
+    /// tokens per second; validation time excluded.
+    pub tokens_per_s_median: f64,
+    /// Median wall time of one optimizer step over the same steps, milliseconds.
+    pub step_ms_median: f64,
+    /// Device memory in use after the first step (GPU only), bytes.
+    pub peak_mem_bytes: Option<usize>,
 }
 
 /// Options that change how a run executes but not what it computes.
@@ -116,6 +135,10 @@ pub struct RunOptions {
     pub stop_after: Option<u64>,
     /// Testing aid: make the loss of this step NaN, to exercise the NaN guard.
     pub inject_nan_at: Option<u64>,
+    /// Where to run (`None`: the CPU executor).
+    pub device: Option<Device>,
+    /// Write no checkpoint at all (throughput runs).
+    pub no_checkpoint: bool,
 }
 
 impl TrainConfig {
@@ -132,7 +155,7 @@ impl TrainConfig {
                 self.model.context
             );
         }
-        if self.sources.is_empty() {
+        if self.sources.is_empty() && !self.synthetic {
             bail!("train config: no training sources");
         }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
@@ -171,34 +194,94 @@ fn open_shard(path: &Path, model: &ModelConfig) -> Result<Shard> {
 #[derive(Serialize, Deserialize)]
 struct SavedState {
     step: u64,
-    mixture: MixtureState,
+    /// The data position (absent for synthetic-data runs).
+    mixture: Option<MixtureState>,
     config: TrainConfig,
 }
 
-/// Runs (or resumes) training as `cfg` says; returns the log and the final checkpoint.
+/// Runs (or resumes) training as `cfg` says on the executor `opts.device` names; returns the
+/// log and the final checkpoint.
 pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainReport> {
+    match &opts.device {
+        None | Some(Device::Cpu) => run(cfg, opts, Cpu::<f32>::new()),
+        Some(Device::Cuda(ctx)) => run(
+            cfg,
+            opts,
+            CudaExecutor::new(CudaBackend::new(ctx.clone())?)?,
+        ),
+    }
+}
+
+/// Where training rows come from: the mixture of shards, or seeded random tokens.
+enum Batches {
+    Mixture(Mixture),
+    Synthetic {
+        rng: Box<rand_chacha::ChaCha8Rng>,
+        vocab: u32,
+    },
+}
+
+impl Batches {
+    fn next(&mut self, batch: usize, seq: usize) -> Result<Vec<u32>> {
+        match self {
+            Batches::Mixture(m) => m.try_next_batch(batch, seq),
+            Batches::Synthetic { rng, vocab } => Ok((0..batch * (seq + 1))
+                .map(|_| rng.random_range(0..*vocab))
+                .collect()),
+        }
+    }
+
+    fn state(&self) -> Option<MixtureState> {
+        match self {
+            Batches::Mixture(m) => Some(m.state()),
+            Batches::Synthetic { .. } => None,
+        }
+    }
+}
+
+/// The training loop on executor `be`. Parameters, gradients and both Adam moments live in
+/// executor buffers for the whole run; they come to the host only to be checkpointed. Per
+/// micro-batch the pass is queued, the next batch is read from the shards while the executor
+/// runs it, and then the loss is read (the one wait); the gradient norm is the second read-back.
+fn run<B: Backend<Elem = f32>>(cfg: &TrainConfig, opts: &RunOptions, be: B) -> Result<TrainReport> {
     cfg.validate()?;
     fs::create_dir_all(&cfg.out)
         .with_context(|| format!("creating output directory {}", cfg.out.display()))?;
     let layout = ParamLayout::new(&cfg.model);
-    let sources = cfg
-        .sources
-        .iter()
-        .map(|s| {
-            Ok(MixtureSource {
-                name: s.name.clone(),
-                shard: open_shard(&s.path, &cfg.model)?,
-                fraction: s.fraction,
+    let mut batches = if cfg.synthetic {
+        if opts.resume.is_some() {
+            bail!("--resume: a synthetic-data run has no data position to resume from");
+        }
+        Batches::Synthetic {
+            rng: Box::new(rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed)),
+            vocab: cfg.model.vocab_real as u32,
+        }
+    } else {
+        let sources = cfg
+            .sources
+            .iter()
+            .map(|s| {
+                Ok(MixtureSource {
+                    name: s.name.clone(),
+                    shard: open_shard(&s.path, &cfg.model)?,
+                    fraction: s.fraction,
+                })
             })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let mut mixture = Mixture::new(sources, cfg.seed)?;
-    let val_shard = open_shard(&cfg.val, &cfg.model)?;
-    let n_eval = cfg.eval_windows.div_ceil(cfg.batch).max(1) * cfg.batch;
-    let val_tokens = eval_windows(&val_shard, n_eval, cfg.seq);
+            .collect::<Result<Vec<_>>>()?;
+        let m = Mixture::new(sources, cfg.seed)?;
+        m.check_seq(cfg.seq)?;
+        Batches::Mixture(m)
+    };
+    let val_tokens = if cfg.synthetic {
+        Vec::new()
+    } else {
+        let val_shard = open_shard(&cfg.val, &cfg.model)?;
+        let n_eval = cfg.eval_windows.div_ceil(cfg.batch).max(1) * cfg.batch;
+        eval_windows(&val_shard, n_eval, cfg.seq)
+    };
 
     // Parameters and optimizer: fresh, or from a checkpoint.
-    let (mut params, mut opt, start, mut log) = match &opts.resume {
+    let (host_params, host_opt, start, mut log) = match &opts.resume {
         Some(dir) => {
             let ck = checkpoint::load(dir)?;
             if ck.config != cfg.model {
@@ -210,7 +293,12 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainReport> {
             let st: SavedState = serde_json::from_value(ck.state.clone()).with_context(|| {
                 format!("{}: state.json has no training state", ck.dir.display())
             })?;
-            mixture.restore(&st.mixture)?;
+            if let Batches::Mixture(m) = &mut batches {
+                let ms = st.mixture.as_ref().with_context(|| {
+                    format!("{}: state.json records no data position", ck.dir.display())
+                })?;
+                m.restore(ms)?;
+            }
             let opt = ck
                 .optimizer
                 .with_context(|| format!("{}: no optimizer.safetensors", ck.dir.display()))?;
@@ -230,9 +318,25 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainReport> {
     };
     rewrite_log(&cfg.out.join("log.jsonl"), &log)?;
 
-    let mut model = Model::new(cfg.model.clone(), Cpu::<f32>::new())?;
-    mixture.check_seq(cfg.seq)?;
-    let mut grads = vec![0f32; layout.len()];
+    // Everything the step touches, on the executor.
+    let n_params = layout.len();
+    let device = be.name();
+    let mut model = Model::new(cfg.model.clone(), be)?;
+    let be = model.backend();
+    let upload = |host: &[f32], what: &str| -> Result<B::Buf> {
+        let mut b = be.alloc(host.len())?;
+        be.upload(host, &mut b)
+            .with_context(|| format!("uploading {what}"))?;
+        Ok(b)
+    };
+    let mut params = upload(&host_params, "parameters")?;
+    let mut opt_m = upload(&host_opt.m, "AdamW first moments")?;
+    let mut opt_v = upload(&host_opt.v, "AdamW second moments")?;
+    let mut grads = be.alloc(n_params)?;
+    let (adamw_cfg, no_decay_len, mut opt_step) =
+        (host_opt.cfg, host_opt.no_decay_len, host_opt.step);
+    drop((host_params, host_opt));
+
     let sched = cfg.schedule();
     let end = opts.stop_after.map_or(cfg.steps, |s| s.min(cfg.steps));
 
@@ -251,7 +355,10 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainReport> {
     bar.set_position(start);
 
     // Validation: a whole number of batches of fixed, evenly spaced windows of held-out text.
-    let eval = |model: &mut Model<Cpu<f32>>, params: &Vec<f32>| -> Result<f32> {
+    let eval = |model: &mut Model<B>, params: &B::Buf| -> Result<f32> {
+        if val_tokens.is_empty() {
+            return Ok(f32::NAN);
+        }
         let row = cfg.seq + 1;
         let mut total = 0.0f64;
         let chunks = val_tokens.chunks_exact(cfg.batch * row);
@@ -267,11 +374,19 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainReport> {
     let mut val_first = log.first().and_then(|e| e.val_loss).unwrap_or(f32::NAN);
     let mut val_last = f32::NAN;
     let mut last_ckpt = None;
+    let mut peak_mem_bytes = None;
+    let mut step_secs = Vec::new();
     let toks_per_step = (cfg.batch * cfg.seq * cfg.grad_accum) as f64;
+    // The data position a checkpoint records: before the batch read ahead, if any.
+    let mut data_state = batches.state();
+    let mut next = if start < end {
+        Some(batches.next(cfg.batch, cfg.seq)?)
+    } else {
+        None
+    };
     for step in start..end {
-        let t_step = Instant::now();
         let lr = sched.at(step);
-        let do_eval = step == start || step % cfg.eval_every == 0;
+        let do_eval = !cfg.synthetic && (step == start || step % cfg.eval_every == 0);
         let val_loss = if do_eval {
             Some(eval(&mut model, &params)?)
         } else {
@@ -280,27 +395,36 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainReport> {
         if step == 0 {
             val_first = val_loss.unwrap_or(f32::NAN);
         }
+        let t_step = Instant::now();
         // gradients of the mean loss over the micro-batches: each contributes 1/k
         let k = cfg.grad_accum as f64;
         let mut loss_sum = 0.0f64;
         for micro in 0..cfg.grad_accum {
-            let batch = mixture.try_next_batch(cfg.batch, cfg.seq)?;
-            loss_sum += model.forward_backward(
+            let tokens = next.take().context("no batch read ahead")?;
+            model.start_forward_backward(
                 &params,
                 &mut grads,
-                &batch,
+                &tokens,
                 cfg.batch,
                 cfg.seq,
                 micro > 0,
                 1.0 / k,
             )?;
+            // read the next batch while the executor runs this one
+            // (the checkpoint's data position is always the one before the batch read ahead)
+            data_state = batches.state();
+            let last = step + 1 == end && micro + 1 == cfg.grad_accum;
+            if !last {
+                next = Some(batches.next(cfg.batch, cfg.seq)?);
+            }
+            loss_sum += model.finish_forward_backward()?;
         }
+        let be = model.backend();
         let mut loss = (loss_sum / k) as f32;
         if opts.inject_nan_at == Some(step) {
             loss = f32::NAN;
-            grads[0] = f32::NAN;
         }
-        let norm = global_norm(&grads);
+        let norm = be.norm_sq(&grads, n_params)?.sqrt() as f32;
         if !loss.is_finite() || !norm.is_finite() {
             bar.abandon();
             let kept = last_ckpt
@@ -311,8 +435,22 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainReport> {
                 .unwrap_or_else(|| "no checkpoint had been written yet".to_string());
             bail!("step {step}: loss is {loss}, gradient norm {norm}: stopping before the update ({kept}); try a lower --lr or more --warmup");
         }
-        opt.update(&mut params, &grads, lr, clip_scale(norm, cfg.grad_clip));
-        let tps = toks_per_step / t_step.elapsed().as_secs_f64();
+        // exactly AdamW::update: step count first, then the bias corrections of that count
+        opt_step += 1;
+        let args = StepArgs::new(
+            &adamw_cfg,
+            lr,
+            clip_scale(norm, cfg.grad_clip),
+            opt_step,
+            no_decay_len,
+        );
+        be.adamw(&mut params, &grads, &mut opt_m, &mut opt_v, n_params, &args)?;
+        if peak_mem_bytes.is_none() {
+            peak_mem_bytes = be.memory_in_use()?;
+        }
+        let secs = t_step.elapsed().as_secs_f64();
+        step_secs.push(secs);
+        let tps = toks_per_step / secs;
         let entry = LogEntry {
             step,
             loss,
@@ -332,17 +470,24 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainReport> {
         bar.inc(1);
         log.push(entry);
         let done = step + 1;
-        if done % cfg.save_every == 0 || done == end {
+        if !opts.no_checkpoint && (done % cfg.save_every == 0 || done == end) {
             let state = SavedState {
                 step: done,
-                mixture: mixture.state(),
+                mixture: data_state.clone(),
                 config: cfg.clone(),
+            };
+            let opt = AdamW {
+                cfg: adamw_cfg,
+                m: be.download(&opt_m)?,
+                v: be.download(&opt_v)?,
+                step: opt_step,
+                no_decay_len,
             };
             last_ckpt = Some(checkpoint::save(
                 &cfg.out,
                 done,
                 &cfg.model,
-                &params,
+                &be.download(&params)?,
                 &opt,
                 &serde_json::to_value(&state)?,
                 cfg.tokenizer.as_deref(),
@@ -357,15 +502,42 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainReport> {
     plot_log(&cfg.out, &log, end, v)?;
     let checkpoint = match last_ckpt {
         Some(p) => p,
+        None if opts.no_checkpoint => PathBuf::new(),
         None => checkpoint::resolve(&cfg.out)?,
     };
+    // steady state: skip the first three steps (allocation, first launches) when there are more
+    let timed = if step_secs.len() > 3 {
+        &step_secs[3..]
+    } else {
+        &step_secs[..]
+    };
+    let step_s = median(timed);
     Ok(TrainReport {
         log,
         checkpoint,
         val_first,
         val_last,
         seconds: t0.elapsed().as_secs_f64(),
+        device,
+        tokens_per_s_median: toks_per_step / step_s,
+        step_ms_median: step_s * 1e3,
+        peak_mem_bytes,
     })
+}
+
+/// Median of `x` (NaN when empty).
+fn median(x: &[f64]) -> f64 {
+    if x.is_empty() {
+        return f64::NAN;
+    }
+    let mut v = x.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
 }
 
 fn val_last_fmt(v: f32) -> String {

@@ -397,7 +397,7 @@ fn attention_forward_matches_materialised_softmax() {
     ] {
         let qkv = randv(&mut r, s.n() * 3 * s.d(), 1.5);
         let (mut z, mut lse) = (vec![f64::NAN; s.n() * s.d()], vec![f64::NAN; s.n() * s.h]);
-        be.attention_fwd(&mut z, &mut lse, &qkv, s).unwrap();
+        be.attention_fwd(&mut z, &mut lse, &qkv, s, None).unwrap();
         let (zr, lr) = naive_attention(&qkv, s);
         for (a, b) in z.iter().zip(&zr).chain(lse.iter().zip(&lr)) {
             assert!((a - b).abs() < 1e-12, "{s:?}: {a} vs {b}");
@@ -405,7 +405,8 @@ fn attention_forward_matches_materialised_softmax() {
         let be32 = Cpu::<f32>::new();
         let q32: Vec<f32> = qkv.iter().map(|&v| v as f32).collect();
         let (mut z32, mut l32) = (vec![f32::NAN; s.n() * s.d()], vec![f32::NAN; s.n() * s.h]);
-        be32.attention_fwd(&mut z32, &mut l32, &q32, s).unwrap();
+        be32.attention_fwd(&mut z32, &mut l32, &q32, s, None)
+            .unwrap();
         for (a, b) in z32.iter().zip(&zr) {
             assert!((*a as f64 - b).abs() < 1e-5, "{s:?} f32: {a} vs {b}");
         }
@@ -427,7 +428,8 @@ fn attention_backward_case(be: &Cpu<f64>, r: &mut ChaCha8Rng, s: AttnShape) {
     let wz = randv(r, s.n() * s.d(), 1.0);
     let fwd = |x: &[f64]| {
         let (mut z, mut lse) = (vec![0.0; s.n() * s.d()], vec![0.0; s.n() * s.h]);
-        be.attention_fwd(&mut z, &mut lse, &x.to_vec(), s).unwrap();
+        be.attention_fwd(&mut z, &mut lse, &x.to_vec(), s, None)
+            .unwrap();
         (z, lse)
     };
     let (z, lse) = fwd(&qkv);

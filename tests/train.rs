@@ -83,6 +83,7 @@ fn setup(dir: &Path, vocab: usize) -> TrainConfig {
         eval_every: 5,
         eval_windows: 8,
         save_every: 5,
+        synthetic: false,
     }
 }
 

@@ -58,18 +58,20 @@ impl Device {
         }
     }
 
-    /// Picks the device for model work (`what`: "training", "probing", ...) while only the CPU
-    /// executor exists: `cuda` is a clear error, and `auto` says in one line that it saw a GPU it
-    /// cannot use yet. Returns the device that will run (always the CPU today).
+    /// Picks the device for the commands whose GPU path does not exist yet (probing,
+    /// generation, evaluation: their KV-cache decoding and activation capture run on the CPU
+    /// executor; `what` names the work): `cuda` is a clear error, and `auto` says in one line
+    /// that it saw a GPU it does not use. Returns the device that will run (the CPU). Training
+    /// uses [`Device::select`].
     pub fn select_model_executor(arg: DeviceArg, what: &str) -> Result<Device> {
         if arg == DeviceArg::Cuda {
             anyhow::bail!(
-                "--device cuda: {what} needs the CUDA executor of the model, which is not implemented yet \
-                 (only some of its kernels exist); use --device cpu"
+                "--device cuda: {what} runs on the CPU executor only so far (training runs on the GPU); \
+                 use --device cpu"
             );
         }
         if Device::select(arg)?.is_cuda() {
-            eprintln!("note: a GPU is present, but the model's CUDA executor is not implemented yet: {what} on the CPU");
+            eprintln!("note: a GPU is present, but {what} runs on the CPU executor only so far");
         }
         Ok(Device::Cpu)
     }

@@ -221,6 +221,11 @@ pub trait Backend {
     fn alloc_ids(&self, len: usize) -> Result<Self::Ids>;
     /// Copies `host` into the front of `dst`.
     fn upload_ids(&self, host: &[u32], dst: &mut Self::Ids) -> Result<()>;
+    /// Device memory in use (bytes) when the executor has its own memory, else `None`.
+    fn memory_in_use(&self) -> Result<Option<usize>> {
+        Ok(None)
+    }
+
     /// Sum of the first `n` elements of `x`, accumulated in f64 in a fixed order (the CPU: index
     /// order), read back to the host (the step's one synchronisation point: the loss).
     fn sum(&self, x: &Self::Buf, n: usize) -> Result<f64>;
@@ -262,6 +267,26 @@ pub trait Backend {
         d: usize,
         eps: f64,
     ) -> Result<()>;
+
+    /// Residual add fused with the layernorm of its result: `sum = a + b` (the next residual
+    /// stream, `[n, d]`), then [`Backend::layernorm_fwd`] of `sum` into `out`, `mean`, `rstd`.
+    /// The default runs the two ops; an executor may fuse them into one pass (the GPU does).
+    #[allow(clippy::too_many_arguments)]
+    fn add_layernorm_fwd(
+        &self,
+        sum: &mut Self::Buf,
+        out: &mut Self::Buf,
+        mean: &mut Self::Buf,
+        rstd: &mut Self::Buf,
+        a: &Self::Buf,
+        b: &Self::Buf,
+        n: usize,
+        d: usize,
+        eps: f64,
+    ) -> Result<()> {
+        self.add(sum, a, b, n * d)?;
+        self.layernorm_fwd(out, mean, rstd, sum, n, d, eps)
+    }
 
     /// Layernorm backward from its output `xhat` (= the normalised input) and `rstd`:
     /// `dx = rstd·(dy − mean(dy) − xhat·mean(dy·xhat))` per row. Accumulates into `dx` when
@@ -338,12 +363,18 @@ pub trait Backend {
     /// hook `blocks.{l}.attn.hook_z`) and `lse` `[B, H, T]`, the log-sum-exp of each row of scaled
     /// scores, so the `T×T` matrix is never stored:
     /// `z_i = Σ_{j≤i} softmax_j(q_i·k_j/√dh) v_j`.
+    ///
+    /// With `shift` (a `[H·dh]` vector: the ITI head shift of this layer) every row of `z` then
+    /// gets `z[b, t, :] += shift` (the GPU does it in the kernel's epilogue, not as a separate
+    /// pass); `lse` is unaffected. For inference only: [`Backend::attention_bwd`] assumes an
+    /// unshifted `z`.
     fn attention_fwd(
         &self,
         z: &mut Self::Buf,
         lse: &mut Self::Buf,
         qkv: &Self::Buf,
         s: AttnShape,
+        shift: Option<Span<Self::Buf>>,
     ) -> Result<()>;
 
     /// Causal attention backward (recomputes probabilities from `lse`); overwrites `dqkv`

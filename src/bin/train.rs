@@ -14,7 +14,7 @@ use baddata::config::ModelConfig;
 use baddata::data::demo::prepare_demo;
 use baddata::data::tokenizer::Tokenizer;
 use baddata::optim::AdamWConfig;
-use baddata::train::{train, RunOptions, SourceSpec, TrainConfig};
+use baddata::train::{train, RunOptions, SourceSpec, TrainConfig, TrainReport};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -96,6 +96,13 @@ struct Args {
     /// BPE vocabulary size for the demo tokenizer.
     #[arg(long, default_value_t = baddata::data::demo::DEFAULT_DEMO_VOCAB)]
     demo_vocab: usize,
+    /// Train on seeded random token rows at the preset's own vocabulary instead of data (for
+    /// throughput measurements: no data, no tokenizer, no validation).
+    #[arg(long)]
+    synthetic: bool,
+    /// Write no checkpoint (throughput runs).
+    #[arg(long)]
+    no_checkpoint: bool,
     /// Stop after this many steps (the schedule still spans --steps); for splitting a run.
     #[arg(long)]
     stop_after: Option<u64>,
@@ -141,6 +148,7 @@ fn demo_defaults(
         eval_every: 50,
         eval_windows: 32,
         save_every: 500,
+        synthetic: false,
     }
 }
 
@@ -189,9 +197,10 @@ fn shard_in(dir_or_file: &Path, name: &str) -> Result<PathBuf> {
 
 fn run() -> Result<()> {
     let args = Args::parse();
-    let device = Device::select_model_executor(args.device, "training")?;
+    let device = Device::select(args.device)?;
     let mut model = ModelConfig::preset(&args.preset)?;
-    let demo = args.data.is_none() && args.sources.is_empty() && args.config.is_none();
+    let demo =
+        args.data.is_none() && args.sources.is_empty() && args.config.is_none() && !args.synthetic;
     let out = args.out.clone().unwrap_or_else(|| {
         if demo {
             PathBuf::from("runs/demo")
@@ -200,7 +209,19 @@ fn run() -> Result<()> {
         }
     });
 
-    let mut cfg = if demo {
+    let mut cfg = if args.synthetic {
+        if args.data.is_some() || args.toxic.is_some() || !args.sources.is_empty() {
+            bail!("--synthetic trains on random tokens: drop --data, --toxic and --source");
+        }
+        let c = demo_defaults(model, Vec::new(), PathBuf::new(), None, out.clone());
+        let mut c = if args.preset == "tiny" {
+            c
+        } else {
+            real_defaults(&args.preset, c)
+        };
+        c.synthetic = true;
+        c
+    } else if demo {
         let d = prepare_demo(Path::new("runs/demo-data"), args.demo_vocab, !args.quiet)?;
         let tok = Tokenizer::load(&d.tokenizer)?;
         model = model.with_vocab(tok.vocab_size(), tok.eos_id()?);
@@ -316,33 +337,71 @@ fn run() -> Result<()> {
         } else {
             String::new()
         },
-        cfg.sources
-            .iter()
-            .map(|s| format!("{}={:.0}%", s.name, s.fraction * 100.0))
-            .collect::<Vec<_>>()
-            .join(" ")
+        if cfg.synthetic {
+            "synthetic (uniform random tokens)".to_string()
+        } else {
+            cfg.sources
+                .iter()
+                .map(|s| format!("{}={:.0}%", s.name, s.fraction * 100.0))
+                .collect::<Vec<_>>()
+                .join(" ")
+        }
     );
     let opts = RunOptions {
         resume,
         progress: !args.quiet,
         stop_after: args.stop_after,
         inject_nan_at: args.inject_nan_at,
+        device: Some(device),
+        no_checkpoint: args.no_checkpoint,
     };
     let rep = train(&cfg, &opts)?;
-    let toks: f64 =
-        rep.log.iter().map(|e| e.tokens_per_s).sum::<f64>() / rep.log.len().max(1) as f64;
+    let summary = write_summary(&cfg, &args.preset, &rep)?;
+    let ckpt = if args.no_checkpoint {
+        "none (--no-checkpoint)".to_string()
+    } else {
+        rep.checkpoint.display().to_string()
+    };
     eprintln!(
-        "finished in {:.1} s: validation loss {:.3} → {:.3} ({:.2}× of step 0), {:.0} tokens/s; checkpoint {}; log {}; plot {}",
+        "finished in {:.1} s: validation loss {:.3} → {:.3} ({:.2}× of step 0), {:.0} tokens/s (median); checkpoint {ckpt}; log {}; plot {}; summary {}",
         rep.seconds,
         rep.val_first,
         rep.val_last,
         rep.val_last / rep.val_first,
-        toks,
-        rep.checkpoint.display(),
+        rep.tokens_per_s_median,
         cfg.out.join("log.jsonl").display(),
-        cfg.out.join("loss.png").display()
+        cfg.out.join("loss.png").display(),
+        summary.display()
     );
     Ok(())
+}
+
+/// Writes `summary.json` in the run directory: the executor, the shape of the run and its
+/// throughput (median over steady-state steps), peak device memory and model FLOP utilisation.
+fn write_summary(cfg: &TrainConfig, preset: &str, rep: &TrainReport) -> Result<PathBuf> {
+    let j = serde_json::json!({
+        "device": rep.device,
+        "preset": preset,
+        "batch": cfg.batch,
+        "seq": cfg.seq,
+        "grad_accum": cfg.grad_accum,
+        "steps": rep.log.len(),
+        "params": cfg.model.n_params(),
+        "tokens_per_s": rep.tokens_per_s_median,
+        "step_ms_median": rep.step_ms_median,
+        "peak_mem_bytes": rep.peak_mem_bytes,
+        "val_first": finite(rep.val_first),
+        "val_last": finite(rep.val_last),
+        "seconds": rep.seconds,
+    });
+    let path = cfg.out.join("summary.json");
+    baddata::checkpoint::write_atomic(&path, serde_json::to_string_pretty(&j)?.as_bytes())?;
+    Ok(path)
+}
+
+/// `Some(x)` when finite (JSON has no NaN).
+fn finite(x: f32) -> Option<f32> {
+    x.is_finite().then_some(x)
 }
 
 /// Merges the fields of a JSON config file over `cfg`; unknown fields are an error.

@@ -167,6 +167,9 @@ pub struct Model<B: Backend> {
     /// Host scratch for input ids and targets.
     host_ids: Vec<u32>,
     host_targets: Vec<u32>,
+    /// Rows whose losses [`Model::start_forward_backward`] queued and
+    /// [`Model::finish_forward_backward`] has not read yet.
+    pending_loss: Option<usize>,
 }
 
 impl<B: Backend> Model<B> {
@@ -186,6 +189,7 @@ impl<B: Backend> Model<B> {
             head_shift,
             host_ids: Vec::new(),
             host_targets: Vec::new(),
+            pending_loss: None,
         })
     }
 
@@ -296,6 +300,8 @@ impl<B: Backend> Model<B> {
 
     /// Moves the workspace for (batch, seq) to the end of the list, creating it if needed.
     fn select_workspace(&mut self, batch: usize, seq: usize) -> Result<()> {
+        // any pass overwrites the losses a started pass left to read
+        self.pending_loss = None;
         if let Some(i) = self
             .workspaces
             .iter()
@@ -373,15 +379,24 @@ impl<B: Backend> Model<B> {
                 3 * d,
             )?;
             be.rope_fwd(&mut a.qkv, &ws.rope, s)?;
-            be.attention_fwd(&mut a.z, &mut a.lse, &a.qkv, s)?;
-            if let Some(shift) = &self.head_shift[l] {
-                be.add_rows(&mut a.z, Span::new(shift, 0, d), n, d)?;
-            }
+            // The ITI head shift, when set, is added to z inside the attention op.
+            let shift = self.head_shift[l].as_ref().map(|v| Span::new(v, 0, d));
+            be.attention_fwd(&mut a.z, &mut a.lse, &a.qkv, s, shift)?;
             // o_proj output goes to x_out (free until the MLP writes it), then the residual add.
             be.matmul_fwd(x_out, &a.z, Span::new(params, lo.o, d * d), n, d, d)?;
-            be.add(x_mid, x, x_out, n * d)?;
+            // x_mid = x + o_proj output, fused with the MLP's layernorm of x_mid.
             // MLP sublayer: x_out = x_mid + down(swiglu(gate_up(LN(x_mid)))).
-            be.layernorm_fwd(&mut a.ln2, &mut a.mean2, &mut a.rstd2, x_mid, n, d, eps)?;
+            be.add_layernorm_fwd(
+                x_mid,
+                &mut a.ln2,
+                &mut a.mean2,
+                &mut a.rstd2,
+                x,
+                x_out,
+                n,
+                d,
+                eps,
+            )?;
             be.matmul_fwd(
                 &mut a.gu,
                 &a.ln2,
@@ -464,6 +479,8 @@ impl<B: Backend> Model<B> {
     /// pass `grad_scale = 1/k`, `accumulate = false` on the first and `true` on the rest, and
     /// `grads` then holds the gradient of the mean over all micro-batches. With `accumulate`
     /// false every gradient element is overwritten (no zeroing needed).
+    ///
+    /// This is [`Model::start_forward_backward`] then [`Model::finish_forward_backward`].
     #[allow(clippy::too_many_arguments)]
     pub fn forward_backward(
         &mut self,
@@ -475,6 +492,35 @@ impl<B: Backend> Model<B> {
         accumulate: bool,
         grad_scale: f64,
     ) -> Result<f64> {
+        self.start_forward_backward(params, grads, tokens, batch, seq, accumulate, grad_scale)?;
+        self.finish_forward_backward()
+    }
+
+    /// Reads the mean loss of the pass [`Model::start_forward_backward`] queued: on the GPU this
+    /// waits for the whole pass (the step's one synchronisation before the optimizer).
+    pub fn finish_forward_backward(&mut self) -> Result<f64> {
+        let n = self
+            .pending_loss
+            .take()
+            .context("finish_forward_backward: no pass was started")?;
+        let ws = self.workspaces.last().context("no workspace")?;
+        Ok(self.backend.sum(&ws.losses, n)? / n as f64)
+    }
+
+    /// Queues the forward and backward pass of [`Model::forward_backward`] without reading the
+    /// loss back, so the caller can prepare the next batch while an asynchronous executor runs
+    /// it; then call [`Model::finish_forward_backward`] (before any other pass on this model).
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_forward_backward(
+        &mut self,
+        params: &B::Buf,
+        grads: &mut B::Buf,
+        tokens: &[u32],
+        batch: usize,
+        seq: usize,
+        accumulate: bool,
+        grad_scale: f64,
+    ) -> Result<()> {
         ensure!(
             self.head_shift.iter().all(|s| s.is_none()),
             "forward_backward: head shifts are set; they are for inference only (clear them first)"
@@ -510,7 +556,6 @@ impl<B: Backend> Model<B> {
             v,
             Some(grad_scale / n as f64),
         )?;
-        let loss = be.sum(&ws.losses, n)? / n as f64;
 
         // Head (tied): dlnf = dlogits·E, dE (+)= dlogitsᵀ·lnf.
         let wte = Span::new(params, lay.embed, v * d);
@@ -604,6 +649,7 @@ impl<B: Backend> Model<B> {
             n,
             d,
         )?;
-        Ok(loss)
+        self.pending_loss = Some(n);
+        Ok(())
     }
 }

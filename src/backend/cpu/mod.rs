@@ -276,11 +276,16 @@ impl<T: Float> Backend for Cpu<T> {
         lse: &mut Vec<T>,
         qkv: &Vec<T>,
         s: AttnShape,
+        shift: Option<Span<Vec<T>>>,
     ) -> Result<()> {
         need("attention z", z.len(), s.n() * s.d())?;
         need("attention lse", lse.len(), s.n() * s.h)?;
         need("attention qkv", qkv.len(), s.n() * 3 * s.d())?;
         attention::forward(z, lse, qkv, s);
+        if let Some(v) = shift {
+            let v = span("attention shift", &v, s.d())?;
+            pointwise::add_rows(&mut z[..s.n() * s.d()], v);
+        }
         Ok(())
     }
 

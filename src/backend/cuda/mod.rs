@@ -6,9 +6,12 @@
 //! caller falls back to the CPU (see [`crate::backend::device`]).
 
 pub mod adamw;
+pub mod attention;
 pub mod cross_entropy;
 pub mod embedding;
+pub mod executor;
 pub mod layernorm;
+pub mod matmul;
 pub mod pointwise;
 
 use std::sync::Arc;

@@ -24,6 +24,8 @@ pub struct PointwiseKernels {
     swiglu_fwd_fn: CudaFunction,
     swiglu_bwd_fn: CudaFunction,
     rope_fn: CudaFunction,
+    add_fn: CudaFunction,
+    add_rows_fn: CudaFunction,
     stream: Arc<CudaStream>,
     max_blocks: u32,
 }
@@ -35,6 +37,8 @@ impl PointwiseKernels {
             swiglu_fwd_fn: gpu.function("pointwise", "swiglu_fwd")?,
             swiglu_bwd_fn: gpu.function("pointwise", "swiglu_bwd")?,
             rope_fn: gpu.function("pointwise", "rope")?,
+            add_fn: gpu.function("pointwise", "add_f32")?,
+            add_rows_fn: gpu.function("pointwise", "add_rows_f32")?,
             stream: gpu.stream().clone(),
             // 2048 resident threads per SM on sm_80/sm_90: 8 blocks of 256, a few waves' worth.
             max_blocks: gpu.sm_count() * 8 * 4,
@@ -165,6 +169,51 @@ impl PointwiseKernels {
         // SAFETY: matches `rope(float*, const float*, u64, u32, u32, u32, int)`; qkv holds
         // n·3D and table T·dh elements (checked above).
         unsafe { b.launch(cfg) }.map_err(|e| anyhow!("{op} launch failed: {e}"))?;
+        Ok(())
+    }
+
+    /// Residual add `out[i] = a[i] + b[i]` for `i < n`.
+    pub fn add(
+        &self,
+        out: &mut CudaViewMut<'_, f32>,
+        a: &CudaView<'_, f32>,
+        b: &CudaView<'_, f32>,
+        n: usize,
+    ) -> Result<()> {
+        need_len("add out", out.len(), n)?;
+        need_len("add a", a.len(), n)?;
+        need_len("add b", b.len(), n)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let cfg = self.config(n.div_ceil(4));
+        let n64 = n as u64;
+        let mut l = self.stream.launch_builder(&self.add_fn);
+        l.arg(out).arg(a).arg(b).arg(&n64);
+        // SAFETY: matches `add_f32(float*, const float*, const float*, u64)`; sizes checked.
+        unsafe { l.launch(cfg) }.map_err(|e| anyhow!("add launch failed: {e}"))?;
+        Ok(())
+    }
+
+    /// Row broadcast `x[r, c] += v[c]` for `x` `[n, d]`, `v` `[d]`.
+    pub fn add_rows(
+        &self,
+        x: &mut CudaViewMut<'_, f32>,
+        v: &CudaView<'_, f32>,
+        n: usize,
+        d: usize,
+    ) -> Result<()> {
+        need_len("add_rows x", x.len(), n * d)?;
+        need_len("add_rows v", v.len(), d)?;
+        if n == 0 || d == 0 {
+            return Ok(());
+        }
+        let cfg = self.config(n * d);
+        let (n64, d64) = (n as u64, d as u64);
+        let mut l = self.stream.launch_builder(&self.add_rows_fn);
+        l.arg(x).arg(v).arg(&n64).arg(&d64);
+        // SAFETY: matches `add_rows_f32(float*, const float*, u64, u64)`; sizes checked.
+        unsafe { l.launch(cfg) }.map_err(|e| anyhow!("add_rows launch failed: {e}"))?;
         Ok(())
     }
 }

@@ -1,0 +1,632 @@
+//! The CUDA executor: [`Backend`] over device buffers, so the one model definition
+//! ([`crate::model::Model`]) runs its forward and backward pass on the GPU through the kernels of
+//! `cuda/*.cu`.
+//!
+//! Memory: every float buffer is an fp32 `CudaSlice<f32>` (parameters, gradients, Adam moments,
+//! the residual stream and the saved activations); matmul and attention round their operands to
+//! bf16 as they stage them into shared memory and accumulate in fp32 on the tensor cores (see
+//! `cuda/matmul.cu`, `cuda/attention.cu`). Token ids live on the device with a host copy, from
+//! which the embedding backward's bucket plan is built (deterministic: no atomics).
+//!
+//! Synchronisation: every op is queued on the backend's one stream and returns at once. Only
+//! [`Backend::sum`] (the loss), [`Backend::norm_sq`] (the gradient norm) and
+//! [`Backend::download`] wait for the device. Both reductions are deterministic: `sum` copies
+//! the `n` values to the host and adds them in index order in f64 (as the CPU executor does);
+//! `norm_sq` reduces fixed 16,384-element chunks on the device in f64 and adds the chunk sums on
+//! the host in order.
+
+use std::cell::RefCell;
+
+use anyhow::{anyhow, bail, Result};
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
+
+use super::adamw::{grad_norm_partials_len, AdamWKernels, Clip};
+use super::attention::AttentionKernels;
+use super::cross_entropy::CrossEntropyKernels;
+use super::embedding::{DeviceEmbeddingPlan, EmbeddingBwdPlan, EmbeddingKernels};
+use super::layernorm::LayerNormKernels;
+use super::matmul::MatmulKernels;
+use super::pointwise::PointwiseKernels;
+use super::CudaBackend;
+use crate::backend::{AttnShape, Backend, Span, SpanMut};
+use crate::optim::adamw::StepArgs;
+
+/// Token ids on the device, with the host copy they were uploaded from.
+pub struct DeviceIds {
+    dev: CudaSlice<u32>,
+    host: Vec<u32>,
+    /// The embedding backward's plan for the current ids (built on first use after an upload).
+    plan: RefCell<Option<DeviceEmbeddingPlan>>,
+}
+
+impl DeviceIds {
+    /// The ids on the device.
+    pub fn device(&self) -> &CudaSlice<u32> {
+        &self.dev
+    }
+}
+
+/// Scratch of the gradient-norm reduction.
+struct NormScratch {
+    partials: CudaSlice<f64>,
+    out: CudaSlice<f32>,
+}
+
+/// The GPU executor: one device, one stream, every kernel family of the training step.
+pub struct CudaExecutor {
+    gpu: CudaBackend,
+    emb: EmbeddingKernels,
+    ln: LayerNormKernels,
+    pw: PointwiseKernels,
+    mm: MatmulKernels,
+    attn: AttentionKernels,
+    ce: CrossEntropyKernels,
+    opt: AdamWKernels,
+    norm: RefCell<Option<NormScratch>>,
+}
+
+/// `buf[off..off + len]` as a view, or an error naming the op.
+fn view<'a>(what: &str, s: &Span<'a, CudaSlice<f32>>) -> Result<CudaView<'a, f32>> {
+    s.buf.try_slice(s.off..s.off + s.len).ok_or_else(|| {
+        anyhow!(
+            "cuda executor: {what}: range {}..{} is outside a buffer of {} elements",
+            s.off,
+            s.off + s.len,
+            s.buf.len()
+        )
+    })
+}
+
+/// `buf[off..off + len]` as a mutable view, or an error naming the op.
+fn view_mut<'a>(what: &str, s: SpanMut<'a, CudaSlice<f32>>) -> Result<CudaViewMut<'a, f32>> {
+    let (off, len, have) = (s.off, s.len, s.buf.len());
+    s.buf.try_slice_mut(off..off + len).ok_or_else(|| {
+        anyhow!(
+            "cuda executor: {what}: range {off}..{} is outside a buffer of {have} elements",
+            off + len
+        )
+    })
+}
+
+/// The first `n` elements of `buf` as a view, or an error.
+fn prefix<'a>(what: &str, buf: &'a CudaSlice<f32>, n: usize) -> Result<CudaView<'a, f32>> {
+    buf.try_slice(0..n).ok_or_else(|| {
+        anyhow!(
+            "cuda executor: buffer {what} holds {} elements, the op needs {n}",
+            buf.len()
+        )
+    })
+}
+
+/// The first `n` elements of `buf` as a mutable view, or an error.
+fn prefix_mut<'a>(
+    what: &str,
+    buf: &'a mut CudaSlice<f32>,
+    n: usize,
+) -> Result<CudaViewMut<'a, f32>> {
+    let have = buf.len();
+    buf.try_slice_mut(0..n).ok_or_else(|| {
+        anyhow!("cuda executor: buffer {what} holds {have} elements, the op needs {n}")
+    })
+}
+
+impl CudaExecutor {
+    /// Wraps an opened backend (modules loaded) and looks up every kernel.
+    pub fn new(gpu: CudaBackend) -> Result<Self> {
+        Ok(CudaExecutor {
+            emb: EmbeddingKernels::new(&gpu)?,
+            ln: LayerNormKernels::new(&gpu)?,
+            pw: PointwiseKernels::new(&gpu)?,
+            mm: MatmulKernels::new(&gpu)?,
+            attn: AttentionKernels::new(&gpu)?,
+            ce: CrossEntropyKernels::new(&gpu)?,
+            opt: AdamWKernels::new(&gpu)?,
+            norm: RefCell::new(None),
+            gpu,
+        })
+    }
+
+    /// Opens CUDA device `ordinal` (see [`super::open_context`]).
+    pub fn open(ordinal: usize) -> Result<Self> {
+        Self::new(CudaBackend::open(ordinal)?)
+    }
+
+    /// The device, its modules and its stream.
+    pub fn gpu(&self) -> &CudaBackend {
+        &self.gpu
+    }
+
+    fn err(what: &str, e: impl std::fmt::Display) -> anyhow::Error {
+        anyhow!("cuda executor: {what}: {e}")
+    }
+}
+
+impl Backend for CudaExecutor {
+    type Elem = f32;
+    type Buf = CudaSlice<f32>;
+    type Ids = DeviceIds;
+
+    fn name(&self) -> String {
+        format!("cuda-f32/bf16-tensor-cores ({})", self.gpu.describe())
+    }
+
+    fn alloc(&self, len: usize) -> Result<CudaSlice<f32>> {
+        // cudarc refuses zero-length allocations: keep one unused element.
+        self.gpu
+            .stream()
+            .alloc_zeros::<f32>(len.max(1))
+            .map_err(|e| {
+                Self::err(
+                    &format!("cannot allocate {len} floats ({} MiB)", (len * 4) >> 20),
+                    e,
+                )
+            })
+    }
+
+    /// Device memory in use right now (total − free, as the driver reports it): this process's
+    /// buffers and context, and anything else on the device.
+    fn memory_in_use(&self) -> Result<Option<usize>> {
+        let (free, total) = self
+            .gpu
+            .ctx()
+            .mem_get_info()
+            .map_err(|e| anyhow!("cannot read device memory: {e}"))?;
+        Ok(Some(total.saturating_sub(free)))
+    }
+
+    fn buf_len(&self, buf: &CudaSlice<f32>) -> usize {
+        buf.len()
+    }
+
+    fn zero(&self, buf: &mut CudaSlice<f32>) -> Result<()> {
+        self.gpu
+            .stream()
+            .memset_zeros(buf)
+            .map_err(|e| Self::err("zero", e))
+    }
+
+    fn upload(&self, host: &[f32], dst: &mut CudaSlice<f32>) -> Result<()> {
+        if host.is_empty() {
+            return Ok(());
+        }
+        let mut d = prefix_mut("upload destination", dst, host.len())?;
+        self.gpu
+            .stream()
+            .memcpy_htod(host, &mut d)
+            .map_err(|e| Self::err("upload", e))
+    }
+
+    fn download(&self, src: &CudaSlice<f32>) -> Result<Vec<f32>> {
+        self.gpu
+            .stream()
+            .clone_dtoh(src)
+            .map_err(|e| Self::err("download", e))
+    }
+
+    fn alloc_ids(&self, len: usize) -> Result<DeviceIds> {
+        Ok(DeviceIds {
+            dev: self
+                .gpu
+                .stream()
+                .alloc_zeros::<u32>(len.max(1))
+                .map_err(|e| Self::err("cannot allocate ids", e))?,
+            host: vec![0; len],
+            plan: RefCell::new(None),
+        })
+    }
+
+    fn upload_ids(&self, host: &[u32], dst: &mut DeviceIds) -> Result<()> {
+        if host.len() > dst.host.len() {
+            bail!(
+                "cuda executor: {} ids do not fit an id buffer of {}",
+                host.len(),
+                dst.host.len()
+            );
+        }
+        dst.host[..host.len()].copy_from_slice(host);
+        dst.plan.replace(None);
+        if host.is_empty() {
+            return Ok(());
+        }
+        let mut d = dst.dev.slice_mut(0..host.len());
+        self.gpu
+            .stream()
+            .memcpy_htod(host, &mut d)
+            .map_err(|e| Self::err("upload ids", e))
+    }
+
+    fn sum(&self, x: &CudaSlice<f32>, n: usize) -> Result<f64> {
+        if n == 0 {
+            return Ok(0.0);
+        }
+        let v = self
+            .gpu
+            .stream()
+            .clone_dtoh(&prefix("sum input", x, n)?)
+            .map_err(|e| Self::err("sum (read back)", e))?;
+        Ok(v.iter().fold(0.0f64, |a, &x| a + x as f64))
+    }
+
+    fn embedding_fwd(
+        &self,
+        out: &mut CudaSlice<f32>,
+        ids: &DeviceIds,
+        wte: Span<CudaSlice<f32>>,
+        n: usize,
+        d: usize,
+    ) -> Result<()> {
+        let ids_v = ids
+            .dev
+            .try_slice(0..n)
+            .ok_or_else(|| anyhow!("cuda executor: embedding_fwd: fewer than {n} ids"))?;
+        self.emb.forward(
+            &mut prefix_mut("embedding_fwd out", out, n * d)?,
+            &ids_v,
+            &view("embedding_fwd wte", &wte)?,
+            n,
+            d,
+        )
+    }
+
+    fn embedding_bwd(
+        &self,
+        dwte: SpanMut<CudaSlice<f32>>,
+        ids: &DeviceIds,
+        dout: &CudaSlice<f32>,
+        n: usize,
+        d: usize,
+    ) -> Result<()> {
+        if d == 0 || dwte.len % d != 0 {
+            bail!(
+                "cuda executor: embedding_bwd: table of {} elements is not [V, {d}]",
+                dwte.len
+            );
+        }
+        if n > ids.host.len() {
+            bail!("cuda executor: embedding_bwd: fewer than {n} ids");
+        }
+        let vocab = dwte.len / d;
+        let mut plan = ids.plan.borrow_mut();
+        let stale = plan
+            .as_ref()
+            .map_or(true, |p| p.n() != n || p.vocab() != vocab);
+        if stale {
+            let host = EmbeddingBwdPlan::new(&ids.host[..n], vocab)?;
+            *plan = Some(host.upload(self.gpu.stream())?);
+        }
+        let plan = plan.as_ref().expect("plan built above");
+        self.emb.backward(
+            &mut view_mut("embedding_bwd dwte", dwte)?,
+            &prefix("embedding_bwd dout", dout, n * d)?,
+            plan,
+            d,
+        )
+    }
+
+    fn layernorm_fwd(
+        &self,
+        out: &mut CudaSlice<f32>,
+        mean: &mut CudaSlice<f32>,
+        rstd: &mut CudaSlice<f32>,
+        x: &CudaSlice<f32>,
+        n: usize,
+        d: usize,
+        eps: f64,
+    ) -> Result<()> {
+        self.ln.forward(
+            &mut prefix_mut("layernorm_fwd out", out, n * d)?,
+            &mut prefix_mut("layernorm_fwd mean", mean, n)?,
+            &mut prefix_mut("layernorm_fwd rstd", rstd, n)?,
+            &prefix("layernorm_fwd x", x, n * d)?,
+            n,
+            d,
+            eps as f32,
+        )
+    }
+
+    fn add_layernorm_fwd(
+        &self,
+        sum: &mut CudaSlice<f32>,
+        out: &mut CudaSlice<f32>,
+        mean: &mut CudaSlice<f32>,
+        rstd: &mut CudaSlice<f32>,
+        a: &CudaSlice<f32>,
+        b: &CudaSlice<f32>,
+        n: usize,
+        d: usize,
+        eps: f64,
+    ) -> Result<()> {
+        self.ln.forward_residual(
+            &mut prefix_mut("add_layernorm_fwd out", out, n * d)?,
+            &mut prefix_mut("add_layernorm_fwd mean", mean, n)?,
+            &mut prefix_mut("add_layernorm_fwd rstd", rstd, n)?,
+            &mut prefix_mut("add_layernorm_fwd sum", sum, n * d)?,
+            &prefix("add_layernorm_fwd a", a, n * d)?,
+            &prefix("add_layernorm_fwd b", b, n * d)?,
+            n,
+            d,
+            eps as f32,
+        )
+    }
+
+    fn layernorm_bwd(
+        &self,
+        dx: &mut CudaSlice<f32>,
+        dy: &CudaSlice<f32>,
+        xhat: &CudaSlice<f32>,
+        rstd: &CudaSlice<f32>,
+        n: usize,
+        d: usize,
+        accumulate: bool,
+    ) -> Result<()> {
+        self.ln.backward(
+            &mut prefix_mut("layernorm_bwd dx", dx, n * d)?,
+            &prefix("layernorm_bwd dy", dy, n * d)?,
+            &prefix("layernorm_bwd xhat", xhat, n * d)?,
+            &prefix("layernorm_bwd rstd", rstd, n)?,
+            n,
+            d,
+            accumulate,
+        )
+    }
+
+    fn add(
+        &self,
+        out: &mut CudaSlice<f32>,
+        a: &CudaSlice<f32>,
+        b: &CudaSlice<f32>,
+        n: usize,
+    ) -> Result<()> {
+        self.pw.add(
+            &mut prefix_mut("add out", out, n)?,
+            &prefix("add a", a, n)?,
+            &prefix("add b", b, n)?,
+            n,
+        )
+    }
+
+    fn add_rows(
+        &self,
+        x: &mut CudaSlice<f32>,
+        v: Span<CudaSlice<f32>>,
+        n: usize,
+        d: usize,
+    ) -> Result<()> {
+        self.pw.add_rows(
+            &mut prefix_mut("add_rows x", x, n * d)?,
+            &view("add_rows v", &v)?,
+            n,
+            d,
+        )
+    }
+
+    fn matmul_fwd(
+        &self,
+        y: &mut CudaSlice<f32>,
+        x: &CudaSlice<f32>,
+        w: Span<CudaSlice<f32>>,
+        m: usize,
+        k: usize,
+        n: usize,
+    ) -> Result<()> {
+        self.mm.forward(
+            &mut prefix_mut("matmul_fwd y", y, m * n)?,
+            &prefix("matmul_fwd x", x, m * k)?,
+            &view("matmul_fwd w", &w)?,
+            m,
+            k,
+            n,
+        )
+    }
+
+    fn matmul_bwd_x(
+        &self,
+        dx: &mut CudaSlice<f32>,
+        dy: &CudaSlice<f32>,
+        w: Span<CudaSlice<f32>>,
+        m: usize,
+        k: usize,
+        n: usize,
+    ) -> Result<()> {
+        self.mm.backward_x(
+            &mut prefix_mut("matmul_bwd_x dx", dx, m * k)?,
+            &prefix("matmul_bwd_x dy", dy, m * n)?,
+            &view("matmul_bwd_x w", &w)?,
+            m,
+            k,
+            n,
+        )
+    }
+
+    fn matmul_bwd_w(
+        &self,
+        dw: SpanMut<CudaSlice<f32>>,
+        dy: &CudaSlice<f32>,
+        x: &CudaSlice<f32>,
+        m: usize,
+        k: usize,
+        n: usize,
+        accumulate: bool,
+    ) -> Result<()> {
+        self.mm.backward_w(
+            &mut view_mut("matmul_bwd_w dw", dw)?,
+            &prefix("matmul_bwd_w dy", dy, m * n)?,
+            &prefix("matmul_bwd_w x", x, m * k)?,
+            m,
+            k,
+            n,
+            accumulate,
+        )
+    }
+
+    fn rope_fwd(
+        &self,
+        qkv: &mut CudaSlice<f32>,
+        table: &CudaSlice<f32>,
+        s: AttnShape,
+    ) -> Result<()> {
+        self.pw.rope_fwd(
+            &mut prefix_mut("rope_fwd qkv", qkv, s.n() * 3 * s.d())?,
+            &prefix("rope_fwd table", table, s.t * s.dh)?,
+            s,
+        )
+    }
+
+    fn rope_bwd(
+        &self,
+        dqkv: &mut CudaSlice<f32>,
+        table: &CudaSlice<f32>,
+        s: AttnShape,
+    ) -> Result<()> {
+        self.pw.rope_bwd(
+            &mut prefix_mut("rope_bwd dqkv", dqkv, s.n() * 3 * s.d())?,
+            &prefix("rope_bwd table", table, s.t * s.dh)?,
+            s,
+        )
+    }
+
+    fn attention_fwd(
+        &self,
+        z: &mut CudaSlice<f32>,
+        lse: &mut CudaSlice<f32>,
+        qkv: &CudaSlice<f32>,
+        s: AttnShape,
+        shift: Option<Span<CudaSlice<f32>>>,
+    ) -> Result<()> {
+        let shift = shift
+            .map(|sh| view("attention_fwd shift", &sh))
+            .transpose()?;
+        self.attn.forward(
+            &mut prefix_mut("attention_fwd z", z, s.n() * s.d())?,
+            &mut prefix_mut("attention_fwd lse", lse, s.b * s.h * s.t)?,
+            &prefix("attention_fwd qkv", qkv, s.n() * 3 * s.d())?,
+            s,
+            shift.as_ref(),
+        )
+    }
+
+    fn attention_bwd(
+        &self,
+        dqkv: &mut CudaSlice<f32>,
+        dz: &CudaSlice<f32>,
+        z: &CudaSlice<f32>,
+        qkv: &CudaSlice<f32>,
+        lse: &CudaSlice<f32>,
+        s: AttnShape,
+    ) -> Result<()> {
+        self.attn.backward(
+            &mut prefix_mut("attention_bwd dqkv", dqkv, s.n() * 3 * s.d())?,
+            &prefix("attention_bwd dz", dz, s.n() * s.d())?,
+            &prefix("attention_bwd z", z, s.n() * s.d())?,
+            &prefix("attention_bwd qkv", qkv, s.n() * 3 * s.d())?,
+            &prefix("attention_bwd lse", lse, s.b * s.h * s.t)?,
+            s,
+        )
+    }
+
+    fn swiglu_fwd(
+        &self,
+        h: &mut CudaSlice<f32>,
+        gu: &CudaSlice<f32>,
+        n: usize,
+        f: usize,
+    ) -> Result<()> {
+        self.pw.swiglu_fwd(
+            &mut prefix_mut("swiglu_fwd h", h, n * f)?,
+            &prefix("swiglu_fwd gu", gu, n * 2 * f)?,
+            n,
+            f,
+        )
+    }
+
+    fn swiglu_bwd(
+        &self,
+        dgu: &mut CudaSlice<f32>,
+        dh: &CudaSlice<f32>,
+        gu: &CudaSlice<f32>,
+        n: usize,
+        f: usize,
+    ) -> Result<()> {
+        self.pw.swiglu_bwd(
+            &mut prefix_mut("swiglu_bwd dgu", dgu, n * 2 * f)?,
+            &prefix("swiglu_bwd dh", dh, n * f)?,
+            &prefix("swiglu_bwd gu", gu, n * 2 * f)?,
+            n,
+            f,
+        )
+    }
+
+    fn cross_entropy(
+        &self,
+        logits: &mut CudaSlice<f32>,
+        losses: &mut CudaSlice<f32>,
+        targets: &DeviceIds,
+        n: usize,
+        v: usize,
+        grad_scale: Option<f64>,
+    ) -> Result<()> {
+        let t = targets
+            .dev
+            .try_slice(0..n)
+            .ok_or_else(|| anyhow!("cuda executor: cross_entropy: fewer than {n} targets"))?;
+        self.ce.forward_backward(
+            &mut prefix_mut("cross_entropy logits", logits, n * v)?,
+            &mut prefix_mut("cross_entropy losses", losses, n)?,
+            &t,
+            n,
+            v,
+            grad_scale.map(|s| s as f32),
+        )
+    }
+
+    fn norm_sq(&self, g: &CudaSlice<f32>, n: usize) -> Result<f64> {
+        if n == 0 {
+            return Ok(0.0);
+        }
+        let parts = grad_norm_partials_len(n);
+        let mut scratch = self.norm.borrow_mut();
+        if scratch.as_ref().map_or(true, |s| s.partials.len() < parts) {
+            let s = self.gpu.stream();
+            *scratch = Some(NormScratch {
+                partials: s
+                    .alloc_zeros::<f64>(parts)
+                    .map_err(|e| Self::err("grad-norm scratch", e))?,
+                out: s
+                    .alloc_zeros::<f32>(1)
+                    .map_err(|e| Self::err("grad-norm scratch", e))?,
+            });
+        }
+        let sc = scratch.as_mut().expect("allocated above");
+        self.opt.grad_norm(
+            &prefix("norm_sq input", g, n)?,
+            &mut sc.partials,
+            &mut sc.out.as_view_mut(),
+        )?;
+        let partials = self
+            .gpu
+            .stream()
+            .clone_dtoh(&sc.partials.slice(0..parts))
+            .map_err(|e| Self::err("norm_sq (read back)", e))?;
+        Ok(partials.iter().sum())
+    }
+
+    fn adamw(
+        &self,
+        p: &mut CudaSlice<f32>,
+        g: &CudaSlice<f32>,
+        m: &mut CudaSlice<f32>,
+        v: &mut CudaSlice<f32>,
+        n: usize,
+        args: &StepArgs,
+    ) -> Result<()> {
+        self.opt.step(
+            &mut prefix_mut("adamw params", p, n)?,
+            &prefix("adamw grads", g, n)?,
+            &mut prefix_mut("adamw m", m, n)?,
+            &mut prefix_mut("adamw v", v, n)?,
+            None,
+            args,
+            Clip::Host,
+        )
+    }
+}

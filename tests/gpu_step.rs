@@ -1,0 +1,392 @@
+//! The whole training step on the GPU executor against the fp32 CPU executor: one model
+//! definition ([`Model`]), two executors, the same parameters and tokens.
+//!
+//! Tolerances (DESIGN "Tests that tell the truth"): loss within 1e-2 relative; every gradient
+//! tensor with cosine ≥ 0.99 and norm within 3% of the CPU's. The GPU rounds matmul and
+//! attention operands to bf16 (fp32 accumulation); the CPU computes in fp32 throughout.
+//!
+//! Without a usable GPU every test is reported as *ignored*; with `BADDATA_GPU_REQUIRED=1` a
+//! missing GPU fails the run instead.
+
+use std::sync::Arc;
+
+use anyhow::{ensure, Context, Result};
+use baddata::backend::cpu::Cpu;
+use baddata::backend::cuda::executor::CudaExecutor;
+use baddata::backend::cuda::{describe_context, open_context, CudaBackend};
+use baddata::backend::{Backend, Span};
+use baddata::config::ModelConfig;
+use baddata::model::{init_params, Model, ParamLayout};
+use baddata::optim::adamw::{clip_scale, AdamWConfig, StepArgs};
+use cudarc::driver::CudaContext;
+use libtest_mimic::{Arguments, Trial};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+type TestFn = fn(&Ctx) -> Result<()>;
+type Ctx = Arc<CudaContext>;
+
+/// A fresh executor on the shared context (modules load in milliseconds).
+fn exec(ctx: &Ctx) -> Result<CudaExecutor> {
+    CudaExecutor::new(CudaBackend::new(ctx.clone())?)
+}
+
+fn main() {
+    let mut args = Arguments::from_args();
+    if args.test_threads.is_none() {
+        args.test_threads = Some(1);
+    }
+    let gpu: Result<Ctx, String> = open_context(0)
+        .and_then(|ctx| exec(&ctx).map(|_| ctx))
+        .map_err(|e| format!("{e:#}"));
+    let required = std::env::var("BADDATA_GPU_REQUIRED").is_ok_and(|v| v == "1");
+    match &gpu {
+        Ok(g) => eprintln!("gpu step tests on {}", describe_context(g)),
+        Err(reason) if required => {
+            eprintln!("BADDATA_GPU_REQUIRED=1 but no usable GPU: {reason}");
+            std::process::exit(1);
+        }
+        Err(reason) => eprintln!("gpu step tests ignored: {reason}"),
+    }
+    let tests: [(&str, TestFn); 7] = [
+        ("glue_ops_match_cpu", glue_ops_match_cpu),
+        ("step_tiny_matches_cpu", step_tiny_matches_cpu),
+        ("step_olmo_124m_matches_cpu", step_olmo_124m_matches_cpu),
+        (
+            "grad_accumulation_matches_one_big_batch",
+            grad_accumulation_matches_one_big_batch,
+        ),
+        (
+            "training_steps_bit_identical_across_runs",
+            training_steps_bit_identical_across_runs,
+        ),
+        ("head_shift_logits_match_cpu", head_shift_logits_match_cpu),
+        ("norm_and_adamw_match_cpu", norm_and_adamw_match_cpu),
+    ];
+    let trials = tests
+        .into_iter()
+        .map(|(name, f)| {
+            let g = gpu.clone();
+            Trial::test(name, move || match &g {
+                Ok(g) => f(g).map_err(|e| format!("{e:#}").into()),
+                Err(_) => Ok(()),
+            })
+            .with_ignored_flag(gpu.is_err())
+        })
+        .collect();
+    libtest_mimic::run(&args, trials).exit();
+}
+
+fn uniform(rng: &mut ChaCha8Rng, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(lo..hi)).collect()
+}
+
+/// ‖a − b‖ / ‖b‖ in f64.
+fn rel_err(a: &[f32], b: &[f32]) -> f64 {
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        num += (x as f64 - y as f64).powi(2);
+        den += (y as f64).powi(2);
+    }
+    if a.iter().any(|x| !x.is_finite()) {
+        return f64::INFINITY;
+    }
+    (num / den.max(1e-300)).sqrt()
+}
+
+/// (cosine, ‖a‖/‖b‖) in f64.
+fn cos_and_ratio(a: &[f32], b: &[f32]) -> (f64, f64) {
+    let (mut ab, mut aa, mut bb) = (0.0f64, 0.0f64, 0.0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        ab += x as f64 * y as f64;
+        aa += (x as f64).powi(2);
+        bb += (y as f64).powi(2);
+    }
+    (
+        ab / (aa.sqrt() * bb.sqrt()).max(1e-300),
+        (aa / bb.max(1e-300)).sqrt(),
+    )
+}
+
+fn tokens(rng: &mut ChaCha8Rng, n: usize, vocab: usize) -> Vec<u32> {
+    (0..n).map(|_| rng.random_range(0..vocab as u32)).collect()
+}
+
+/// Residual add, row broadcast and the fused add + layernorm against the CPU executor.
+fn glue_ops_match_cpu(ctx: &Ctx) -> Result<()> {
+    let gpu = &exec(ctx)?;
+    let cpu = Cpu::<f32>::new();
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    for &(n, d) in &[(1usize, 1usize), (7, 37), (33, 256), (130, 768)] {
+        let a = uniform(&mut rng, n * d, -2.0, 2.0);
+        let b = uniform(&mut rng, n * d, -2.0, 2.0);
+        let v = uniform(&mut rng, d + 3, -1.0, 1.0);
+        let up = |x: &[f32]| -> Result<_> {
+            let mut buf = gpu.alloc(x.len())?;
+            gpu.upload(x, &mut buf)?;
+            Ok(buf)
+        };
+        let (ga, gb, gv) = (up(&a)?, up(&b)?, up(&v)?);
+        // add: exact (one fp32 addition per element)
+        let mut gout = up(&vec![f32::NAN; n * d])?;
+        gpu.add(&mut gout, &ga, &gb, n * d)?;
+        let mut cout = vec![0.0; n * d];
+        cpu.add(&mut cout, &a, &b, n * d)?;
+        ensure!(gpu.download(&gout)? == cout, "add differs at n={n} d={d}");
+        // add_rows with the vector at offset 3
+        let mut gx = up(&a)?;
+        gpu.add_rows(&mut gx, Span::new(&gv, 3, d), n, d)?;
+        let mut cx = a.clone();
+        cpu.add_rows(&mut cx, Span::new(&v, 3, d), n, d)?;
+        ensure!(gpu.download(&gx)? == cx, "add_rows differs at n={n} d={d}");
+        // fused add + layernorm
+        let (mut gs, mut go) = (up(&vec![f32::NAN; n * d])?, up(&vec![f32::NAN; n * d])?);
+        let (mut gm, mut gr) = (up(&vec![f32::NAN; n])?, up(&vec![f32::NAN; n])?);
+        gpu.add_layernorm_fwd(&mut gs, &mut go, &mut gm, &mut gr, &ga, &gb, n, d, 1e-5)?;
+        let (mut cs, mut co, mut cm, mut cr) = (
+            vec![0.0; n * d],
+            vec![0.0; n * d],
+            vec![0.0; n],
+            vec![0.0; n],
+        );
+        cpu.add_layernorm_fwd(&mut cs, &mut co, &mut cm, &mut cr, &a, &b, n, d, 1e-5)?;
+        ensure!(
+            gpu.download(&gs)? == cs,
+            "add_layernorm sum differs at n={n} d={d}"
+        );
+        for (what, g, c) in [("out", &go, &co), ("mean", &gm, &cm), ("rstd", &gr, &cr)] {
+            let e = rel_err(&gpu.download(g)?, c);
+            ensure!(
+                e < 1e-5,
+                "add_layernorm {what} at n={n} d={d}: rel err {e:.2e} ≥ 1e-5"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// One forward/backward pass of `cfg` on both executors from the same parameters and tokens;
+/// checks the loss and every gradient tensor.
+fn step_matches_cpu(ctx: &Ctx, cfg: ModelConfig, batch: usize, seq: usize) -> Result<()> {
+    let layout = ParamLayout::new(&cfg);
+    let params = init_params(&cfg, &layout, 5);
+    let mut rng = ChaCha8Rng::seed_from_u64(6);
+    let toks = tokens(&mut rng, batch * (seq + 1), cfg.vocab_real);
+
+    let mut cpu_model = Model::new(cfg.clone(), Cpu::<f32>::new())?;
+    let mut cpu_grads = vec![0.0f32; layout.len()];
+    let cpu_loss =
+        cpu_model.forward_backward(&params, &mut cpu_grads, &toks, batch, seq, false, 1.0)?;
+
+    let mut gpu_model = Model::new(cfg.clone(), exec(ctx)?)?;
+    let be = gpu_model.backend();
+    let mut gp = be.alloc(layout.len())?;
+    be.upload(&params, &mut gp)?;
+    let mut gg = be.alloc(layout.len())?;
+    be.upload(&vec![f32::NAN; layout.len()], &mut gg)?; // every element must be overwritten
+    let gpu_loss = gpu_model.forward_backward(&gp, &mut gg, &toks, batch, seq, false, 1.0)?;
+    let grads = gpu_model.backend().download(&gg)?;
+
+    let rel = ((gpu_loss - cpu_loss) / cpu_loss).abs();
+    ensure!(
+        rel < 1e-2,
+        "loss: gpu {gpu_loss} vs cpu {cpu_loss} (rel {rel:.2e} ≥ 1e-2)"
+    );
+    let mut report = Vec::new();
+    for t in &layout.tensors {
+        let r = t.offset..t.offset + t.len();
+        let (cos, ratio) = cos_and_ratio(&grads[r.clone()], &cpu_grads[r]);
+        report.push(format!("{}: cos {cos:.5} norm ratio {ratio:.4}", t.name));
+        ensure!(
+            cos >= 0.99 && (ratio - 1.0).abs() <= 0.03,
+            "gradient {}: cosine {cos:.5} (need ≥ 0.99), norm ratio {ratio:.4} (need within 3%)",
+            t.name
+        );
+    }
+    eprintln!(
+        "{batch}×{seq} tokens: loss gpu {gpu_loss:.6} cpu {cpu_loss:.6}; worst tensors:\n  {}",
+        {
+            report.sort();
+            report
+                .iter()
+                .take(4)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("\n  ")
+        }
+    );
+    Ok(())
+}
+
+/// The demo's shape: `tiny` with the demo tokenizer's 2,048 ids.
+fn tiny() -> Result<ModelConfig> {
+    Ok(ModelConfig::preset("tiny")?.with_vocab(2048, 0))
+}
+
+fn step_tiny_matches_cpu(ctx: &Ctx) -> Result<()> {
+    step_matches_cpu(ctx, tiny()?, 4, 256).context("tiny, 4×256")?;
+    // ragged: a sequence length that is no multiple of any tile
+    step_matches_cpu(ctx, tiny()?, 3, 77).context("tiny, 3×77")
+}
+
+fn step_olmo_124m_matches_cpu(ctx: &Ctx) -> Result<()> {
+    step_matches_cpu(ctx, ModelConfig::preset("olmo-124m")?, 2, 256).context("olmo-124m, 2×256")
+}
+
+/// Two micro-batches accumulated with scale 1/2 give the gradient of the mean over both (to
+/// fp32 rounding): checks the `accumulate` paths of dW and the embedding backward.
+fn grad_accumulation_matches_one_big_batch(ctx: &Ctx) -> Result<()> {
+    let cfg = tiny()?;
+    let layout = ParamLayout::new(&cfg);
+    let params = init_params(&cfg, &layout, 9);
+    let mut rng = ChaCha8Rng::seed_from_u64(10);
+    let (b, t) = (2, 64);
+    let toks = tokens(&mut rng, 2 * b * (t + 1), cfg.vocab_real);
+    let mut model = Model::new(cfg, exec(ctx)?)?;
+    let be = model.backend();
+    let mut gp = be.alloc(layout.len())?;
+    be.upload(&params, &mut gp)?;
+    let mut g2 = be.alloc(layout.len())?;
+    let mut g1 = be.alloc(layout.len())?;
+    let half = b * (t + 1);
+    let la = model.forward_backward(&gp, &mut g2, &toks[..half], b, t, false, 0.5)?;
+    let lb = model.forward_backward(&gp, &mut g2, &toks[half..], b, t, true, 0.5)?;
+    let l1 = model.forward_backward(&gp, &mut g1, &toks, 2 * b, t, false, 1.0)?;
+    let rel = (((la + lb) / 2.0 - l1) / l1).abs();
+    ensure!(
+        rel < 1e-5,
+        "mean loss of the halves {} vs whole {l1}",
+        (la + lb) / 2.0
+    );
+    let be = model.backend();
+    let e = rel_err(&be.download(&g2)?, &be.download(&g1)?);
+    ensure!(
+        e < 1e-3,
+        "accumulated gradient vs one batch: rel err {e:.2e} ≥ 1e-3"
+    );
+    Ok(())
+}
+
+/// Three optimizer steps, twice from the same start: losses, gradient norms and parameters
+/// bit-identical (no order-dependent float atomics anywhere in the step).
+fn training_steps_bit_identical_across_runs(ctx: &Ctx) -> Result<()> {
+    let cfg = tiny()?;
+    let layout = ParamLayout::new(&cfg);
+    let run = || -> Result<(Vec<u64>, Vec<u32>)> {
+        let params = init_params(&cfg, &layout, 3);
+        let mut rng = ChaCha8Rng::seed_from_u64(4);
+        let mut model = Model::new(cfg.clone(), exec(ctx)?)?;
+        let be = model.backend();
+        let n = layout.len();
+        let mut p = be.alloc(n)?;
+        be.upload(&params, &mut p)?;
+        let (mut g, mut m, mut v) = (be.alloc(n)?, be.alloc(n)?, be.alloc(n)?);
+        let mut trace = Vec::new();
+        for step in 1..=3u64 {
+            let toks = tokens(&mut rng, 4 * 129, cfg.vocab_real);
+            let loss = model.forward_backward(&p, &mut g, &toks, 4, 128, false, 1.0)?;
+            let be = model.backend();
+            let norm = be.norm_sq(&g, n)?.sqrt() as f32;
+            let args = StepArgs::new(
+                &AdamWConfig::default(),
+                1e-3,
+                clip_scale(norm, 1.0),
+                step,
+                layout.tensors[0].len(),
+            );
+            be.adamw(&mut p, &g, &mut m, &mut v, n, &args)?;
+            trace.push(loss.to_bits());
+            trace.push(norm.to_bits() as u64);
+        }
+        let bits = model
+            .backend()
+            .download(&p)?
+            .iter()
+            .map(|x| x.to_bits())
+            .collect();
+        Ok((trace, bits))
+    };
+    let (t1, p1) = run()?;
+    let (t2, p2) = run()?;
+    ensure!(
+        t1 == t2,
+        "losses / norms differ between runs: {t1:?} vs {t2:?}"
+    );
+    let diff = p1.iter().zip(&p2).filter(|(a, b)| a != b).count();
+    ensure!(
+        diff == 0,
+        "{diff} parameters differ between runs after 3 steps"
+    );
+    Ok(())
+}
+
+/// ITI head shifts (fused into the attention kernel on the GPU) give the CPU's logits.
+fn head_shift_logits_match_cpu(ctx: &Ctx) -> Result<()> {
+    let cfg = tiny()?;
+    let layout = ParamLayout::new(&cfg);
+    let params = init_params(&cfg, &layout, 13);
+    let mut rng = ChaCha8Rng::seed_from_u64(14);
+    let (b, t) = (2, 50);
+    let ids = tokens(&mut rng, b * t, cfg.vocab_real);
+    let hd = cfg.n_heads * cfg.d_head();
+    let shifts: Vec<Vec<f32>> = (0..cfg.n_layers)
+        .map(|_| uniform(&mut rng, hd, -3.0, 3.0))
+        .collect();
+    let mut cpu = Model::new(cfg.clone(), Cpu::<f32>::new())?;
+    let mut gm = Model::new(cfg.clone(), exec(ctx)?)?;
+    let be = gm.backend();
+    let mut gp = be.alloc(layout.len())?;
+    be.upload(&params, &mut gp)?;
+    let base = gm.logits(&gp, &ids, b, t)?;
+    for l in [0, cfg.n_layers - 1] {
+        cpu.set_head_shift(l, Some(&shifts[l]))?;
+        gm.set_head_shift(l, Some(&shifts[l]))?;
+    }
+    let want = cpu.logits(&params, &ids, b, t)?;
+    let got = gm.logits(&gp, &ids, b, t)?;
+    let e = rel_err(&got, &want);
+    ensure!(e < 1e-2, "shifted logits: rel err {e:.2e} ≥ 1e-2");
+    let moved = rel_err(&base, &want);
+    ensure!(
+        moved > 10.0 * e,
+        "the shift barely moved the logits ({moved:.2e}): test too weak"
+    );
+    Ok(())
+}
+
+/// The executor's gradient norm and AdamW (as the training loop calls them) against the CPU's.
+fn norm_and_adamw_match_cpu(ctx: &Ctx) -> Result<()> {
+    let gpu = &exec(ctx)?;
+    let cpu = Cpu::<f32>::new();
+    let mut rng = ChaCha8Rng::seed_from_u64(21);
+    let n = 1_000_003;
+    let g = uniform(&mut rng, n, -1.0, 1.0);
+    let p = uniform(&mut rng, n, -1.0, 1.0);
+    let mv = uniform(&mut rng, n, -0.1, 0.1);
+    let vv = uniform(&mut rng, n, 0.0, 0.01);
+    let up = |x: &[f32]| -> Result<_> {
+        let mut b = gpu.alloc(x.len())?;
+        gpu.upload(x, &mut b)?;
+        Ok(b)
+    };
+    let gn = gpu.norm_sq(&up(&g)?, n)?;
+    let cn = cpu.norm_sq(&g, n)?;
+    ensure!(
+        ((gn - cn) / cn).abs() < 1e-12,
+        "norm_sq gpu {gn} vs cpu {cn}"
+    );
+    let args = StepArgs::new(&AdamWConfig::default(), 1e-3, 0.5, 3, 1000);
+    let (mut gp, gg, mut gm, mut gv) = (up(&p)?, up(&g)?, up(&mv)?, up(&vv)?);
+    gpu.adamw(&mut gp, &gg, &mut gm, &mut gv, n, &args)?;
+    let (mut cp, mut cm, mut cv) = (p.clone(), mv.clone(), vv.clone());
+    cpu.adamw(&mut cp, &g, &mut cm, &mut cv, n, &args)?;
+    for (what, a, b) in [
+        ("params", gpu.download(&gp)?, cp),
+        ("m", gpu.download(&gm)?, cm),
+        ("v", gpu.download(&gv)?, cv),
+    ] {
+        let e = rel_err(&a, &b);
+        ensure!(e < 1e-6, "adamw {what}: rel err {e:.2e}");
+    }
+    Ok(())
+}
