@@ -9,6 +9,7 @@ pub mod adamw;
 pub mod cross_entropy;
 pub mod embedding;
 pub mod layernorm;
+pub mod matmul;
 pub mod pointwise;
 
 use std::sync::Arc;
