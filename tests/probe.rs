@@ -12,8 +12,9 @@ use baddata::model::{init_params, Model, ParamLayout};
 use baddata::optim::{AdamW, AdamWConfig};
 use baddata::probe::labels::{check_classes, read_labelled};
 use baddata::probe::{
-    analyse, run_probe, Activations, CollectOptions, DirectionKind, Intervention, LabelFormat,
-    LabelledText, Logistic, LogisticConfig, ProbeConfig, ProbeJob,
+    analyse, collect, run_probe, Activations, Capture, CaptureShape, CaptureWriter, CollectOptions,
+    DirectionKind, HeadRows, Intervention, LabelFormat, LabelledText, Logistic, LogisticConfig,
+    ProbeConfig, ProbeJob,
 };
 
 /// Deterministic standard normals (xorshift + Box–Muller), independent of the code under test.
@@ -383,7 +384,7 @@ fn end_to_end_on_a_small_random_model() {
     let texts = read_labelled(&data, LabelFormat::Jsonl, 2.5).unwrap();
     assert_eq!(texts.len(), 37);
     let out = dir.path().join("probe");
-    let acts_path = dir.path().join("acts.safetensors");
+    let acts_path = dir.path().join("acts.capture");
     let job = ProbeJob {
         checkpoint: &ck,
         tokenizer: &tok,
@@ -395,6 +396,7 @@ fn end_to_end_on_a_small_random_model() {
         },
         collect: CollectOptions {
             batch: 4,
+            chunk_rows: Some(3),
             ..CollectOptions::default()
         },
         out: &out,
@@ -438,13 +440,48 @@ fn end_to_end_on_a_small_random_model() {
     iv.check_model(&cfg, &params).unwrap();
 
     // The saved activations are hook_z at each text's last token: recompute text 0 alone.
-    let (acts, labels, meta) = Activations::load(&acts_path).unwrap();
+    let acts = Capture::open(&acts_path).unwrap();
     assert_eq!(
-        (acts.n, acts.layers, acts.heads, acts.d_head),
+        (acts.n(), acts.layers(), acts.heads(), acts.d_head()),
         (37, 2, 2, 16)
     );
+    let labels = acts.labels().unwrap();
     assert_eq!(labels, texts.iter().map(|t| t.label).collect::<Vec<_>>());
-    assert_eq!(meta["weights_hash"], iv.model.weights_hash);
+    assert_eq!(acts.header().meta["weights_hash"], iv.model.weights_hash);
+    assert_eq!(acts.header().hook, "blocks.{l}.attn.hook_z");
+    // Batches run shortest texts first, so the file order is not the text order.
+    assert_ne!(acts.header().ids, (0..37).collect::<Vec<_>>());
+
+    // The same job without a kept capture: identical results, and no capture file left behind.
+    let out2 = dir.path().join("probe2");
+    let r2 = run_probe(&ProbeJob {
+        out: &out2,
+        save_activations: None,
+        collect: CollectOptions::default(),
+        ..job
+    })
+    .unwrap();
+    let accs = |r: &baddata::probe::ProbeRun| -> Vec<(f64, f64)> {
+        r.analysis
+            .results
+            .iter()
+            .map(|h| (h.val_accuracy, h.val_log_loss))
+            .collect()
+    };
+    assert_eq!(accs(&r2), accs(&r));
+    let mut left: Vec<String> = std::fs::read_dir(&out2)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        [
+            "intervention.json",
+            "probe_accuracy.json",
+            "probe_accuracy.png"
+        ]
+    );
     let mut model = Model::new(cfg.clone(), baddata::backend::cpu::Cpu::<f32>::new()).unwrap();
     let ids = tok.encode(&texts[0].text).unwrap();
     model.logits(&params, &ids, 1, ids.len()).unwrap();
@@ -592,10 +629,14 @@ fn command_line_runs_and_explains_errors() {
             "--direction",
             "probe",
         ])
-        .args(["--quiet", "--device", "cpu"])
+        .args(["--quiet", "--device", "cpu", "--chunk-rows", "2"])
+        .arg("--save-activations")
+        .arg(dir.path().join("cli.capture"))
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let cap = Capture::open(&dir.path().join("cli.capture")).unwrap();
+    assert_eq!((cap.n(), cap.labels().map(|l| l.len())), (37, Some(37)));
     let iv = Intervention::load(&out.join("intervention.json")).unwrap();
     assert_eq!(iv.heads.len(), 3);
     assert_eq!(iv.direction_kind, DirectionKind::Probe);
@@ -645,4 +686,83 @@ fn command_line_runs_and_explains_errors() {
         help.contains("--direction") && help.contains("intervention.json"),
         "{help}"
     );
+}
+
+/// `collect` streams rows in chunks of 3 (across batches of 4 texts of equal length) and the
+/// mapped capture equals, bit for bit, the in-memory capture made here from the model's
+/// `hook_z` one text at a time.
+#[test]
+fn streamed_capture_equals_in_memory_capture() {
+    let dir = tempfile::tempdir().unwrap();
+    let (run, data, cfg, params) = fixture(dir.path());
+    let ck = checkpoint::load(&run).unwrap();
+    let tok = Tokenizer::load(&ck.dir.join("tokenizer.json")).unwrap();
+    let texts: Vec<String> = read_labelled(&data, LabelFormat::Jsonl, 2.5)
+        .unwrap()
+        .into_iter()
+        .map(|t| t.text)
+        .collect();
+    let (l_n, h_n, dh) = (cfg.n_layers, cfg.n_heads, cfg.d_head());
+    let mut model = Model::new(cfg.clone(), baddata::backend::cpu::Cpu::<f32>::new()).unwrap();
+
+    // In memory: [n, L, H, dh], text by text.
+    let mut want = Vec::new();
+    for text in &texts {
+        let mut ids = tok.encode(text).unwrap();
+        ids.truncate(CONTEXT);
+        let t = ids.len();
+        model.logits(&params, &ids, 1, t).unwrap();
+        for l in 0..l_n {
+            let (z, _, _) = model
+                .activation(&format!("blocks.{l}.attn.hook_z"))
+                .unwrap();
+            want.extend_from_slice(&z[(t - 1) * h_n * dh..t * h_n * dh]);
+        }
+    }
+    let want = Activations::from_vec(texts.len(), l_n, h_n, dh, want).unwrap();
+
+    let path = dir.path().join("streamed.capture");
+    let mut w = CaptureWriter::create(&path, CaptureShape::hook_z_last(&cfg), 3).unwrap();
+    let opts = CollectOptions {
+        batch: 4,
+        ..CollectOptions::default()
+    };
+    let got = collect(&mut model, &params, &tok, &texts, "texts", &opts, &mut w).unwrap();
+    assert_eq!(got.truncated, 1);
+    assert_eq!(w.rows(), texts.len());
+    w.finish(None, &Default::default()).unwrap();
+    let cap = Capture::open(&path).unwrap();
+    assert_eq!(cap.n(), texts.len());
+    assert!(cap.labels().is_none());
+    let mut groups = 0;
+    for i in 0..texts.len() {
+        for l in 0..l_n {
+            for h in 0..h_n {
+                let (a, b) = (cap.row(i, l, h), want.row(i, l, h));
+                assert!(
+                    a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                    "text {i} layer {l} head {h}: streamed {a:?} vs in memory {b:?}"
+                );
+            }
+        }
+        // Texts of equal length share batches: count the batches of 2+ texts.
+        let n_i = tok.encode(&texts[i]).unwrap().len().min(CONTEXT);
+        groups += texts[..i]
+            .iter()
+            .any(|t| tok.encode(t).unwrap().len().min(CONTEXT) == n_i) as usize;
+    }
+    assert!(
+        groups > 0,
+        "no two texts share a batch: batching is untested"
+    );
+
+    // A capture of another shape is refused before any forward pass.
+    let mut other = CaptureShape::hook_z_last(&cfg);
+    other.n_heads += 1;
+    let mut w = CaptureWriter::create(&dir.path().join("x.capture"), other, 3).unwrap();
+    let err = format!(
+        "{:#}",
+        collect(&mut model, &params, &tok, &texts, "texts", &opts, &mut w).unwrap_err()
+    );
+    assert!(err.contains("texts: the capture holds"), "{err}");
 }

@@ -17,6 +17,7 @@
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 #define __shared__ static
+#define __align__(n) __attribute__((aligned(n)))
 struct dim3v { unsigned x = 1, y = 1, z = 1; };
 inline thread_local dim3v threadIdx, blockIdx;
 inline dim3v blockDim, gridDim;

@@ -77,9 +77,16 @@ struct Args {
     /// Output directory (default: <checkpoint>/probe).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Also save the activations [n_texts, layers, heads, d_head] and labels (safetensors).
+    /// Keep the activation capture (last-token hook_z [n_texts, layers, heads, d_head] f32 rows
+    /// streamed to disk, then a JSON header with the shape, text ids and labels; format in
+    /// docs/ARCHITECTURE.md). Without it the capture goes to a scratch file in --out, deleted at
+    /// the end.
     #[arg(long, value_name = "FILE")]
     save_activations: Option<PathBuf>,
+    /// Rows per chunk appended to the capture file (default: as many as fit in 8 MiB); the
+    /// capture holds at most one chunk in memory.
+    #[arg(long, value_name = "ROWS")]
+    chunk_rows: Option<usize>,
     /// Fail on texts longer than the model's context instead of cutting them.
     #[arg(long)]
     no_truncate: bool,
@@ -178,6 +185,7 @@ fn run() -> Result<()> {
             truncate: !args.no_truncate,
             batch: args.batch,
             progress: !args.quiet,
+            chunk_rows: args.chunk_rows,
         },
         out: &out,
         save_activations: args.save_activations.as_deref(),

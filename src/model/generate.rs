@@ -11,12 +11,13 @@
 //! per new token i (row r, position p), per layer l:
 //!   a = LN(x_i); [q k v] = a·W_qkvᵀ; q, k = RoPE_p(q, k); K[l][r, :, p] = k; V[l][r, :, p] = v
 //!   z_i = Σ_{j≤p} softmax_j(q·K[l][r, h, j]/√dh) V[l][r, h, j]   (per head h)  (+ head shift)
-//!   x_i += z_i·W_oᵀ;  x_i += down(silu(gate)·up)(LN(x_i))
+//!   x_i += z_i·W_oᵀ (+ o_proj bias);  x_i += down(silu(gate)·up)(LN(x_i))
 //! logits = LN(x_last)·Eᵀ for the last new token of each row only.
 //! ```
 //!
 //! Head shifts ([`Model::set_head_shift`]) apply here too, at the positions chosen by
-//! [`ShiftPositions`]. Padded vocabulary ids (`>= cfg.vocab_real`) are never sampled.
+//! [`ShiftPositions`]; an o_proj bias ([`Model::set_o_bias`]) applies at every new token.
+//! Padded vocabulary ids (`>= cfg.vocab_real`) are never sampled.
 
 use anyhow::{bail, ensure, Result};
 use rand::{Rng, SeedableRng};
@@ -220,6 +221,21 @@ impl<T: Float> Model<Cpu<T>> {
         cache: &mut KvCache<T>,
         chunks: &[Chunk],
     ) -> Result<Vec<Vec<f32>>> {
+        let exact = self.decode_exact(params, cache, chunks)?;
+        Ok(exact
+            .iter()
+            .map(|r| r.iter().map(|x| x.f64() as f32).collect())
+            .collect())
+    }
+
+    /// [`Model::decode`] with the logits in the executor's precision `T`.
+    #[allow(clippy::ptr_arg)] // the CPU executor's buffer type is Vec<T>
+    pub fn decode_exact(
+        &self,
+        params: &Vec<T>,
+        cache: &mut KvCache<T>,
+        chunks: &[Chunk],
+    ) -> Result<Vec<Vec<T>>> {
         let cfg = &self.cfg;
         let lay = &self.layout;
         let be = self.backend();
@@ -341,6 +357,9 @@ impl<T: Float> Model<Cpu<T>> {
                 }
             }
             be.matmul_fwd(&mut tmp, &z, span(lo.o, d * d), n, d, d)?;
+            if let Some(bias) = self.o_bias(l) {
+                be.add_rows(&mut tmp, Span::new(bias, 0, d), n, d)?;
+            }
             be.add(&mut xm, &x, &tmp, n * d)?;
             be.layernorm_fwd(&mut ln, &mut mean, &mut rstd, &xm, n, d, eps)?;
             be.matmul_fwd(&mut gu, &ln, span(lo.gate_up, 2 * f * d), n, d, 2 * f)?;
@@ -361,10 +380,7 @@ impl<T: Float> Model<Cpu<T>> {
         be.layernorm_fwd(&mut lnl, &mut meanl, &mut rstdl, &xl, m, d, eps)?;
         let mut logits = alloc(m * v);
         be.matmul_fwd(&mut logits, &lnl, span(lay.embed, v * d), m, d, v)?;
-        Ok(logits
-            .chunks_exact(v)
-            .map(|r| r.iter().map(|x| x.f64() as f32).collect())
-            .collect())
+        Ok(logits.chunks_exact(v).map(|r| r.to_vec()).collect())
     }
 
     /// Continues each prompt (a batch of independent sequences) by sampling with `opts`; prompt

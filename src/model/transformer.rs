@@ -4,7 +4,7 @@
 //! x₀ = E[ids]                                   res[0]            [N, D]
 //! per layer l:
 //!   a = LN(res[2l]);  qkv = a·W_qkvᵀ; RoPE(q, k); z = causal_attn(qkv) (+ head shift)
-//!   res[2l+1] = res[2l] + z·W_oᵀ
+//!   res[2l+1] = res[2l] + z·W_oᵀ (+ o_proj bias)
 //!   m = LN(res[2l+1]); gu = m·W_guᵀ; h = silu(gate)·up
 //!   res[2l+2] = res[2l+1] + h·W_downᵀ
 //! logits = LN(res[2L])·Eᵀ                        [N, V] (all V rows, padding included)
@@ -164,6 +164,8 @@ pub struct Model<B: Backend> {
     workspaces: Vec<Workspace<B>>,
     /// Per layer, an optional `[H, dh]` shift added to `hook_z` at every position.
     head_shift: Vec<Option<B::Buf>>,
+    /// Per layer, an optional `[D]` bias added to the o_proj output at every position.
+    o_bias: Vec<Option<B::Buf>>,
     /// Host scratch for input ids and targets.
     host_ids: Vec<u32>,
     host_targets: Vec<u32>,
@@ -181,12 +183,14 @@ impl<B: Backend> Model<B> {
         cfg.validate()?;
         let layout = ParamLayout::new(&cfg);
         let head_shift = (0..cfg.n_layers).map(|_| None).collect();
+        let o_bias = (0..cfg.n_layers).map(|_| None).collect();
         Ok(Model {
             cfg,
             layout,
             backend,
             workspaces: Vec::new(),
             head_shift,
+            o_bias,
             host_ids: Vec::new(),
             host_targets: Vec::new(),
             pending_loss: None,
@@ -238,6 +242,40 @@ impl<B: Backend> Model<B> {
     /// Removes every head shift.
     pub fn clear_head_shifts(&mut self) {
         self.head_shift.iter_mut().for_each(|s| *s = None);
+    }
+
+    /// Sets (or with `None` clears) an o_proj bias of layer `layer`: a `[D]` vector added to every
+    /// position's attention output right after `o_proj` (`res[2l+1] = res[2l] + z·W_oᵀ + b`). The
+    /// model has no such bias; this is for inference only, like the head shifts: a head shift `s`
+    /// at every position equals the bias `b = W_o·s`, since o_proj is linear. Applies to
+    /// [`Model::loss`], [`Model::logits`] and the KV-cache decode path (every position);
+    /// [`Model::forward_backward`] refuses to run while any is set.
+    pub fn set_o_bias(&mut self, layer: usize, bias: Option<&[B::Elem]>) -> Result<()> {
+        ensure!(
+            layer < self.cfg.n_layers,
+            "o_proj bias: layer {layer} out of range (the model has {} layers)",
+            self.cfg.n_layers
+        );
+        self.o_bias[layer] = match bias {
+            None => None,
+            Some(b) => {
+                ensure!(
+                    b.len() == self.cfg.d_model,
+                    "o_proj bias for layer {layer}: expected d_model = {} values, got {}",
+                    self.cfg.d_model,
+                    b.len()
+                );
+                let mut buf = self.backend.alloc(b.len())?;
+                self.backend.upload(b, &mut buf)?;
+                Some(buf)
+            }
+        };
+        Ok(())
+    }
+
+    /// The o_proj bias of layer `layer` (`[D]`), if one is set.
+    pub fn o_bias(&self, layer: usize) -> Option<&B::Buf> {
+        self.o_bias.get(layer).and_then(|b| b.as_ref())
     }
 
     /// An activation of the most recent forward pass, under its TransformerLens name:
@@ -384,6 +422,9 @@ impl<B: Backend> Model<B> {
             be.attention_fwd(&mut a.z, &mut a.lse, &a.qkv, s, shift)?;
             // o_proj output goes to x_out (free until the MLP writes it), then the residual add.
             be.matmul_fwd(x_out, &a.z, Span::new(params, lo.o, d * d), n, d, d)?;
+            if let Some(bias) = &self.o_bias[l] {
+                be.add_rows(x_out, Span::new(bias, 0, d), n, d)?;
+            }
             // x_mid = x + o_proj output, fused with the MLP's layernorm of x_mid.
             // MLP sublayer: x_out = x_mid + down(swiglu(gate_up(LN(x_mid)))).
             be.add_layernorm_fwd(
@@ -460,6 +501,19 @@ impl<B: Backend> Model<B> {
         batch: usize,
         seq: usize,
     ) -> Result<Vec<f32>> {
+        let exact = self.logits_exact(params, ids, batch, seq)?;
+        Ok(exact.iter().map(|x| x.f64() as f32).collect())
+    }
+
+    /// [`Model::logits`] in the executor's own precision (e.g. f64 on `Cpu<f64>`), for checks
+    /// that need more than f32.
+    pub fn logits_exact(
+        &mut self,
+        params: &B::Buf,
+        ids: &[u32],
+        batch: usize,
+        seq: usize,
+    ) -> Result<Vec<B::Elem>> {
         self.check_tokens("logits", ids, batch, seq, seq)?;
         self.check_params("logits: parameters", params)?;
         self.select_workspace(batch, seq)?;
@@ -468,8 +522,9 @@ impl<B: Backend> Model<B> {
         self.forward(params)?;
         let ws = self.workspaces.last().context("no workspace")?;
         let n = batch * seq * self.cfg.vocab_size;
-        let all = self.backend.download(&ws.logits)?;
-        Ok(all[..n].iter().map(|x| x.f64() as f32).collect())
+        let mut all = self.backend.download(&ws.logits)?;
+        all.truncate(n);
+        Ok(all)
     }
 
     /// One forward and backward pass over training rows (`batch` rows of `seq + 1` ids; inputs
@@ -524,6 +579,10 @@ impl<B: Backend> Model<B> {
         ensure!(
             self.head_shift.iter().all(|s| s.is_none()),
             "forward_backward: head shifts are set; they are for inference only (clear them first)"
+        );
+        ensure!(
+            self.o_bias.iter().all(|b| b.is_none()),
+            "forward_backward: o_proj biases are set; they are for inference only (clear them first)"
         );
         self.check_tokens("forward_backward", tokens, batch, seq, seq + 1)?;
         self.check_params("forward_backward: parameters", params)?;

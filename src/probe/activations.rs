@@ -3,9 +3,11 @@
 //! text's last position, for every layer and head.
 //!
 //! ```text
-//! Activations.data   [n_texts, L, H, dh]  f32, row-major
 //! hook_z (per layer) [B, T, H, dh]        the model's workspace after a forward; row b's last
 //!                                          token sits at ((b·T + T−1)·H + h)·dh
+//! batch rows         [B, L, H, dh]        f32, gathered over the layers, then pushed row by row
+//!                                          to a CaptureWriter (file rows in batch order, each
+//!                                          tagged with its text's index)
 //! ```
 //!
 //! Each text is encoded as is (no special token added). A text longer than the model's context is
@@ -14,13 +16,10 @@
 //! [`CollectOptions::truncate`] false it is an error instead. Texts of equal token length are
 //! batched together (up to [`CollectOptions::batch`] per forward pass).
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
-
 use anyhow::{bail, ensure, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
+use super::capture::{CaptureShape, CaptureWriter};
 use crate::backend::{Backend, Float};
 use crate::data::tokenizer::Tokenizer;
 use crate::model::Model;
@@ -30,7 +29,35 @@ pub fn hook_name(layer: usize) -> String {
     format!("blocks.{layer}.attn.hook_z")
 }
 
-/// Last-token `hook_z` of `n` texts: `[n, layers, heads, d_head]` f32.
+/// Per-head activations of `n` texts, one `d_head` row per (text, layer, head): what the probes
+/// read. Implemented by [`Activations`] (in memory) and by
+/// [`Capture`](super::capture::Capture) (a memory-mapped capture file).
+pub trait HeadRows: Sync {
+    /// Number of texts.
+    fn n(&self) -> usize;
+    /// Layers L.
+    fn layers(&self) -> usize;
+    /// Heads per layer H.
+    fn heads(&self) -> usize;
+    /// Head width dh.
+    fn d_head(&self) -> usize;
+    /// The `dh` values of text `i`, layer `l`, head `h`.
+    fn row(&self, i: usize, l: usize, h: usize) -> &[f32];
+
+    /// The features of one head for every text in text order, widened to f64: `[n, dh]` (the
+    /// only full gather the probes make: `n·dh` values).
+    fn head_features(&self, l: usize, h: usize) -> Vec<f64> {
+        let mut out = Vec::with_capacity(self.n() * self.d_head());
+        for i in 0..self.n() {
+            out.extend(self.row(i, l, h).iter().map(|&v| v as f64));
+        }
+        out
+    }
+}
+
+/// Per-head activations held in memory: `[n, layers, heads, d_head]` f32 (for activations made
+/// elsewhere, e.g. planted in tests; captures of texts go to disk through
+/// [`CaptureWriter`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Activations {
     /// Number of texts.
@@ -68,90 +95,24 @@ impl Activations {
             data,
         })
     }
+}
 
-    /// The `dh` values of text `i`, layer `l`, head `h`.
-    pub fn row(&self, i: usize, l: usize, h: usize) -> &[f32] {
+impl HeadRows for Activations {
+    fn n(&self) -> usize {
+        self.n
+    }
+    fn layers(&self) -> usize {
+        self.layers
+    }
+    fn heads(&self) -> usize {
+        self.heads
+    }
+    fn d_head(&self) -> usize {
+        self.d_head
+    }
+    fn row(&self, i: usize, l: usize, h: usize) -> &[f32] {
         let off = ((i * self.layers + l) * self.heads + h) * self.d_head;
         &self.data[off..off + self.d_head]
-    }
-
-    /// The features of one head for every text, widened to f64: `[n, dh]`.
-    pub fn head_features(&self, l: usize, h: usize) -> Vec<f64> {
-        let mut out = Vec::with_capacity(self.n * self.d_head);
-        for i in 0..self.n {
-            out.extend(self.row(i, l, h).iter().map(|&v| v as f64));
-        }
-        out
-    }
-
-    /// Writes the activations and their labels as safetensors: `hook_z_last` F32 `[n, L, H, dh]`
-    /// and `labels` U8 `[n]`, with metadata `hook`, `position` and the caller's `meta` entries.
-    pub fn save(&self, path: &Path, labels: &[u8], meta: &BTreeMap<String, String>) -> Result<()> {
-        ensure!(
-            labels.len() == self.n,
-            "saving activations: {} labels for {} texts",
-            labels.len(),
-            self.n
-        );
-        let shape = vec![self.n, self.layers, self.heads, self.d_head];
-        let acts = TensorView::new(Dtype::F32, shape, bytemuck::cast_slice(&self.data))?;
-        let lab = TensorView::new(Dtype::U8, vec![self.n], labels)?;
-        let mut m: HashMap<String, String> = meta.clone().into_iter().collect();
-        m.insert("hook".into(), "blocks.{l}.attn.hook_z".into());
-        m.insert("position".into(), "last token".into());
-        m.insert(
-            "layout".into(),
-            "[n_texts, n_layers, n_heads, d_head]".into(),
-        );
-        safetensors::serialize_to_file([("hook_z_last", acts), ("labels", lab)], Some(m), path)
-            .with_context(|| format!("writing {}", path.display()))
-    }
-
-    /// Reads a file written by [`Activations::save`]: the activations, the labels and the
-    /// metadata.
-    pub fn load(path: &Path) -> Result<(Activations, Vec<u8>, HashMap<String, String>)> {
-        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        let (_, header) = SafeTensors::read_metadata(&bytes)
-            .with_context(|| format!("{}: not a valid safetensors file", path.display()))?;
-        let meta = header.metadata().clone().unwrap_or_default();
-        let st = SafeTensors::deserialize(&bytes)
-            .with_context(|| format!("{}: not a valid safetensors file", path.display()))?;
-        let a = st.tensor("hook_z_last").map_err(|_| {
-            anyhow::anyhow!("{}: tensor \"hook_z_last\" is missing", path.display())
-        })?;
-        let &[n, l, h, dh] = a.shape() else {
-            bail!(
-                "{}: \"hook_z_last\" has shape {:?}, expected [n_texts, n_layers, n_heads, d_head]",
-                path.display(),
-                a.shape()
-            );
-        };
-        ensure!(
-            a.dtype() == Dtype::F32,
-            "{}: \"hook_z_last\" is {:?}, expected F32",
-            path.display(),
-            a.dtype()
-        );
-        let data = a
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
-        let lab = st
-            .tensor("labels")
-            .map_err(|_| anyhow::anyhow!("{}: tensor \"labels\" is missing", path.display()))?;
-        ensure!(
-            lab.dtype() == Dtype::U8 && lab.shape() == [n],
-            "{}: \"labels\" must be U8 [{n}], found {:?} {:?}",
-            path.display(),
-            lab.dtype(),
-            lab.shape()
-        );
-        Ok((
-            Activations::from_vec(n, l, h, dh, data)?,
-            lab.data().to_vec(),
-            meta,
-        ))
     }
 }
 
@@ -164,6 +125,10 @@ pub struct CollectOptions {
     pub batch: usize,
     /// Show a progress bar over texts on stderr.
     pub progress: bool,
+    /// Rows per chunk of the capture file that [`run_probe`](super::run_probe) writes (`None`:
+    /// as many as fit in
+    /// [`DEFAULT_CHUNK_BYTES`](super::capture::DEFAULT_CHUNK_BYTES)).
+    pub chunk_rows: Option<usize>,
 }
 
 impl Default for CollectOptions {
@@ -172,23 +137,26 @@ impl Default for CollectOptions {
             truncate: true,
             batch: 16,
             progress: false,
+            chunk_rows: None,
         }
     }
 }
 
-/// Activations plus what happened on the way.
+/// What happened on the way to a capture.
 #[derive(Clone, Debug)]
 pub struct Collected {
-    /// `[n, L, H, dh]` last-token `hook_z`.
-    pub acts: Activations,
     /// Texts cut to the context.
     pub truncated: usize,
     /// Token count of each text after any cut.
     pub lengths: Vec<usize>,
 }
 
-/// Encodes `texts` and collects each one's last-token `hook_z` for every layer and head (see
-/// the module docs). `name` names the text set in errors (`name: text 12 ...`).
+/// Encodes `texts` and streams each one's last-token `hook_z` for every layer and head to `out`
+/// (see the module docs), one row per text with the text's index as its id, batch by batch.
+/// `out` must have the shape [`CaptureShape::hook_z_last`] of the model; the caller finishes it.
+/// `name` names the text set in errors (`name: text 12 ...`).
+///
+/// Memory beyond the model's own: one batch of rows (`batch · L·H·dh` f32) and `out`'s chunk.
 pub fn collect<B: Backend>(
     model: &mut Model<B>,
     params: &B::Buf,
@@ -196,13 +164,26 @@ pub fn collect<B: Backend>(
     texts: &[String],
     name: &str,
     opts: &CollectOptions,
+    out: &mut CaptureWriter,
 ) -> Result<Collected> {
     ensure!(
         !texts.is_empty(),
         "{name}: no texts to read activations for"
     );
     let cfg = model.cfg.clone();
+    let want = CaptureShape::hook_z_last(&cfg);
+    ensure!(
+        *out.shape() == want,
+        "{name}: the capture holds {:?}, the model's last-token hook_z is {want:?}",
+        out.shape()
+    );
+    ensure!(
+        out.rows() == 0,
+        "{name}: the capture already holds {} rows",
+        out.rows()
+    );
     let (l_n, h_n, dh) = (cfg.n_layers, cfg.n_heads, cfg.d_head());
+    let row_len = l_n * h_n * dh;
     let ctx = cfg.context;
     let mut ids = tokenizer.encode_batch(texts)?;
     let mut truncated = 0;
@@ -240,7 +221,7 @@ pub fn collect<B: Backend>(
     } else {
         ProgressBar::hidden()
     };
-    let mut data = vec![0f32; texts.len() * l_n * h_n * dh];
+    let mut rows = Vec::new();
     let mut start = 0;
     let mut batch_ids = Vec::new();
     while start < order.len() {
@@ -250,6 +231,8 @@ pub fn collect<B: Backend>(
             end += 1;
         }
         let group = &order[start..end];
+        rows.clear();
+        rows.resize(group.len() * row_len, 0f32);
         batch_ids.clear();
         for &i in group {
             batch_ids.extend_from_slice(&ids[i]);
@@ -267,22 +250,22 @@ pub fn collect<B: Backend>(
                 group.len()
             );
             let z = model.backend().download(buf)?;
-            for (r, &i) in group.iter().enumerate() {
+            for r in 0..group.len() {
                 let src = ((r * t + t - 1) * h_n) * dh;
-                let dst = (i * l_n + l) * h_n * dh;
+                let dst = (r * l_n + l) * h_n * dh;
                 for k in 0..h_n * dh {
-                    data[dst + k] = z[src + k].f64() as f32;
+                    rows[dst + k] = z[src + k].f64() as f32;
                 }
             }
+        }
+        for (r, &i) in group.iter().enumerate() {
+            out.push(i, &rows[r * row_len..(r + 1) * row_len])
+                .with_context(|| format!("{name}: writing the activations of text {}", i + 1))?;
         }
         pb.inc(group.len() as u64);
         start = end;
     }
     pb.finish_and_clear();
     let lengths = ids.iter().map(|t| t.len()).collect();
-    Ok(Collected {
-        acts: Activations::from_vec(texts.len(), l_n, h_n, dh, data)?,
-        truncated,
-        lengths,
-    })
+    Ok(Collected { truncated, lengths })
 }

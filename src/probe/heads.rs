@@ -7,7 +7,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
-use super::activations::Activations;
+use super::activations::HeadRows;
 use super::logistic::{Logistic, LogisticConfig};
 
 /// Indices of the training and validation texts.
@@ -75,23 +75,23 @@ pub fn gather(x: &[f64], d: usize, idx: &[usize]) -> Vec<f64> {
 /// Fits one probe per (layer, head) on the training split; results in (layer, head) order.
 /// Heads are fitted in parallel; each fit is sequential, so the results do not depend on the
 /// number of threads.
-pub fn probe_heads(
-    acts: &Activations,
+pub fn probe_heads<A: HeadRows + ?Sized>(
+    acts: &A,
     labels: &[u8],
     split: &Split,
     cfg: &LogisticConfig,
 ) -> Result<Vec<HeadResult>> {
     ensure!(
-        labels.len() == acts.n,
+        labels.len() == acts.n(),
         "{} labels for {} texts of activations",
         labels.len(),
-        acts.n
+        acts.n()
     );
-    let d = acts.d_head;
+    let d = acts.d_head();
     let y_train: Vec<u8> = split.train.iter().map(|&i| labels[i]).collect();
     let y_val: Vec<u8> = split.val.iter().map(|&i| labels[i]).collect();
-    let heads: Vec<(usize, usize)> = (0..acts.layers)
-        .flat_map(|l| (0..acts.heads).map(move |h| (l, h)))
+    let heads: Vec<(usize, usize)> = (0..acts.layers())
+        .flat_map(|l| (0..acts.heads()).map(move |h| (l, h)))
         .collect();
     heads
         .par_iter()

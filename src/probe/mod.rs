@@ -2,15 +2,17 @@
 //!
 //! ```text
 //! labelled texts ─► last-token hook_z per (layer, head)        activations::collect
+//!                   streamed to a capture file, then mapped     capture::{CaptureWriter, Capture}
 //!                ─► stratified 80/20 split (seeded)             heads::stratified_split
 //!                ─► one L2 logistic probe per head              heads::probe_heads
 //!                ─► validation accuracy grid + heatmap          probe_accuracy.{json,png}
 //!                ─► top-K heads: direction, sigma, model id     intervention.json
 //! ```
 //! [`run_probe`] runs it all on a checkpoint; [`analyse`] does the part after the activations
-//! (so it can run on activations from anywhere, e.g. a saved file).
+//! (so it can run on activations from anywhere, e.g. a saved capture).
 
 pub mod activations;
+pub mod capture;
 pub mod heads;
 pub mod intervention;
 pub mod labels;
@@ -21,7 +23,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{ensure, Context, Result};
 
-pub use activations::{collect, Activations, CollectOptions, Collected};
+pub use activations::{collect, Activations, CollectOptions, Collected, HeadRows};
+pub use capture::{Capture, CaptureHeader, CaptureShape, CaptureWriter};
 pub use heads::{probe_heads, rank, stratified_split, HeadResult, Split};
 pub use intervention::{
     mass_mean_direction, projection_std, weights_hash, DirectionKind, HeadDirection, Intervention,
@@ -94,13 +97,17 @@ impl Analysis {
 
 /// Probes every head of `acts` against `labels`, ranks the heads and makes the directions of
 /// the top K (see [`intervention`] for how directions and sigmas are defined).
-pub fn analyse(acts: &Activations, labels: &[u8], cfg: &ProbeConfig) -> Result<Analysis> {
+pub fn analyse<A: HeadRows + ?Sized>(
+    acts: &A,
+    labels: &[u8],
+    cfg: &ProbeConfig,
+) -> Result<Analysis> {
     ensure!(cfg.top_k > 0, "top-k must be at least 1");
     let split = stratified_split(labels, cfg.val_frac, cfg.seed)?;
     let results = probe_heads(acts, labels, &split, &cfg.logistic)?;
     let ranking = rank(&results);
     let k = cfg.top_k.min(results.len());
-    let d = acts.d_head;
+    let d = acts.d_head();
     let heads = ranking[..k]
         .iter()
         .map(|&i| {
@@ -144,7 +151,8 @@ pub struct ProbeJob<'a> {
     pub collect: CollectOptions,
     /// Output directory (created if needed).
     pub out: &'a Path,
-    /// Also write the activations here (safetensors).
+    /// Keep the activation capture here (see [`capture`] for the format); without it the
+    /// capture streams to a scratch file in `out`, deleted when the run ends.
     pub save_activations: Option<&'a Path>,
 }
 
@@ -164,6 +172,19 @@ pub struct ProbeRun {
     pub truncated: usize,
 }
 
+/// Name of the capture `run_probe` streams to in its output directory when the job does not
+/// keep one.
+pub const SCRATCH_CAPTURE: &str = "hook_z.scratch.capture";
+
+/// Deletes a file when dropped (after everything declared later, e.g. its memory map).
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// Runs the whole probe on the CPU: activations, probes, heatmap, intervention (module docs).
 pub fn run_probe(job: &ProbeJob) -> Result<ProbeRun> {
     let ck = job.checkpoint;
@@ -181,6 +202,21 @@ pub fn run_probe(job: &ProbeJob) -> Result<ProbeRun> {
     model.backend().upload(&ck.params, &mut params)?;
     let texts: Vec<String> = job.texts.iter().map(|t| t.text.clone()).collect();
     let labels: Vec<u8> = job.texts.iter().map(|t| t.label).collect();
+    // Activations stream to disk in chunks, then are read back through a memory map.
+    let scratch;
+    let capture_path = match job.save_activations {
+        Some(p) => p,
+        None => {
+            scratch = RemoveOnDrop(job.out.join(SCRATCH_CAPTURE));
+            scratch.0.as_path()
+        }
+    };
+    let shape = capture::CaptureShape::hook_z_last(cfg);
+    let chunk_rows = job
+        .collect
+        .chunk_rows
+        .unwrap_or_else(|| capture::chunk_rows_for(capture::DEFAULT_CHUNK_BYTES, shape.row_len()));
+    let mut writer = CaptureWriter::create(capture_path, shape, chunk_rows)?;
     let got = collect(
         &mut model,
         &params,
@@ -188,17 +224,21 @@ pub fn run_probe(job: &ProbeJob) -> Result<ProbeRun> {
         &texts,
         job.data_name,
         &job.collect,
+        &mut writer,
     )?;
     let hash = weights_hash(&ck.params);
-    if let Some(p) = job.save_activations {
-        let meta = BTreeMap::from([
-            ("checkpoint".to_string(), ck.dir.display().to_string()),
-            ("weights_hash".to_string(), hash.clone()),
-            ("data".to_string(), job.data_name.to_string()),
-        ]);
-        got.acts.save(p, &labels, &meta)?;
-    }
-    let an = analyse(&got.acts, &labels, &job.config)?;
+    let meta = BTreeMap::from([
+        ("checkpoint".to_string(), ck.dir.display().to_string()),
+        ("weights_hash".to_string(), hash.clone()),
+        ("data".to_string(), job.data_name.to_string()),
+        (
+            "truncated_to_context".to_string(),
+            got.truncated.to_string(),
+        ),
+    ]);
+    writer.finish(Some(&labels), &meta)?;
+    let acts = Capture::open(capture_path)?;
+    let an = analyse(&acts, &labels, &job.config)?;
     let (l_n, h_n) = (cfg.n_layers, cfg.n_heads);
 
     // probe_accuracy.json

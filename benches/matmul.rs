@@ -1,0 +1,247 @@
+//! Matmul benchmarks (criterion). On a GPU: the tensor-core kernels of `cuda/matmul.cu` on the
+//! five linear layers of OLMo-1B at its training shape (N = 8 x 2048 = 16384 token rows):
+//!
+//! | layer   | k (in) | n (out) |
+//! |---------|--------|---------|
+//! | qkv     | 2048   | 6144    |
+//! | o       | 2048   | 2048    |
+//! | gate_up | 2048   | 16384   |
+//! | down    | 8192   | 2048    |
+//! | logits  | 2048   | 50304   |
+//!
+//! each as forward (`y = x·Wᵀ`), input gradient (`dx = dy·W`) and weight gradient
+//! (`dW += dyᵀ·x`, accumulate on, as in training). Every product counts 2·N·n·k flops. A summary
+//! table (after a line starting with "summary") gives the best-of-5 time per call and TFLOP/s
+//! against the 798 TFLOP/s measured for cuBLAS bf16 (PyTorch, 8192³) and the 989 TFLOP/s
+//! datasheet peak of the H100, and for forward rows PyTorch 2.11's own rate on that layer
+//! (DESIGN's per-op table, measured on the H100 with bf16 operands; our operands are fp32 in
+//! memory, rounded to bf16 on the way into shared memory).
+//!
+//! Without a GPU one line says the GPU benches are skipped and the CPU reference GEMM
+//! (`backend::cpu::matmul::forward`, f32) is benchmarked at 256³ instead, so `cargo bench` works
+//! anywhere (`BADDATA_GPU_REQUIRED=1` makes a missing GPU an error instead).
+//! Settings: warm-up 0.5 s, measurement 1 s, 10 samples (override on the command line, e.g.
+//! `--measurement-time 5`).
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Result};
+use baddata::backend::cpu::matmul as cpu_mm;
+use baddata::backend::cuda::matmul::MatmulKernels;
+use baddata::backend::cuda::CudaBackend;
+use criterion::{Criterion, Throughput};
+use cudarc::driver::CudaSlice;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// bf16 GEMM rate measured on the H100 (cuBLAS via PyTorch, 8192³), flop/s.
+const H100_MEASURED: f64 = 798e12;
+/// H100 SXM datasheet dense bf16 peak, flop/s.
+const H100_DATASHEET: f64 = 989e12;
+/// Token rows at OLMo-1B's training shape (8 x 2048).
+const ROWS: usize = 16384;
+
+/// (layer, k, n, PyTorch 2.11 forward TFLOP/s on the H100 from DESIGN's per-op table).
+const LAYERS: [(&str, usize, usize, f64); 5] = [
+    ("qkv", 2048, 6144, 781.0),
+    ("o", 2048, 2048, 712.0),
+    ("gate_up", 2048, 16384, 669.0),
+    ("down", 8192, 2048, 713.0),
+    ("logits", 2048, 50304, 664.0),
+];
+
+fn main() {
+    let mut c = Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(1))
+        .sample_size(10)
+        .configure_from_args();
+    match CudaBackend::open(0) {
+        Ok(be) => {
+            if let Err(e) = gpu_benches(&mut c, &be) {
+                eprintln!("GPU matmul benches failed: {e:#}");
+                std::process::exit(1);
+            }
+        }
+        Err(e) if std::env::var("BADDATA_GPU_REQUIRED").is_ok_and(|v| v == "1") => {
+            eprintln!("BADDATA_GPU_REQUIRED=1 but no usable GPU: {e:#}");
+            std::process::exit(1);
+        }
+        Err(e) => {
+            println!(
+                "GPU benches skipped ({e:#}); benchmarking the CPU reference matmul at 256x256x256 \
+                 instead"
+            );
+            cpu_benches(&mut c);
+        }
+    }
+    c.final_summary();
+}
+
+fn cpu_benches(c: &mut Criterion) {
+    let (m, k, n) = (256usize, 256usize, 256usize);
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let x: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let w: Vec<f32> = (0..n * k).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let mut y = vec![0f32; m * n];
+    let mut group = c.benchmark_group("cpu");
+    group.throughput(Throughput::Elements((2 * m * n * k) as u64));
+    group.bench_function("matmul_fwd_reference_256", |b| {
+        b.iter(|| cpu_mm::forward(&mut y, black_box(&x), black_box(&w), m, k, n))
+    });
+    group.finish();
+}
+
+/// Fills a device buffer by tiling a random host block over it.
+fn fill(be: &CudaBackend, buf: &mut CudaSlice<f32>, block: &[f32]) -> Result<()> {
+    let n = buf.len();
+    let mut i = 0;
+    while i < n {
+        let k = block.len().min(n - i);
+        be.stream()
+            .memcpy_htod(&block[..k], &mut buf.slice_mut(i..i + k))
+            .map_err(|e| anyhow!("fill: {e}"))?;
+        i += k;
+    }
+    Ok(())
+}
+
+/// Best-of-5 seconds per call (5 calls each) of `f`, synchronising around each batch.
+fn best_time(be: &CudaBackend, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        be.synchronize()?;
+        let t = Instant::now();
+        for _ in 0..5 {
+            f()?;
+        }
+        be.synchronize()?;
+        best = best.min(t.elapsed().as_secs_f64() / 5.0);
+    }
+    Ok(best)
+}
+
+/// One summary row: (op, layer, k, n, flops per call, best seconds per call, PyTorch TFLOP/s).
+type Row = (
+    &'static str,
+    &'static str,
+    usize,
+    usize,
+    f64,
+    f64,
+    Option<f64>,
+);
+
+fn gpu_benches(c: &mut Criterion, be: &CudaBackend) -> Result<()> {
+    println!("GPU matmul benches on {}", be.describe());
+    let mm = MatmulKernels::new(be)?;
+    let s = be.stream().clone();
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let blk: Vec<f32> = (0..1 << 22)
+        .map(|_| rng.random_range(-1.0f32..1.0))
+        .collect();
+    let filled = |len: usize| -> Result<CudaSlice<f32>> {
+        let mut buf = s
+            .alloc_zeros::<f32>(len)
+            .map_err(|e| anyhow!("allocating {len} floats: {e}"))?;
+        fill(be, &mut buf, &blk)?;
+        Ok(buf)
+    };
+    let m = ROWS;
+    let mut rows: Vec<Row> = Vec::new();
+    let mut group = c.benchmark_group("gpu_matmul");
+    group.sample_size(10);
+    for &(layer, k, n, torch) in &LAYERS {
+        // Per layer: x [m, k], W [n, k], y = dy [m, n], dx [m, k], dW [n, k].
+        let x = filled(m * k)?;
+        let w = filled(n * k)?;
+        let mut y = filled(m * n)?;
+        let mut dx = filled(m * k)?;
+        let mut dw = filled(n * k)?;
+        be.synchronize()?;
+        let flops = 2.0 * m as f64 * n as f64 * k as f64;
+        group.throughput(Throughput::Elements(flops as u64));
+        macro_rules! bench {
+            ($op:expr, $torch:expr, $body:expr) => {{
+                let mut f = $body;
+                group.bench_function(format!("{}_{layer}", $op), |bch| {
+                    bch.iter_custom(|iters| {
+                        be.synchronize().expect("sync");
+                        let t = Instant::now();
+                        for _ in 0..iters {
+                            f().expect("launch");
+                        }
+                        be.synchronize().expect("sync");
+                        t.elapsed()
+                    })
+                });
+                rows.push(($op, layer, k, n, flops, best_time(be, &mut f)?, $torch));
+            }};
+        }
+        bench!("fwd", Some(torch), || -> Result<()> {
+            mm.forward(&mut y.as_view_mut(), &x.as_view(), &w.as_view(), m, k, n)
+        });
+        // y now holds a forward output: use it as dy.
+        bench!("bwd_x", None, || -> Result<()> {
+            mm.backward_x(&mut dx.as_view_mut(), &y.as_view(), &w.as_view(), m, k, n)
+        });
+        bench!("bwd_w", None, || -> Result<()> {
+            mm.backward_w(
+                &mut dw.as_view_mut(),
+                &y.as_view(),
+                &x.as_view(),
+                m,
+                k,
+                n,
+                true,
+            )
+        });
+    }
+    group.finish();
+
+    println!();
+    println!(
+        "summary (N = {m} token rows, best of 5 x 5 calls; fp32 in memory, bf16 tensor cores):"
+    );
+    println!(
+        "{:<7} {:<8} {:>6} {:>6} {:>9} {:>9} {:>9} {:>9} {:>13}",
+        "op", "layer", "k", "n", "ms", "TFLOP/s", "vs 798", "vs 989", "PyTorch fwd"
+    );
+    let (mut total_flops, mut total_s) = (0.0, 0.0);
+    for (op, layer, k, n, flops, t, torch) in &rows {
+        let rate = flops / t;
+        total_flops += flops;
+        total_s += t;
+        let torch_col = match torch {
+            Some(tf) => format!("{tf:.0} ({:.0}%)", 100.0 * rate / (tf * 1e12)),
+            None => "-".to_string(),
+        };
+        println!(
+            "{:<7} {:<8} {:>6} {:>6} {:>9.3} {:>9.1} {:>8.1}% {:>8.1}% {:>13}",
+            op,
+            layer,
+            k,
+            n,
+            t * 1e3,
+            rate / 1e12,
+            100.0 * rate / H100_MEASURED,
+            100.0 * rate / H100_DATASHEET,
+            torch_col
+        );
+    }
+    let rate = total_flops / total_s;
+    println!(
+        "{:<7} {:<8} {:>6} {:>6} {:>9.3} {:>9.1} {:>8.1}% {:>8.1}% {:>13}",
+        "all",
+        "15 ops",
+        "",
+        "",
+        total_s * 1e3,
+        rate / 1e12,
+        100.0 * rate / H100_MEASURED,
+        100.0 * rate / H100_DATASHEET,
+        ""
+    );
+    Ok(())
+}

@@ -1,0 +1,173 @@
+// The tensor-core matmul kernels of cuda/matmul.cu (y = x·Wᵀ, dx = dy·W, dW (+)= dyᵀ·x) run on
+// the host through emu.h + mma.h, each against a plain double-precision product of the
+// bf16-rounded (RNE) inputs written here. Shapes: small ragged ones (tails in m, n and k, more
+// than one tile in each, more than 8 tile-rows so the grouped raster wraps), aligned ones
+// (float4 path) and views offset by one element (scalar path); outputs poisoned with NaN, guard
+// elements around every output must come back untouched; bwd_w with accumulate adds to a random
+// prior dW; k = 0 gives zeros (or the prior unchanged).
+// Relative error ‖out − ref‖/‖ref‖ limit 1e-5: the emulated products are exact in fp32 (bf16 x
+// bf16) and only the fp32 summation order differs from the double reference. To show the limit
+// bites, each fwd case also reports the error against the unrounded fp32 inputs, which must be
+// far above it (the kernel must round to bf16).
+// Build and run: cuda/emu/run.sh (needs g++ with C++20).
+#include "emu.h"
+#include <cstdio>
+#include <random>
+#include <algorithm>
+#include "../matmul.cu"
+
+static std::mt19937 rng(7);
+static int fails = 0;
+static const float GUARD = 12345.678f;
+static const int NG = 4;  // guard elements on each side of an output (16 bytes: off 0 stays aligned)
+
+static std::vector<float> uni(size_t n, float lo, float hi) {
+    std::uniform_real_distribution<float> d(lo, hi);
+    std::vector<float> v(n);
+    for (auto& x : v) x = d(rng);
+    return v;
+}
+static double bf(float x) { return (double)__bfloat162float(__float2bfloat16_rn(x)); }
+static double rel(const float* a, const std::vector<double>& b) {
+    double d = 0, r = 0;
+    for (size_t i = 0; i < b.size(); ++i) {
+        if (!std::isfinite(a[i])) return 1e9;
+        d += (a[i] - b[i]) * (a[i] - b[i]);
+        r += b[i] * b[i];
+    }
+    if (r == 0) return std::sqrt(d);  // zero reference (k = 0): absolute error
+    return std::sqrt(d / r);
+}
+static void report(const char* what, double e, double tol, bool above = false) {
+    const bool ok = above ? e > tol : e < tol;
+    printf("%-58s %.3e %s\n", what, e, ok ? "ok" : "FAIL");
+    if (!ok) fails++;
+}
+
+// A device-like buffer: `off` leading pad elements (the view starts there), `len` payload, and
+// for outputs NG guard elements on both sides.
+struct Buf {
+    std::vector<float> v;
+    size_t off;
+    float* p() { return v.data() + off; }
+};
+static Buf input(size_t len, size_t off) {
+    Buf b{uni(len + off + 4, -1, 1), off};
+    return b;
+}
+static Buf output(size_t len, size_t off, const std::vector<float>* prior) {
+    Buf b{std::vector<float>(len + off + 2 * NG, GUARD), off + NG};
+    for (size_t i = 0; i < len; ++i) b.p()[i] = prior ? (*prior)[i] : NAN;
+    return b;
+}
+static double guards_touched(Buf& b, size_t len) {
+    double bad = 0;
+    for (size_t i = 0; i < b.off; ++i) bad += memcmp(&b.v[i], &GUARD, 4) != 0;
+    for (size_t i = b.off + len; i < b.v.size(); ++i) bad += memcmp(&b.v[i], &GUARD, 4) != 0;
+    return bad;
+}
+static unsigned blocks(unsigned M, unsigned N) { return ((M + 127) / 128) * ((N + 127) / 128); }
+
+static void check_shape(unsigned m, unsigned k, unsigned n, size_t off_in, size_t off_out) {
+    char name[160];
+    Buf x = input((size_t)m * k, off_in), w = input((size_t)n * k, off_in);
+    Buf dy = input((size_t)m * n, off_in);
+    const float* X = x.p();
+    const float* W = w.p();
+    const float* DY = dy.p();
+
+    // forward: y[m, n] = x · Wᵀ
+    {
+        Buf y = output((size_t)m * n, off_out, nullptr);
+        launch({blocks(m, n)}, {256}, [&] { matmul_fwd(y.p(), X, W, m, k, n); });
+        std::vector<double> ref((size_t)m * n), raw((size_t)m * n);
+        for (unsigned i = 0; i < m; ++i)
+            for (unsigned j = 0; j < n; ++j) {
+                double s = 0, t = 0;
+                for (unsigned r = 0; r < k; ++r) {
+                    s += bf(X[(size_t)i * k + r]) * bf(W[(size_t)j * k + r]);
+                    t += (double)X[(size_t)i * k + r] * W[(size_t)j * k + r];
+                }
+                ref[(size_t)i * n + j] = s;
+                raw[(size_t)i * n + j] = t;
+            }
+        snprintf(name, 160, "fwd   m=%u k=%u n=%u off=%zu/%zu", m, k, n, off_in, off_out);
+        report(name, rel(y.p(), ref), 1e-5);
+        if (k >= 8) {
+            snprintf(name, 160, "fwd   m=%u k=%u n=%u vs unrounded (must exceed 1e-4)", m, k, n);
+            report(name, rel(y.p(), raw), 1e-4, true);
+        }
+        snprintf(name, 160, "fwd   m=%u k=%u n=%u guards touched", m, k, n);
+        report(name, guards_touched(y, (size_t)m * n), 0.5);
+    }
+    // backward x: dx[m, k] = dy · W
+    {
+        Buf dx = output((size_t)m * k, off_out, nullptr);
+        launch({blocks(m, k)}, {256}, [&] { matmul_bwd_x(dx.p(), DY, W, m, k, n); });
+        std::vector<double> ref((size_t)m * k);
+        for (unsigned i = 0; i < m; ++i)
+            for (unsigned c = 0; c < k; ++c) {
+                double s = 0;
+                for (unsigned j = 0; j < n; ++j) s += bf(DY[(size_t)i * n + j]) * bf(W[(size_t)j * k + c]);
+                ref[(size_t)i * k + c] = s;
+            }
+        snprintf(name, 160, "bwd_x m=%u k=%u n=%u off=%zu/%zu", m, k, n, off_in, off_out);
+        report(name, rel(dx.p(), ref), 1e-5);
+        snprintf(name, 160, "bwd_x m=%u k=%u n=%u guards touched", m, k, n);
+        report(name, guards_touched(dx, (size_t)m * k), 0.5);
+    }
+    // backward W: dW[n, k] (+)= dyᵀ · x
+    for (int acc : {0, 1}) {
+        std::vector<float> prior = uni((size_t)n * k, -2, 2);
+        Buf dw = output((size_t)n * k, off_out, acc ? &prior : nullptr);
+        launch({blocks(n, k)}, {256}, [&] { matmul_bwd_w(dw.p(), DY, X, m, k, n, acc); });
+        std::vector<double> ref((size_t)n * k);
+        for (unsigned j = 0; j < n; ++j)
+            for (unsigned c = 0; c < k; ++c) {
+                double s = 0;
+                for (unsigned i = 0; i < m; ++i) s += bf(DY[(size_t)i * n + j]) * bf(X[(size_t)i * k + c]);
+                ref[(size_t)j * k + c] = s + (acc ? prior[(size_t)j * k + c] : 0.0);
+            }
+        snprintf(name, 160, "bwd_w m=%u k=%u n=%u off=%zu/%zu acc=%d", m, k, n, off_in, off_out, acc);
+        report(name, rel(dw.p(), ref), 1e-5);
+        snprintf(name, 160, "bwd_w m=%u k=%u n=%u acc=%d guards touched", m, k, n, acc);
+        report(name, guards_touched(dw, (size_t)n * k), 0.5);
+    }
+}
+
+// k = 0: y and dW (overwrite) are zeros, dW with accumulate keeps its prior values exactly; m = 0
+// for bwd_w is the same empty reduction.
+static void check_empty_reduction() {
+    char name[160];
+    const unsigned m = 9, n = 6;
+    Buf y = output((size_t)m * n, 0, nullptr);
+    launch({blocks(m, n)}, {256}, [&] { matmul_fwd(y.p(), nullptr, nullptr, m, 0, n); });
+    double bad = 0;
+    for (size_t i = 0; i < (size_t)m * n; ++i) bad += y.p()[i] != 0.0f;
+    snprintf(name, 160, "fwd k=0 writes zeros (non-zeros)");
+    report(name, bad + guards_touched(y, (size_t)m * n), 0.5);
+    const unsigned k = 5;
+    std::vector<float> prior = uni((size_t)n * k, -2, 2);
+    Buf dw = output((size_t)n * k, 1, &prior);
+    launch({blocks(n, k)}, {256}, [&] { matmul_bwd_w(dw.p(), nullptr, nullptr, 0, k, n, 1); });
+    bad = memcmp(dw.p(), prior.data(), prior.size() * 4) != 0;
+    snprintf(name, 160, "bwd_w m=0 acc=1 leaves dW unchanged (bit diffs)");
+    report(name, bad + guards_touched(dw, (size_t)n * k), 0.5);
+}
+
+int main() {
+    // (m, k, n)
+    const unsigned shapes[][3] = {
+        {1, 1, 1}, {7, 13, 5}, {65, 33, 129}, {130, 40, 257}, {128, 64, 256}, {33, 96, 100},
+        {1100, 8, 3}, {1100, 12, 260},
+    };
+    for (auto& s : shapes) {
+        check_shape(s[0], s[1], s[2], 0, 0);
+        check_shape(s[0], s[1], s[2], 1, 1);
+    }
+    check_shape(130, 40, 257, 0, 3);  // aligned inputs (float4 loads), unaligned output
+    check_shape(130, 40, 257, 2, 0);  // 8-byte-aligned inputs (scalar loads), aligned output
+    check_empty_reduction();
+    printf("FAILS %d\n", fails);
+    return fails != 0;
+}

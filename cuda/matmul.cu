@@ -1,0 +1,303 @@
+// The three GEMMs of a linear layer y = x · Wᵀ on the tensor cores: operands rounded to bf16
+// (round to nearest, ties to even) as they are staged into shared memory, products and sums in
+// fp32 (nvcuda::wmma bf16 16x16x16, fp32 accumulators), fp32 output.
+//
+// Layouts (fp32 row-major, caller-owned; the output aliases no input; any element offset):
+//   x, dx [m, k]    W, dW [n, k]    y, dy [m, n]
+// CPU references: src/backend/cpu/matmul.rs `forward`, `backward_x`, `backward_w`.
+//
+// All three are one product C[M, N] (+)= Σ_r A(i, r) · B(r, j), r over the reduction length K,
+// with C row-major (ldc = N) and each operand stored either "k-contiguous" (consecutive r
+// adjacent in memory) or "mn-contiguous" (consecutive i, resp. j, adjacent):
+//   matmul_fwd    y  = x · Wᵀ   M=m N=n K=k  A(i,r) = x[i·k + r]   (k-contig, ld k)
+//                                            B(r,j) = W[j·k + r]   (k-contig, ld k)
+//   matmul_bwd_x  dx = dy · W   M=m N=k K=n  A(i,r) = dy[i·n + r]  (k-contig, ld n)
+//                                            B(r,j) = W[r·k + j]   (mn-contig, ld k)
+//   matmul_bwd_w  dW (+)= dyᵀ·x M=n N=k K=m  A(i,r) = dy[r·n + i]  (mn-contig, ld n)
+//                                            B(r,j) = x[r·k + j]   (mn-contig, ld k)
+// bwd_w reduces over m, the token dimension (16384 at OLMo-1B).
+//
+// Tiling: one block of 256 threads (8 warps, 1-D) computes one 128x128 tile of C; warp w owns
+// the 64x32 sub-tile at rows (w / 4)·64, columns (w % 4)·32 as 4x2 wmma accumulators. K is
+// walked in steps of 32. Shared memory holds two stages of (A tile, B tile) in bf16, each tile
+// stored in the operand's own orientation (so global loads and shared stores are contiguous):
+//   k-contig tile  [128][32 + 8]  (row = i or j, column = r)   -> wmma row_major A / col_major B
+//   mn-contig tile [32][128 + 8]  (row = r, column = i or j)   -> wmma col_major A / row_major B
+// The 8-element (16-byte) row padding spreads the eight 16-byte rows an ldmatrix reads over all
+// 32 banks. Pipeline: while the warps multiply stage s, each thread already holds the next
+// K-tile's 16 + 16 fp32 values in registers (issued before the multiply); after it they are
+// rounded to bf16 and stored into stage s^1; one __syncthreads per K-step.
+// Global loads: each thread loads 4 groups of 4 consecutive floats per operand per K-step, one
+// float4 each when the operand's leading dimension and contiguous extent are multiples of 4 and
+// its base is 16-byte aligned, else 4 scalar loads; anything outside [0, M|N) x [0, K) is zero.
+// Blocks are rastered in groups of 8 tile-rows (all tile-columns of a group before the next),
+// so the blocks running at one time share A and B tiles in L2.
+// Resources (ptxas, sm_80 and sm_90): about 170 registers a thread (64 accumulator floats, 32
+// prefetched floats, fragments), no spills, 40 KiB static shared memory: one block (8 warps) per
+// SM. __launch_bounds__(256, 2) would cap registers at 128 and spills (40-64 bytes), so it is
+// not used.
+//
+// Determinism: each C element is summed by one warp of one block over r = 0, 32, 64, ... in a
+// fixed order (the tensor cores' order inside a 16-deep step is fixed by the hardware); no
+// atomics, no split-k. accumulate (bwd_w): C = old + Σ, the old fp32 value read once after the
+// whole sum. K = 0 writes zeros (or leaves old + 0).
+#include <mma.h>
+
+#include "common.cuh"
+
+#define MM_BM 128
+#define MM_BN 128
+#define MM_BK 32
+#define MM_THREADS 256
+#define MM_PAD 8
+#define MM_GROUP_M 8
+// Leading dimensions (bf16 elements) of the two tile orientations in shared memory.
+#define MM_LD_KC (MM_BK + MM_PAD)   // k-contig tile [128][40]
+#define MM_LD_MNC (MM_BM + MM_PAD)  // mn-contig tile [32][136]
+// Elements reserved per tile: the larger of 128·40 = 5120 and 32·136 = 4352.
+#define MM_TILE_ELEMS (MM_BM * MM_LD_KC)
+// Float4 groups per thread per operand tile: 128·32 / 4 / 256.
+#define MM_GROUPS 4
+
+static_assert(MM_BM == MM_BN, "the tile loaders assume square block tiles");
+static_assert(MM_BM * MM_LD_KC >= MM_BK * MM_LD_MNC, "tile slot too small");
+static_assert(MM_BM * MM_BK / 4 == MM_GROUPS * MM_THREADS, "4 groups of 4 per thread");
+
+// This thread's share of one operand tile, fp32, as loaded from global memory.
+struct MmTileRegs {
+    float4 v[MM_GROUPS];
+};
+
+// Loads this thread's 4 groups of the operand tile covering rows mn0..mn0+127 (i or j) and
+// r = k0..k0+31. KC: element (mn, r) is at src[mn·ld + r] (group = 4 consecutive r; thread
+// group g = tid + 256·it is row g / 8, r-offset (g % 8)·4); otherwise at src[r·ld + mn]
+// (group = 4 consecutive mn; g is r-row g / 32, mn-offset (g % 32)·4). Out-of-range elements
+// are 0. vec: float4 loads (ld and the contiguous extent multiples of 4, src 16-byte aligned,
+// so a group is entirely in or out of range).
+template <bool KC>
+__device__ __forceinline__ void mm_load_tile(MmTileRegs& t, const float* __restrict__ src,
+                                             unsigned ld, unsigned mn_ext, unsigned k_ext,
+                                             unsigned mn0, unsigned k0, bool vec) {
+#pragma unroll
+    for (int it = 0; it < MM_GROUPS; ++it) {
+        const unsigned g = threadIdx.x + it * MM_THREADS;
+        unsigned outer, outer_ext, inner, inner_ext;
+        if (KC) {
+            outer = mn0 + (g >> 3);
+            outer_ext = mn_ext;
+            inner = k0 + (g & 7) * 4;
+            inner_ext = k_ext;
+        } else {
+            outer = k0 + (g >> 5);
+            outer_ext = k_ext;
+            inner = mn0 + (g & 31) * 4;
+            inner_ext = mn_ext;
+        }
+        float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (outer < outer_ext) {
+            const float* p = src + (size_t)outer * ld;
+            if (vec) {
+                if (inner < inner_ext) v = *reinterpret_cast<const float4*>(p + inner);
+            } else {
+                if (inner + 0 < inner_ext) v.x = p[inner + 0];
+                if (inner + 1 < inner_ext) v.y = p[inner + 1];
+                if (inner + 2 < inner_ext) v.z = p[inner + 2];
+                if (inner + 3 < inner_ext) v.w = p[inner + 3];
+            }
+        }
+        t.v[it] = v;
+    }
+}
+
+// Rounds this thread's groups to bf16 (RNE) and stores them into the shared tile `s` at the
+// positions mm_load_tile read them from (8 bytes per group).
+template <bool KC>
+__device__ __forceinline__ void mm_store_tile(const MmTileRegs& t, __nv_bfloat16* s) {
+#pragma unroll
+    for (int it = 0; it < MM_GROUPS; ++it) {
+        const unsigned g = threadIdx.x + it * MM_THREADS;
+        const unsigned off = KC ? (g >> 3) * MM_LD_KC + (g & 7) * 4 : (g >> 5) * MM_LD_MNC + (g & 31) * 4;
+        const float4 v = t.v[it];
+        *reinterpret_cast<uint2*>(s + off) = pack_bf16x4(v.x, v.y, v.z, v.w);
+    }
+}
+
+// Type selection (std::conditional without the host header).
+template <bool C, class T, class E>
+struct MmPick {
+    using type = T;
+};
+template <class T, class E>
+struct MmPick<false, T, E> {
+    using type = E;
+};
+
+// wmma fragment types: A k-contig tiles are row_major (element (i, r) at p[i·ld + r]), mn-contig
+// col_major; B k-contig tiles are col_major (element (r, j) at p[j·ld + r]), mn-contig row_major.
+template <bool A_KC, bool B_KC>
+struct MmFrags {
+    using LayoutA =
+        typename MmPick<A_KC, nvcuda::wmma::row_major, nvcuda::wmma::col_major>::type;
+    using LayoutB =
+        typename MmPick<B_KC, nvcuda::wmma::col_major, nvcuda::wmma::row_major>::type;
+    using A = nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 16, __nv_bfloat16, LayoutA>;
+    using B = nvcuda::wmma::fragment<nvcuda::wmma::matrix_b, 16, 16, 16, __nv_bfloat16, LayoutB>;
+    using C = nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float>;
+};
+
+// acc[i][j] += A(warp rows wm·64 + 16i.., r) · B(r, warp cols wn·32 + 16j..) over the 32 r of
+// the staged tiles `as`, `bs`, in two 16-deep steps (r = 0..15, then 16..31).
+template <bool A_KC, bool B_KC>
+__device__ __forceinline__ void mm_multiply(typename MmFrags<A_KC, B_KC>::C (&acc)[4][2],
+                                            const __nv_bfloat16* as, const __nv_bfloat16* bs,
+                                            unsigned wm, unsigned wn) {
+    using F = MmFrags<A_KC, B_KC>;
+#pragma unroll
+    for (int ks = 0; ks < MM_BK; ks += 16) {
+        typename F::B b[2];
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+            const unsigned col = wn * 32 + j * 16;
+            if (B_KC)
+                nvcuda::wmma::load_matrix_sync(b[j], bs + col * MM_LD_KC + ks, MM_LD_KC);
+            else
+                nvcuda::wmma::load_matrix_sync(b[j], bs + ks * MM_LD_MNC + col, MM_LD_MNC);
+        }
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const unsigned row = wm * 64 + i * 16;
+            typename F::A a;
+            if (A_KC)
+                nvcuda::wmma::load_matrix_sync(a, as + row * MM_LD_KC + ks, MM_LD_KC);
+            else
+                nvcuda::wmma::load_matrix_sync(a, as + ks * MM_LD_MNC + row, MM_LD_MNC);
+#pragma unroll
+            for (int j = 0; j < 2; ++j) nvcuda::wmma::mma_sync(acc[i][j], a, b[j], acc[i][j]);
+        }
+    }
+}
+
+// The block's 128x128 tile of C[M, N] (+)= A · B (see the file comment for A_KC / B_KC, lda,
+// ldb). ldc = N. M, N >= 1; K may be 0.
+template <bool A_KC, bool B_KC>
+__device__ __forceinline__ void mm_gemm(float* __restrict__ C, const float* __restrict__ A,
+                                        const float* __restrict__ B, unsigned M, unsigned N,
+                                        unsigned K, unsigned lda, unsigned ldb, int accumulate) {
+    using F = MmFrags<A_KC, B_KC>;
+    // Two stages of (A tile, B tile); after the K loop, reused as 8 warps x 16x16 fp32 scratch.
+    __shared__ __align__(128) unsigned char smem_raw[2 * 2 * MM_TILE_ELEMS * sizeof(__nv_bfloat16)];
+    __nv_bfloat16* smem = reinterpret_cast<__nv_bfloat16*>(smem_raw);
+
+    // Grouped raster: MM_GROUP_M tile-rows at a time, all their tile-columns before the next.
+    const unsigned tiles_m = (M + MM_BM - 1) / MM_BM;
+    const unsigned tiles_n = (N + MM_BN - 1) / MM_BN;
+    const unsigned per_group = MM_GROUP_M * tiles_n;
+    const unsigned pid = blockIdx.x;
+    const unsigned first_m = (pid / per_group) * MM_GROUP_M;
+    const unsigned group_rows = min(tiles_m - first_m, (unsigned)MM_GROUP_M);
+    const unsigned in_group = pid % per_group;
+    const unsigned m0 = (first_m + in_group % group_rows) * MM_BM;
+    const unsigned n0 = (in_group / group_rows) * MM_BN;
+
+    const unsigned warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const unsigned wm = warp >> 2, wn = warp & 3;
+
+    const bool vec_a = lda % 4 == 0 && (A_KC ? K : M) % 4 == 0 && is_aligned(A, 16);
+    const bool vec_b = ldb % 4 == 0 && (B_KC ? K : N) % 4 == 0 && is_aligned(B, 16);
+
+    typename F::C acc[4][2];
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 2; ++j) nvcuda::wmma::fill_fragment(acc[i][j], 0.0f);
+
+    const unsigned ktiles = (K + MM_BK - 1) / MM_BK;
+    MmTileRegs ra, rb;
+    if (ktiles > 0) {
+        mm_load_tile<A_KC>(ra, A, lda, M, K, m0, 0, vec_a);
+        mm_load_tile<B_KC>(rb, B, ldb, N, K, n0, 0, vec_b);
+        mm_store_tile<A_KC>(ra, smem);
+        mm_store_tile<B_KC>(rb, smem + MM_TILE_ELEMS);
+        __syncthreads();
+    }
+    for (unsigned t = 0; t < ktiles; ++t) {
+        const unsigned s = t & 1;
+        const bool more = t + 1 < ktiles;
+        // Issue the next K-tile's global loads before multiplying this one.
+        if (more) {
+            mm_load_tile<A_KC>(ra, A, lda, M, K, m0, (t + 1) * MM_BK, vec_a);
+            mm_load_tile<B_KC>(rb, B, ldb, N, K, n0, (t + 1) * MM_BK, vec_b);
+        }
+        const __nv_bfloat16* cur = smem + s * 2 * MM_TILE_ELEMS;
+        mm_multiply<A_KC, B_KC>(acc, cur, cur + MM_TILE_ELEMS, wm, wn);
+        if (more) {
+            // Stage s^1 was last read in step t-1, before the barrier that ended it.
+            __nv_bfloat16* nxt = smem + (s ^ 1) * 2 * MM_TILE_ELEMS;
+            mm_store_tile<A_KC>(ra, nxt);
+            mm_store_tile<B_KC>(rb, nxt + MM_TILE_ELEMS);
+        }
+        __syncthreads();
+    }
+
+    // Epilogue: each accumulator goes through this warp's 16x16 fp32 scratch (fragment layouts
+    // are opaque); lane l writes row l / 2, columns (l % 2)·8 .. +8 of it, bounds-checked.
+    float* scratch = reinterpret_cast<float*>(smem_raw) + warp * 256;
+    const bool vec_c = N % 4 == 0 && is_aligned(C, 16);
+    const unsigned r = lane >> 1, c0 = (lane & 1) * 8;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+            nvcuda::wmma::store_matrix_sync(scratch, acc[i][j], 16, nvcuda::wmma::mem_row_major);
+            __syncwarp();
+            const unsigned row = m0 + wm * 64 + i * 16 + r;
+            const unsigned col = n0 + wn * 32 + j * 16 + c0;
+            const float* sv = scratch + r * 16 + c0;
+            if (row < M) {
+                float* out = C + (size_t)row * N + col;
+                if (vec_c && col + 8 <= N) {
+#pragma unroll
+                    for (int h = 0; h < 2; ++h) {
+                        float4 v = make_float4(sv[4 * h], sv[4 * h + 1], sv[4 * h + 2], sv[4 * h + 3]);
+                        if (accumulate) {
+                            const float4 o = reinterpret_cast<const float4*>(out)[h];
+                            v.x = o.x + v.x;
+                            v.y = o.y + v.y;
+                            v.z = o.z + v.z;
+                            v.w = o.w + v.w;
+                        }
+                        reinterpret_cast<float4*>(out)[h] = v;
+                    }
+                } else {
+#pragma unroll
+                    for (int e = 0; e < 8; ++e) {
+                        if (col + e < N) out[e] = accumulate ? out[e] + sv[e] : sv[e];
+                    }
+                }
+            }
+            __syncwarp();  // the next store_matrix_sync overwrites the scratch
+        }
+    }
+}
+
+// y[m, n] = x[m, k] · W[n, k]ᵀ (overwrite). Grid: ceil(m/128)·ceil(n/128) blocks of 256.
+extern "C" __global__ void __launch_bounds__(MM_THREADS)
+matmul_fwd(float* __restrict__ y, const float* __restrict__ x, const float* __restrict__ w,
+           unsigned int m, unsigned int k, unsigned int n) {
+    mm_gemm<true, true>(y, x, w, m, n, k, k, k, 0);
+}
+
+// dx[m, k] = dy[m, n] · W[n, k] (overwrite). Grid: ceil(m/128)·ceil(k/128) blocks of 256.
+extern "C" __global__ void __launch_bounds__(MM_THREADS)
+matmul_bwd_x(float* __restrict__ dx, const float* __restrict__ dy, const float* __restrict__ w,
+             unsigned int m, unsigned int k, unsigned int n) {
+    mm_gemm<true, false>(dx, dy, w, m, k, n, n, k, 0);
+}
+
+// dW[n, k] (+)= dy[m, n]ᵀ · x[m, k]; accumulate != 0: dW = old + Σ. Grid: ceil(n/128)·ceil(k/128)
+// blocks of 256.
+extern "C" __global__ void __launch_bounds__(MM_THREADS)
+matmul_bwd_w(float* __restrict__ dw, const float* __restrict__ dy, const float* __restrict__ x,
+             unsigned int m, unsigned int k, unsigned int n, int accumulate) {
+    mm_gemm<false, false>(dw, dy, x, n, k, m, n, k, accumulate);
+}
