@@ -227,14 +227,15 @@ __device__ __forceinline__ void attention_fwd_impl(float* __restrict__ z, float*
         const int rr = warp * 16 + idx / (DH / 4), c = (idx % (DH / 4)) * 4;
         if (q0 + rr >= T) continue;
         const float f = rowf[rr];
-        float4 o = make_float4(Os[rr * LDO + c] * f, Os[rr * LDO + c + 1] * f, Os[rr * LDO + c + 2] * f,
-                               Os[rr * LDO + c + 3] * f);
+        // Explicit roundings (no fused multiply-add): the shifted z is exactly fl(z + shift).
+        float4 o = make_float4(__fmul_rn(Os[rr * LDO + c], f), __fmul_rn(Os[rr * LDO + c + 1], f),
+                               __fmul_rn(Os[rr * LDO + c + 2], f), __fmul_rn(Os[rr * LDO + c + 3], f));
         if (shift != nullptr) {
             const float* s = shift + h * DH + c;
-            o.x += s[0];
-            o.y += s[1];
-            o.z += s[2];
-            o.w += s[3];
+            o.x = __fadd_rn(o.x, s[0]);
+            o.y = __fadd_rn(o.y, s[1]);
+            o.z = __fadd_rn(o.z, s[2]);
+            o.w = __fadd_rn(o.w, s[3]);
         }
         float* dst = zb + (size_t)(q0 + rr) * D + c;
         if (zvec) {
