@@ -155,6 +155,11 @@ __device__ __forceinline__ void attention_fwd_impl(float* __restrict__ z, float*
     att_stage<DH>(Qs, base + (size_t)q0 * rs, rs, min(ATT_BQ, T - q0), vec);
     for (int idx = threadIdx.x; idx < 64 * LDO; idx += ATT_THREADS) Os[idx] = 0.f;
     float m_run = -INFINITY, l_run = 0.f;
+    __syncthreads();
+    // The warp's 16 query rows stay in registers as NT matrix_a fragments for the whole loop.
+    FragA qf[NT];
+#pragma unroll
+    for (int k = 0; k < NT; ++k) wm::load_matrix_sync(qf[k], Qs + warp * 16 * LDH + k * 16, LDH);
 
     for (int kt = 0; kt <= qt; ++kt) {
         const int k0 = kt * ATT_BK;
@@ -165,17 +170,15 @@ __device__ __forceinline__ void attention_fwd_impl(float* __restrict__ z, float*
         __syncthreads();
         // S_w = Q_w · Kᵀ over the key strips this warp needs (on the diagonal: strips 0..warp).
         const int nstrips = diag ? warp + 1 : ATT_BK / 16;
-        #pragma unroll
+#pragma unroll
         for (int n = 0; n < nstrips; ++n) {
             FragC acc;
             wm::fill_fragment(acc, 0.f);
-            #pragma unroll
+#pragma unroll
             for (int k = 0; k < NT; ++k) {
-                FragA a;
                 FragBCol bk;  // (kk, nn) = K[n·16 + nn][k·16 + kk]
-                wm::load_matrix_sync(a, Qs + warp * 16 * LDH + k * 16, LDH);
                 wm::load_matrix_sync(bk, Ks + n * 16 * LDH + k * 16, LDH);
-                wm::mma_sync(acc, a, bk, acc);
+                wm::mma_sync(acc, qf[k], bk, acc);
             }
             wm::store_matrix_sync(Ss + warp * 16 * ATT_LDS + n * 16, acc, ATT_LDS, wm::mem_row_major);
         }
@@ -199,17 +202,21 @@ __device__ __forceinline__ void attention_fwd_impl(float* __restrict__ z, float*
         for (int c = half; c < DH; c += 2) Os[r * LDO + c] *= alpha;
         __syncwarp();
         // O_w += P_w · V (on the diagonal the key strips past the warp's own are all zero).
-        #pragma unroll
+        // P_w's strips are loaded once into registers (constant indices after unrolling).
+        FragA pf[ATT_BK / 16];
+#pragma unroll
+        for (int k = 0; k < ATT_BK / 16; ++k)
+            if (k < nstrips) wm::load_matrix_sync(pf[k], Ps + warp * 16 * ATT_LDP + k * 16, ATT_LDP);
+#pragma unroll
         for (int n = 0; n < NT; ++n) {
             FragC acc;
             wm::load_matrix_sync(acc, Os + warp * 16 * LDO + n * 16, LDO, wm::mem_row_major);
-            #pragma unroll
-            for (int k = 0; k < nstrips; ++k) {
-                FragA a;
+#pragma unroll
+            for (int k = 0; k < ATT_BK / 16; ++k) {
+                if (k >= nstrips) break;
                 FragBRow bv;
-                wm::load_matrix_sync(a, Ps + warp * 16 * ATT_LDP + k * 16, ATT_LDP);
                 wm::load_matrix_sync(bv, Vs + k * 16 * LDH + n * 16, LDH);
-                wm::mma_sync(acc, a, bv, acc);
+                wm::mma_sync(acc, pf[k], bv, acc);
             }
             wm::store_matrix_sync(Os + warp * 16 * LDO + n * 16, acc, LDO, wm::mem_row_major);
         }
@@ -302,7 +309,7 @@ __device__ __forceinline__ void att_write_rows(float* __restrict__ dst, size_t r
                                                int row0, int T, float mul, bool vec) {
     constexpr int LDO = DH + 4;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    #pragma unroll
+#pragma unroll
     for (int n = 0; n < DH / 16; ++n)
         wm::store_matrix_sync(E + warp * 16 * LDO + n * 16, acc[n], LDO, wm::mem_row_major);
     __syncwarp();
@@ -359,7 +366,7 @@ __device__ __forceinline__ void attention_bwd_dkdv_impl(float* __restrict__ dqkv
     att_stage<DH>(sm.X0, base + (size_t)k0 * rs + D, rs, min(ATT_BK, T - k0), vec);
     att_stage<DH>(sm.X1, base + (size_t)k0 * rs + 2 * D, rs, min(ATT_BK, T - k0), vec);
     FragC dk[NT], dv[NT];
-    #pragma unroll
+#pragma unroll
     for (int n = 0; n < NT; ++n) {
         wm::fill_fragment(dk[n], 0.f);
         wm::fill_fragment(dv[n], 0.f);
@@ -380,12 +387,12 @@ __device__ __forceinline__ void attention_bwd_dkdv_impl(float* __restrict__ dqkv
         // Query strips this warp needs: on the diagonal, strips warp .. 3 (earlier ones have
         // i < j for all of the warp's keys).
         const int n0 = diag ? warp : 0;
-        #pragma unroll
+#pragma unroll
         for (int n = n0; n < ATT_BQ / 16; ++n) {
             FragC s, dp;
             wm::fill_fragment(s, 0.f);
             wm::fill_fragment(dp, 0.f);
-            #pragma unroll
+#pragma unroll
             for (int k = 0; k < NT; ++k) {
                 FragA a;
                 FragBCol bq;  // (kk, nn) = Q[n·16 + nn][k·16 + kk]
@@ -412,12 +419,12 @@ __device__ __forceinline__ void attention_bwd_dkdv_impl(float* __restrict__ dqkv
         }
         __syncwarp();
         // dV_w += Pᵀ_w · dZ, dK_w += dSᵀ_w · Q over the query strips n0..3.
-        #pragma unroll
+#pragma unroll
         for (int k = n0; k < ATT_BQ / 16; ++k) {
             FragA pa, da;
             wm::load_matrix_sync(pa, sm.P0 + warp * 16 * ATT_LDP + k * 16, ATT_LDP);
             wm::load_matrix_sync(da, sm.P1 + warp * 16 * ATT_LDP + k * 16, ATT_LDP);
-            #pragma unroll
+#pragma unroll
             for (int n = 0; n < NT; ++n) {
                 FragBRow bm;
                 wm::load_matrix_sync(bm, sm.X3 + k * 16 * LDH + n * 16, LDH);
@@ -469,7 +476,7 @@ __device__ __forceinline__ void attention_bwd_dq_impl(float* __restrict__ dqkv, 
         sm.delta[t] = t < nq ? delta[((size_t)b * H + h) * T + q0 + t] : 0.f;
     }
     FragC dq[NT];
-    #pragma unroll
+#pragma unroll
     for (int n = 0; n < NT; ++n) wm::fill_fragment(dq[n], 0.f);
     for (int kt = 0; kt <= qt; ++kt) {
         const int k0 = kt * ATT_BK;
@@ -479,12 +486,12 @@ __device__ __forceinline__ void attention_bwd_dq_impl(float* __restrict__ dqkv, 
         att_stage<DH>(sm.X3, base + (size_t)k0 * rs + 2 * D, rs, min(ATT_BK, T - k0), vec);
         __syncthreads();
         const int nstrips = diag ? warp + 1 : ATT_BK / 16;
-        #pragma unroll
+#pragma unroll
         for (int n = 0; n < nstrips; ++n) {
             FragC s, dp;
             wm::fill_fragment(s, 0.f);
             wm::fill_fragment(dp, 0.f);
-            #pragma unroll
+#pragma unroll
             for (int k = 0; k < NT; ++k) {
                 FragA a;
                 FragBCol bk;  // (kk, nn) = K[n·16 + nn][k·16 + kk] (or V)
@@ -509,11 +516,11 @@ __device__ __forceinline__ void attention_bwd_dq_impl(float* __restrict__ dqkv, 
             sm.P1[r * ATT_LDP + c] = f32_to_bf16(ds);
         }
         __syncwarp();
-        #pragma unroll
+#pragma unroll
         for (int k = 0; k < nstrips; ++k) {
             FragA a;
             wm::load_matrix_sync(a, sm.P1 + warp * 16 * ATT_LDP + k * 16, ATT_LDP);
-            #pragma unroll
+#pragma unroll
             for (int n = 0; n < NT; ++n) {
                 FragBRow bk;
                 wm::load_matrix_sync(bk, sm.X2 + k * 16 * LDH + n * 16, LDH);
