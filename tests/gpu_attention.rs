@@ -90,7 +90,7 @@ fn main() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// helpers
+// utilities
 
 /// (B, T, H, dh, view offset in elements).
 const SHAPES: [(usize, usize, usize, usize, usize); 7] = [
