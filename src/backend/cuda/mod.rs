@@ -6,6 +6,7 @@
 //! caller falls back to the CPU (see [`crate::backend::device`]).
 
 pub mod adamw;
+pub mod attention;
 pub mod cross_entropy;
 pub mod embedding;
 pub mod layernorm;
