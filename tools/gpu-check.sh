@@ -22,7 +22,9 @@
 #     demo/cpu/log.jsonl  the CPU reference curve: 50 demo steps, fp32 on the CPU
 #     configs/P/config.json   Hugging Face configs of olmo-124m and olmo-1b (torch baseline)
 #     py/                 compare_curves.py, torch_baseline.py
-#     hf/                 hf_parity.py, a checkpoint of the CPU reference run and its logits
+#     hf/hf_parity.py     transformers' OlmoForCausalLM vs this engine on a checkpoint of the GPU
+#                         run (the demo reference's checkpoint is not staged: it would double the
+#                         folder's size)
 #     MANIFEST.txt        commit, date, toolchain versions, file sizes
 #
 # Then copy the folder to the GPU machine and run `bash correctness.sh` and `bash speed.sh`
@@ -111,7 +113,7 @@ strip -o "$stage/bin/dump_logits" "$dump_exe"
 
 cp tools/gpu/correctness.sh tools/gpu/speed.sh "$stage/"
 chmod +x "$stage"/*.sh
-mkdir -p "$stage/py" "$stage/hf/checkpoint" "$stage/demo/cpu" "$stage/configs"
+mkdir -p "$stage/py" "$stage/hf" "$stage/demo/cpu" "$stage/configs"
 cp tools/compare_curves.py tools/torch_baseline.py "$stage/py/"
 cp tools/hf_parity.py "$stage/hf/"
 
@@ -136,13 +138,6 @@ mkdir -p "$stage/demo/demo-data"
 for f in manifest.json tokenizer.json clean.shard toxic.shard val.shard probe.jsonl; do
   cp "$work/runs/demo-data/$f" "$stage/demo/demo-data/"
 done
-
-# Hugging Face parity fixture: the reference run's final checkpoint and the logits this engine
-# computes for it; hf/hf_parity.py compares them with transformers' OlmoForCausalLM.
-ck="$work/cpu-demo/$(cat "$work/cpu-demo/latest")"
-cp "$ck/model.safetensors" "$ck/config.json" "$stage/hf/checkpoint/"
-[[ -f "$ck/tokenizer.json" ]] && cp "$ck/tokenizer.json" "$stage/hf/checkpoint/"
-"$dump_exe" "$ck" "$stage/hf/logits.safetensors" 2 128
 
 # Configs for the PyTorch baseline (the config.json a checkpoint of each preset carries).
 for p in olmo-124m olmo-1b; do

@@ -11,7 +11,8 @@ preset), and trains it on uniform random tokens the way baddata does:
   - torch.compile of the whole loss (model + cross-entropy), default mode.
 After --warmup steps (the first one compiles), --steps timed steps, each closed by
 torch.cuda.synchronize(). Reports tokens/s and step time (medians), the peak of
-torch.cuda.max_memory_allocated(), and MFU against 989 and 798 TFLOP/s, with training FLOPs per
+torch.cuda.max_memory_allocated() (peak_mem_bytes), the device memory in use after the first
+step (mem_used_after_first_step_bytes, total - free: what `train` reports), and MFU against 989 and 798 TFLOP/s, with training FLOPs per
 token counted as src/perf.rs counts them (exact causal attention):
     6 * (L * (4 D^2 + 3 D F) + V D) + 6 * L * D * (T + 1)
 
@@ -68,6 +69,8 @@ def main():
     ap.add_argument("--out", help="write the result JSON here too")
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--no-compile", action="store_true", help="eager mode (for comparison)")
+    ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
+                    help="cpu only checks this script on a machine without a GPU (no timings worth reading)")
     a = ap.parse_args()
     if a.batch < 1 or a.seq < 1 or a.steps < 1 or a.warmup < 1:
         ap.error("--batch, --seq, --steps and --warmup must be positive (warm-up includes the compile)")
@@ -82,6 +85,7 @@ def main():
         "warmup": a.warmup,
         "steps": a.steps,
         "compiled": not a.no_compile,
+        "device_kind": a.device,
     }
     phase = "config"
 
@@ -92,9 +96,11 @@ def main():
             with open(a.out, "w", encoding="utf-8") as f:
                 f.write(text + "\n")
         if result["ok"]:
+            peak = result.get("peak_mem_bytes")
+            peak = f"{peak / 2**30:.1f} GiB" if isinstance(peak, int) else "-"
             print(
                 f"torch baseline: {result['tokens_per_s']:.0f} tokens/s, "
-                f"{result['step_ms_median']:.1f} ms/step, peak {result['peak_mem_bytes'] / 2**30:.1f} GiB, "
+                f"{result['step_ms_median']:.1f} ms/step, peak {peak}, "
                 f"MFU {100 * result['mfu_989']:.1f}% of 989 / {100 * result['mfu_798']:.1f}% of 798 TFLOP/s"
             )
         else:
@@ -119,10 +125,15 @@ def main():
         from transformers import AutoModelForCausalLM, OlmoConfig
 
         result.update(torch=torch.__version__, transformers=transformers.__version__)
-        if not torch.cuda.is_available():
+        cuda = a.device == "cuda"
+        if cuda and not torch.cuda.is_available():
             raise RuntimeError("no CUDA device visible to PyTorch")
-        dev = torch.device("cuda")
-        result["device"] = torch.cuda.get_device_name()
+        dev = torch.device(a.device)
+        result["device"] = torch.cuda.get_device_name() if cuda else "cpu"
+
+        def sync():
+            if cuda:
+                torch.cuda.synchronize()
 
         phase = "build"
         torch.manual_seed(a.seed)
@@ -158,7 +169,7 @@ def main():
 
         def loss_fn(ids):
             x, y = ids[:, :-1], ids[:, 1:]
-            with torch.autocast("cuda", dtype=torch.bfloat16):
+            with torch.autocast(a.device, dtype=torch.bfloat16):
                 logits = model(input_ids=x, use_cache=False).logits
             return F.cross_entropy(logits.float().reshape(-1, vocab), y.reshape(-1))
 
@@ -177,9 +188,16 @@ def main():
 
         phase = "compile+warmup"
         t0 = time.perf_counter()
-        for _ in range(a.warmup):
+        for i in range(a.warmup):
             loss = step()
-        torch.cuda.synchronize()
+            if i == 0 and cuda:
+                # what `train` reports as peak_mem_bytes: device memory in use (total - free,
+                # so the CUDA context and the caching allocator's reserve included) after the
+                # first step
+                sync()
+                free, total = torch.cuda.mem_get_info()
+                result["mem_used_after_first_step_bytes"] = total - free
+        sync()
         result["warmup_s"] = time.perf_counter() - t0
         first = loss.item()
 
@@ -188,7 +206,7 @@ def main():
         for _ in range(a.steps):
             t = time.perf_counter()
             loss = step()
-            torch.cuda.synchronize()
+            sync()
             times.append(time.perf_counter() - t)
             losses.append(loss.item())
         if not all(math.isfinite(x) for x in [first] + losses):
@@ -201,8 +219,8 @@ def main():
             step_ms_median=1e3 * med,
             step_ms_min=1e3 * min(times),
             step_ms_max=1e3 * max(times),
-            peak_mem_bytes=torch.cuda.max_memory_allocated(),
-            peak_reserved_bytes=torch.cuda.max_memory_reserved(),
+            peak_mem_bytes=torch.cuda.max_memory_allocated() if cuda else None,
+            peak_reserved_bytes=torch.cuda.max_memory_reserved() if cuda else None,
             mfu_989=mfu(tps, flops_tok, PEAK_BF16_TFLOPS_DATASHEET),
             mfu_798=mfu(tps, flops_tok, PEAK_BF16_TFLOPS_MEASURED),
             loss_first=first,
@@ -222,7 +240,7 @@ def main():
         try:
             import torch
 
-            if torch.cuda.is_available():
+            if a.device == "cuda" and torch.cuda.is_available():
                 result["peak_mem_bytes"] = torch.cuda.max_memory_allocated()
         except Exception:
             pass

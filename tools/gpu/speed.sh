@@ -170,8 +170,10 @@ def gib(x):
     return f"{x / 2**30:.1f}" if isinstance(x, (int, float)) else "-"
 
 
-fmt = "{:<10} {:>9} {:<6} {:>9} {:>9} {:>7} {:>7} {:>9}  {}"
-print(fmt.format("model", "B x T", "impl", "tokens/s", "ms/step", "MFU989", "MFU798", "peak GiB", "status"))
+# used GiB: device memory in use after the first step (total - free; ours: summary.json's
+# peak_mem_bytes); alloc GiB: torch.cuda.max_memory_allocated() (tensors only)
+fmt = "{:<10} {:>9} {:<6} {:>9} {:>9} {:>7} {:>7} {:>9} {:>9}  {}"
+print(fmt.format("model", "B x T", "impl", "tokens/s", "ms/step", "MFU989", "MFU798", "used GiB", "alloc GiB", "status"))
 for preset, b, t in rows:
     got = {}
     for impl in ("ours", "torch"):
@@ -179,14 +181,18 @@ for preset, b, t in rows:
         got[impl] = r
         if r is None:
             failed = True
-            print(fmt.format(preset, f"{b}x{t}", impl, "-", "-", "-", "-", "-", "FAIL " + status))
+            print(fmt.format(preset, f"{b}x{t}", impl, "-", "-", "-", "-", "-", "-", "FAIL " + status))
         else:
+            if impl == "ours":
+                used, alloc = r.get("peak_mem_bytes"), None
+            else:
+                used, alloc = r.get("mem_used_after_first_step_bytes"), r.get("peak_mem_bytes")
             print(fmt.format(preset, f"{b}x{t}", impl, f"{r['tokens_per_s']:.0f}", f"{r['step_ms_median']:.1f}",
                              f"{100 * r['mfu_989']:.1f}%", f"{100 * r['mfu_798']:.1f}%",
-                             gib(r.get("peak_mem_bytes")), "ok"))
+                             gib(used), gib(alloc), "ok"))
     if got["ours"] and got["torch"]:
         ratio = got["ours"]["tokens_per_s"] / got["torch"]["tokens_per_s"]
-        print(fmt.format(preset, f"{b}x{t}", "ratio", f"{ratio:.2f}x", "", "", "", "", "ours / torch, tokens/s"))
+        print(fmt.format(preset, f"{b}x{t}", "ratio", f"{ratio:.2f}x", "", "", "", "", "", "ours / torch, tokens/s"))
 sys.exit(1 if failed else 0)
 PYEOF
   rc=$?
