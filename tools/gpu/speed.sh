@@ -12,8 +12,8 @@
 #   kernel benches               80  shared by every staged bench (each gets what the earlier ones
 #                                    left), short criterion settings (BENCH_ARGS)
 # Tokens/s, step time, MFU (989 TFLOP/s datasheet and 798 measured bf16 peaks; FLOPs per token
-# counted as src/perf.rs does), peak device memory, and ours/torch per model. Our run's
-# parameter count must equal the one its config.json implies, or the row is marked
+# counted as src/perf.rs does), device memory, and ours/torch per model. Each run's parameter
+# count and FLOPs per token must equal those its config.json implies, or the row is marked
 # "not comparable" and fails.
 # Override with OURS_STEPS, TORCH_STEPS, TORCH_WARMUP, OURS_124M_TIMEOUT, OURS_1B_TIMEOUT,
 # TORCH_124M_TIMEOUT, TORCH_1B_TIMEOUT, BENCH_BUDGET, BENCH_ARGS, SKIP_BENCHES=1, SKIP_TRAIN=1.
@@ -126,18 +126,20 @@ rows = [("olmo-124m", 64, 1024), ("olmo-1b", 8, 2048)]
 failed = False
 
 
-def params_of(preset):
-    """Parameter count that config.json implies (as src/perf.rs counts: the tied head once)."""
+def expected(preset, seq):
+    """Parameter count and training FLOPs per token that config.json implies, counted as
+    src/perf.rs counts them (the tied head once; exact causal attention)."""
     try:
         with open(os.path.join(configs, preset, "config.json")) as f:
             c = json.load(f)
         l, d, ff, v = c["num_hidden_layers"], c["hidden_size"], c["intermediate_size"], c["vocab_size"]
-        return l * (4 * d * d + 3 * d * ff) + v * d
     except (OSError, ValueError, KeyError):
-        return None
+        return None, None
+    n = l * (4 * d * d + 3 * d * ff) + v * d
+    return n, 6.0 * n + 6.0 * l * d * (seq + 1)
 
 
-def load(impl, preset):
+def load(impl, preset, seq):
     name = f"{impl}-{preset}"
     try:
         status = open(os.path.join(out, name + ".status")).read().strip()
@@ -159,9 +161,13 @@ def load(impl, preset):
                 status, res = f"{name}.json: {k!r} missing or not a number", None
                 break
     if res is not None:
-        want = params_of(preset)
-        if want is not None and res.get("params") != want:
-            status = f"not comparable: params {res.get('params')} but config.json implies {want}"
+        want_n, want_f = expected(preset, seq)
+        got_f = res.get("flops_per_token")
+        if want_n is not None and res.get("params") != want_n:
+            status = f"not comparable: params {res.get('params')} but config.json implies {want_n}"
+            res = None
+        elif want_f is not None and not (isinstance(got_f, (int, float)) and abs(got_f - want_f) <= 1e-6 * want_f):
+            status = f"not comparable: flops_per_token {got_f} but src/perf.rs's formula gives {want_f:.0f}"
             res = None
     return status, res
 
@@ -177,7 +183,7 @@ print(fmt.format("model", "B x T", "impl", "tokens/s", "ms/step", "MFU989", "MFU
 for preset, b, t in rows:
     got = {}
     for impl in ("ours", "torch"):
-        status, r = load(impl, preset)
+        status, r = load(impl, preset, t)
         got[impl] = r
         if r is None:
             failed = True
