@@ -125,6 +125,7 @@ def main():
         from transformers import AutoModelForCausalLM, OlmoConfig
 
         result.update(torch=torch.__version__, transformers=transformers.__version__)
+        phase = "device"
         cuda = a.device == "cuda"
         if cuda and not torch.cuda.is_available():
             raise RuntimeError("no CUDA device visible to PyTorch")
