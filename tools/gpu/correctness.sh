@@ -36,6 +36,8 @@ add_row() { rows+=("$(printf '%-22s %-6s %s' "$1" "$2" "$3")"); }
 fail_row() { add_row "$1" FAIL "$2"; status=1; }
 # "timeout" for the exit codes of timeout(1), else "rc N".
 rc_text() { if (($1 == 124 || $1 == 137)); then echo "timed out"; else echo "rc $1"; fi; }
+# Why a run failed, from its log: the first line with "error", else the last line.
+why() { grep -m1 -i 'error' "$1" 2>/dev/null || tail -n1 "$1" 2>/dev/null; }
 
 # ---------------------------------------------------------------- test harnesses
 n_harness=0
@@ -94,7 +96,7 @@ if [[ -x "$here/bin/train" && -f "$here/demo/cpu/log.jsonl" ]]; then
   rc=$?
   secs=$(($(date +%s) - t0))
   if ((rc != 0)); then
-    fail_row demo_gpu_vs_cpu "train: $(rc_text "$rc"), ${secs}s: $(tail -n1 "$out/demo-gpu-1.log")"
+    fail_row demo_gpu_vs_cpu "train: $(rc_text "$rc"), ${secs}s: $(why "$out/demo-gpu-1.log")"
   else
     gpu1_ok=1
     python3 "$here/py/compare_curves.py" "$here/demo/cpu/log.jsonl" "$out/demo-gpu-1/log.jsonl" --rel 0.02 >"$out/demo-gpu-vs-cpu.txt" 2>&1
@@ -108,7 +110,7 @@ if [[ -x "$here/bin/train" && -f "$here/demo/cpu/log.jsonl" ]]; then
   rc=$?
   secs=$(($(date +%s) - t0))
   if ((rc != 0)); then
-    fail_row demo_gpu_repeat "train: $(rc_text "$rc"), ${secs}s: $(tail -n1 "$out/demo-gpu-2.log")"
+    fail_row demo_gpu_repeat "train: $(rc_text "$rc"), ${secs}s: $(why "$out/demo-gpu-2.log")"
   elif ((gpu1_ok == 0)); then
     fail_row demo_gpu_repeat "no first GPU run to compare with"
   else
@@ -130,7 +132,7 @@ hf_row() {
   timeout -k 5 10 "$here/bin/dump_logits" "$2" "$logits" 2 128 >"$out/$1-dump.log" 2>&1
   rc=$?
   if ((rc != 0)); then
-    fail_row "$1" "dump_logits: $(rc_text "$rc"): $(tail -n1 "$out/$1-dump.log")"
+    fail_row "$1" "dump_logits: $(rc_text "$rc"): $(why "$out/$1-dump.log")"
     return
   fi
   timeout -k 5 "$hf_timeout" python3 "$here/hf/hf_parity.py" "$2" "$logits" >"$out/$1.log" 2>&1
@@ -166,7 +168,7 @@ if [[ -z "$ck" ]]; then
   if ((rc == 0)); then
     hf_row hf_parity_cpu_ckpt "$out/hf-cpu/$(cat "$out/hf-cpu/latest")"
   else
-    fail_row hf_parity_cpu_ckpt "train --device cpu --steps 1: $(rc_text "$rc"): $(tail -n1 "$out/hf-cpu.log")"
+    fail_row hf_parity_cpu_ckpt "train --device cpu --steps 1: $(rc_text "$rc"): $(why "$out/hf-cpu.log")"
   fi
 fi
 

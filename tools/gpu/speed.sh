@@ -36,6 +36,8 @@ status=0
 
 { cat "$here/MANIFEST.txt" 2>/dev/null; echo; nvidia-smi 2>&1; } >"$out/environment.txt"
 rc_text() { if (($1 == 124 || $1 == 137)); then echo "timed out"; else echo "rc $1"; fi; }
+# Why a run failed, from its log: the first line with "error", else the last line.
+why() { grep -m1 -i 'error' "$1" 2>/dev/null || tail -n1 "$1" 2>/dev/null; }
 
 # ---------------------------------------------------------------- training throughput
 # Each run leaves $out/<impl>-<preset>.json (ours: summary.json as train writes it; torch: the
@@ -54,7 +56,7 @@ ours() { # ours PRESET BATCH SEQ TIMEOUT
   elif ((rc == 0)); then
     echo "no summary.json in $out/$name" >"$out/$name.status"
   else
-    echo "$(rc_text "$rc") after $(($(date +%s) - t0))s: $(tail -n1 "$out/$name.log")" >"$out/$name.status"
+    echo "$(rc_text "$rc") after $(($(date +%s) - t0))s: $(why "$out/$name.log")" >"$out/$name.status"
   fi
 }
 torch_run() { # torch_run PRESET BATCH SEQ TIMEOUT
