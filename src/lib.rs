@@ -11,6 +11,7 @@ pub mod data;
 pub mod eval;
 pub mod model;
 pub mod optim;
+pub mod perf;
 pub mod plot;
 pub mod probe;
 pub mod score;

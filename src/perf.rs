@@ -1,0 +1,113 @@
+//! Training cost model: FLOPs per token and model FLOPs utilisation (MFU).
+//!
+//! The count is the *exact causal* one, not PaLM's approximation:
+//!
+//! ```text
+//! train FLOPs / token = 6 · N_matmul  +  6 · L · D · (T + 1)
+//!
+//! N_matmul = L · (4·D² + 3·D·F) + V·D
+//!            q,k,v,o   gate,up,down   logits (the tied embedding, counted once: the lookup
+//!                                     itself is a gather, no FLOPs)
+//! ```
+//!
+//! * Matmuls: a `[tokens, in] · [in, out]` product costs `2·in·out` FLOPs per token forward and
+//!   twice that backward (one product for the input gradient, one for the weight gradient):
+//!   `6 · N_matmul` in all. OLMo v1's layernorms have no weights, so `N_matmul` is exactly the
+//!   parameter count ([`ModelConfig::n_params`]).
+//! * Attention: with causal masking, query `i` (0-based) of a sequence of `T` sees `i + 1` keys,
+//!   `T·(T+1)/2` scores per head. Each score costs `2·d_head` for `q·k` and `2·d_head` for
+//!   `p·v`, so the forward is `2·D·(T+1)` FLOPs per token and layer; the backward (`dP = dO·Vᵀ`,
+//!   `dV = Pᵀ·dO`, `dQ = dS·K`, `dK = dSᵀ·Q`) is twice that: `6·L·D·(T+1)` per token.
+//!   PaLM's `12·L·H·d_head·T` also counts the masked half; at OLMo-1B with `T = 2048` it would
+//!   add 0.40 GFLOP per token (+5.4%), and every MFU here would read that much higher.
+//!   Softmax, layernorm, RoPE, SwiGLU's elementwise part, the loss and the optimizer are not
+//!   counted (they are memory-bound; MFU is about the matmul work the model needs).
+//!
+//! `tools/torch_baseline.py` computes the same formula from the same `config.json`, so the two
+//! MFUs compare like for like.
+
+use crate::config::ModelConfig;
+
+/// bf16 dense tensor-core peak of an H100 SXM, from NVIDIA's datasheet (TFLOP/s, no sparsity).
+pub const PEAK_BF16_TFLOPS_DATASHEET: f64 = 989.0;
+
+/// bf16 matmul rate measured on the project's H100 (cuBLAS through PyTorch, 8192³), TFLOP/s:
+/// what a real GEMM reaches, a fairer ceiling than the datasheet.
+pub const PEAK_BF16_TFLOPS_MEASURED: f64 = 798.0;
+
+/// Parameters that take part in a matmul: the per-layer projections plus the tied
+/// embedding counted once, as the logits matmul (equal to [`ModelConfig::n_params`]).
+pub fn matmul_params(cfg: &ModelConfig) -> usize {
+    let (l, d, f, v) = (cfg.n_layers, cfg.d_model, cfg.d_ff, cfg.vocab_size);
+    l * (4 * d * d + 3 * d * f) + v * d
+}
+
+/// Training FLOPs (forward + backward) per token for sequences of `seq` tokens: the exact
+/// causal count `6·N_matmul + 6·L·D·(seq + 1)` (see the module docs for its derivation).
+pub fn train_flops_per_token(cfg: &ModelConfig, seq: usize) -> f64 {
+    let n = matmul_params(cfg) as f64;
+    let attn = 6.0 * (cfg.n_layers * cfg.d_model) as f64 * (seq as f64 + 1.0);
+    6.0 * n + attn
+}
+
+/// Model FLOPs utilisation as a fraction (0.43 = 43%): the useful FLOP rate
+/// `tokens_per_s · flops_per_token` over a peak given in TFLOP/s (e.g.
+/// [`PEAK_BF16_TFLOPS_DATASHEET`]).
+pub fn mfu(tokens_per_s: f64, flops_per_token: f64, peak_tflops: f64) -> f64 {
+    tokens_per_s * flops_per_token / (peak_tflops * 1e12)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// OLMo-1B counted by hand: V = 50,304 (50,280 padded), D = 2,048, F = 8,192, L = 16.
+    ///   embedding / head   50,304 · 2,048                       =   103,022,592
+    ///   per layer          4 · 2,048² + 3 · 2,048 · 8,192       =    67,108,864
+    ///                      (16,777,216 + 50,331,648)
+    ///   16 layers                                               = 1,073,741,824
+    ///   N                                                       = 1,176,764,416
+    /// (the figure the GPU benches print for OLMo-1B's parameter count).
+    const OLMO_1B_PARAMS: usize = 1_176_764_416;
+
+    #[test]
+    fn olmo_1b_parameter_count_by_hand() {
+        let cfg = ModelConfig::preset("olmo-1b").unwrap();
+        assert_eq!(matmul_params(&cfg), OLMO_1B_PARAMS);
+        assert_eq!(cfg.n_params(), OLMO_1B_PARAMS);
+    }
+
+    #[test]
+    fn olmo_1b_train_flops_per_token_by_hand() {
+        let cfg = ModelConfig::preset("olmo-1b").unwrap();
+        // 6 · 1,176,764,416 = 7,060,586,496
+        // attention, T = 2048: 6 · 16 · 2,048 · 2,049 = 402,849,792
+        assert_eq!(train_flops_per_token(&cfg, 2048), 7_463_436_288.0);
+        // T = 1: one key per query, 6 · 16 · 2,048 · 2 = 393,216
+        assert_eq!(train_flops_per_token(&cfg, 1), 7_060_979_712.0);
+    }
+
+    #[test]
+    fn olmo_124m_train_flops_per_token_by_hand() {
+        let cfg = ModelConfig::preset("olmo-124m").unwrap();
+        // head 50,304 · 768 = 38,633,472; per layer 4 · 768² + 3 · 768 · 2,048
+        // = 2,359,296 + 4,718,592 = 7,077,888; 12 layers = 84,934,656; N = 123,568,128
+        assert_eq!(matmul_params(&cfg), 123_568_128);
+        // 6N = 741,408,768; attention 6 · 12 · 768 · 1,025 = 56,678,400
+        assert_eq!(train_flops_per_token(&cfg, 1024), 798_087_168.0);
+    }
+
+    #[test]
+    fn mfu_of_the_pytorch_baseline() {
+        let cfg = ModelConfig::preset("olmo-1b").unwrap();
+        let f = train_flops_per_token(&cfg, 2048);
+        // 57,600 tokens/s · 7,463,436,288 FLOP = 429.894 TFLOP/s
+        // → 429.894 / 989 = 0.434675..., 429.894 / 798 = 0.538714...
+        let a = mfu(57_600.0, f, PEAK_BF16_TFLOPS_DATASHEET);
+        let b = mfu(57_600.0, f, PEAK_BF16_TFLOPS_MEASURED);
+        assert!((a - 0.434_675).abs() < 1e-6, "{a}");
+        assert!((b - 0.538_714).abs() < 1e-6, "{b}");
+        // exactly the peak → 1
+        assert!((mfu(1e12 / f, f, 1.0) - 1.0).abs() < 1e-12);
+    }
+}
