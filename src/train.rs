@@ -148,6 +148,14 @@ impl TrainConfig {
         if self.batch == 0 || self.seq == 0 || self.grad_accum == 0 {
             bail!("train config: batch, seq and grad_accum must be positive");
         }
+        if self.eval_every == 0 || self.save_every == 0 {
+            bail!(
+                "train config: eval_every and save_every must be positive (got {} and {}; use a \
+                 number larger than steps to evaluate or save only at the end)",
+                self.eval_every,
+                self.save_every
+            );
+        }
         if self.seq > self.model.context {
             bail!(
                 "train config: seq ({}) exceeds the model's context ({})",

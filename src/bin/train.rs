@@ -362,12 +362,19 @@ fn run() -> Result<()> {
     } else {
         rep.checkpoint.display().to_string()
     };
+    let val = if cfg.synthetic {
+        "no validation (synthetic data)".to_string()
+    } else {
+        format!(
+            "validation loss {:.3} → {:.3} ({:.2}× of step 0)",
+            rep.val_first,
+            rep.val_last,
+            rep.val_last / rep.val_first
+        )
+    };
     eprintln!(
-        "finished in {:.1} s: validation loss {:.3} → {:.3} ({:.2}× of step 0), {:.0} tokens/s (median); checkpoint {ckpt}; log {}; plot {}; summary {}",
+        "finished in {:.1} s: {val}, {:.0} tokens/s (median); checkpoint {ckpt}; log {}; plot {}; summary {}",
         rep.seconds,
-        rep.val_first,
-        rep.val_last,
-        rep.val_last / rep.val_first,
         rep.tokens_per_s_median,
         cfg.out.join("log.jsonl").display(),
         cfg.out.join("loss.png").display(),
@@ -377,8 +384,16 @@ fn run() -> Result<()> {
 }
 
 /// Writes `summary.json` in the run directory: the executor, the shape of the run and its
-/// throughput (median over steady-state steps), peak device memory and model FLOP utilisation.
+/// throughput (median over steady-state steps), device memory after the first step, training
+/// FLOPs per token ([`baddata::perf::train_flops_per_token`]) and model FLOP utilisation as a
+/// fraction of the H100's datasheet (989) and measured (798) bf16 TFLOP/s.
 fn write_summary(cfg: &TrainConfig, preset: &str, rep: &TrainReport) -> Result<PathBuf> {
+    use baddata::perf;
+    let flops = perf::train_flops_per_token(&cfg.model, cfg.seq);
+    let mfu = |peak| {
+        let m = perf::mfu(rep.tokens_per_s_median, flops, peak);
+        m.is_finite().then_some(m)
+    };
     let j = serde_json::json!({
         "device": rep.device,
         "preset": preset,
@@ -390,6 +405,9 @@ fn write_summary(cfg: &TrainConfig, preset: &str, rep: &TrainReport) -> Result<P
         "tokens_per_s": rep.tokens_per_s_median,
         "step_ms_median": rep.step_ms_median,
         "peak_mem_bytes": rep.peak_mem_bytes,
+        "flops_per_token": flops,
+        "mfu_989": mfu(perf::PEAK_BF16_TFLOPS_DATASHEET),
+        "mfu_798": mfu(perf::PEAK_BF16_TFLOPS_MEASURED),
         "val_first": finite(rep.val_first),
         "val_last": finite(rep.val_last),
         "seconds": rep.seconds,
