@@ -1,8 +1,9 @@
 //! Choosing where to run: `--device auto|cpu|cuda`.
 //!
 //! `auto` takes the GPU when this build has compiled kernels, libcuda is present, a device
-//! exists and the kernels load on it; otherwise it prints one line on stderr saying why and
-//! runs on the CPU. `cuda` turns any of those failures into an error (never a panic).
+//! exists, the kernels load on it and the CUDA executor has been verified on a GPU
+//! ([`cuda::EXECUTOR_VERIFIED`]); otherwise it prints one line on stderr saying why and runs on
+//! the CPU. `cuda` turns any of those failures into an error (never a panic).
 
 use std::sync::Arc;
 
@@ -49,6 +50,13 @@ impl Device {
                 cuda::open_context(0).map_err(|e| e.context("--device cuda"))?,
             )),
             DeviceArg::Auto => match cuda::open_context(0) {
+                Ok(_) if !cuda::EXECUTOR_VERIFIED => {
+                    eprintln!(
+                        "device: running on the CPU: a GPU is present, but the CUDA executor has not \
+                         yet passed its GPU tests (docs/gpu-results.md); pass --device cuda to use it anyway"
+                    );
+                    Ok(Device::Cpu)
+                }
                 Ok(ctx) => Ok(Device::Cuda(ctx)),
                 Err(e) => {
                     eprintln!("device: running on the CPU: {e:#}");

@@ -27,6 +27,12 @@ mod embedded {
 /// code and compute_90 PTX). Empty when the crate was built without nvcc.
 pub use embedded::KERNELS;
 
+/// Whether the CUDA executor (the whole training step: matmul, attention and the executor's glue)
+/// has passed its GPU tests (`tests/gpu_step.rs` and the correctness script; see
+/// docs/gpu-results.md). Until it has, `--device auto` stays on the CPU and only an explicit
+/// `--device cuda` runs the GPU path.
+pub const EXECUTOR_VERIFIED: bool = false;
+
 /// Whether this build embeds compiled kernels (`build.rs` found nvcc and compiled `cuda/`).
 pub const fn kernels_compiled() -> bool {
     cfg!(baddata_kernels)
