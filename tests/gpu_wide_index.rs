@@ -16,7 +16,8 @@
 //! 1e-5, dx 1e-3 (50,304-term fp32 sums with cancellation), dE 1e-5 (a few terms), and the
 //! accumulating dE must be exactly twice the overwriting one (old + Σ with old = Σ is exact).
 //!
-//! Needs about 14 GB of device memory. Without a usable GPU every test is reported as *ignored*;
+//! Needs about 14 GB of device memory and a few seconds (mostly the host references); named to
+//! run after the other harnesses, which share one time budget on the GPU machine. Without a usable GPU every test is reported as *ignored*;
 //! with `BADDATA_GPU_REQUIRED=1` a missing GPU fails the run instead.
 
 use std::sync::Arc;
@@ -48,12 +49,12 @@ fn main() {
         .map_err(|e| format!("{e:#}"));
     let required = std::env::var("BADDATA_GPU_REQUIRED").is_ok_and(|v| v == "1");
     match &gpu {
-        Ok(g) => eprintln!("gpu large-index tests on {}", describe_context(g)),
+        Ok(g) => eprintln!("gpu wide-index tests on {}", describe_context(g)),
         Err(reason) if required => {
             eprintln!("BADDATA_GPU_REQUIRED=1 but no usable GPU: {reason}");
             std::process::exit(1);
         }
-        Err(reason) => eprintln!("gpu large-index tests ignored: {reason}"),
+        Err(reason) => eprintln!("gpu wide-index tests ignored: {reason}"),
     }
     let tests: [(&str, TestFn); 1] = [(
         "olmo_124m_head_at_65536_rows_matches_cpu",
