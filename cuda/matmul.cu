@@ -23,9 +23,12 @@
 // stored in the operand's own orientation (so global loads and shared stores are contiguous):
 //   k-contig tile  [128][32 + 8]  (row = i or j, column = r)   -> wmma row_major A / col_major B
 //   mn-contig tile [32][128 + 8]  (row = r, column = i or j)   -> wmma col_major A / row_major B
-// The 8-element (16-byte) row padding spreads the eight 16-byte rows an ldmatrix reads over all
-// 32 banks. Pipeline: while the warps multiply stage s, each thread already holds the next
-// K-tile's 16 + 16 fp32 values in registers (issued before the multiply); after it they are
+// The 8-element (16-byte) row padding makes a k-contig row 80 bytes (20 banks) long instead of
+// 64, so the eight rows one fragment load touches start on eight different groups of 4 banks:
+// nvcc compiles the wmma fragment loads to plain LDS (no ldmatrix in this build's SASS), and on
+// the k-contig tiles the 32-bit loads of a fragment are conflict-free.
+// Pipeline: while the warps multiply stage s, each thread already holds the next K-tile's
+// 16 + 16 fp32 values in registers (issued before the multiply); after it they are
 // rounded to bf16 and stored into stage s^1; one __syncthreads per K-step.
 // Global loads: each thread loads 4 groups of 4 consecutive floats per operand per K-step, one
 // float4 each when the operand's leading dimension and contiguous extent are multiples of 4 and

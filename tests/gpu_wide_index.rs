@@ -1,0 +1,249 @@
+//! Index ranges past 32 bits on the GPU: the tied output head of OLMo-124M trained at 64
+//! sequences of 1,024 tokens (N = 65,536 rows, D = 768, V = 50,304), run through the CUDA
+//! executor exactly as the training step runs it: `logits = x·Eᵀ`, the fused cross-entropy over
+//! the logits (gradient in place), `dx = dlogits·E`, `dE (+)= dlogitsᵀ·x`.
+//!
+//! The logits hold N·V = 3.3e9 elements (13.2 GB): rows from 42,691 on start past element 2^31,
+//! rows from 21,346 on past byte 2^32, so any row offset, leading-dimension product or grid index
+//! computed in 32 bits inside a kernel (matmul epilogue and operand loads, cross-entropy row
+//! pointer, the bwd_w reduction over all 65,536 rows) lands on the wrong row and shows here.
+//!
+//! x is zero except a few sampled rows, so the CPU references stay cheap: each checked row of
+//! the logits, of their gradient and of dx is recomputed on the host from the GPU's own inputs to
+//! that op (bf16-rounded operands as the tensor cores see them, f64 sums), and dE, whose every
+//! element sums over all N rows, has only the sampled rows' terms (zero rows add exact zeros).
+//! Tolerances (norm-wise per row or tensor): logits 1e-5 (768-term fp32 sums), cross-entropy
+//! 1e-5, dx 1e-3 (50,304-term fp32 sums with cancellation), dE 1e-5 (a few terms), and the
+//! accumulating dE must be exactly twice the overwriting one (old + Σ with old = Σ is exact).
+//!
+//! Needs about 14 GB of device memory and a few seconds (mostly the host references); named to
+//! run after the other harnesses, which share one time budget on the GPU machine. Without a usable GPU every test is reported as *ignored*;
+//! with `BADDATA_GPU_REQUIRED=1` a missing GPU fails the run instead.
+
+use std::sync::Arc;
+
+use anyhow::{ensure, Context, Result};
+use baddata::backend::cuda::executor::CudaExecutor;
+use baddata::backend::cuda::{describe_context, open_context, CudaBackend};
+use baddata::backend::{Backend, Span, SpanMut};
+use cudarc::driver::{CudaContext, CudaSlice};
+use half::bf16;
+use libtest_mimic::{Arguments, Trial};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+type TestFn = fn(&Ctx) -> Result<()>;
+type Ctx = Arc<CudaContext>;
+
+fn exec(ctx: &Ctx) -> Result<CudaExecutor> {
+    CudaExecutor::new(CudaBackend::new(ctx.clone())?)
+}
+
+fn main() {
+    let mut args = Arguments::from_args();
+    if args.test_threads.is_none() {
+        args.test_threads = Some(1);
+    }
+    let gpu: Result<Ctx, String> = open_context(0)
+        .and_then(|ctx| exec(&ctx).map(|_| ctx))
+        .map_err(|e| format!("{e:#}"));
+    let required = std::env::var("BADDATA_GPU_REQUIRED").is_ok_and(|v| v == "1");
+    match &gpu {
+        Ok(g) => eprintln!("gpu wide-index tests on {}", describe_context(g)),
+        Err(reason) if required => {
+            eprintln!("BADDATA_GPU_REQUIRED=1 but no usable GPU: {reason}");
+            std::process::exit(1);
+        }
+        Err(reason) => eprintln!("gpu wide-index tests ignored: {reason}"),
+    }
+    let tests: [(&str, TestFn); 1] = [(
+        "olmo_124m_head_at_65536_rows_matches_cpu",
+        olmo_124m_head_at_65536_rows,
+    )];
+    let trials = tests
+        .into_iter()
+        .map(|(name, f)| {
+            let g = gpu.clone();
+            Trial::test(name, move || match &g {
+                Ok(g) => f(g).map_err(|e| format!("{e:#}").into()),
+                Err(_) => Ok(()),
+            })
+            .with_ignored_flag(gpu.is_err())
+        })
+        .collect();
+    libtest_mimic::run(&args, trials).exit();
+}
+
+/// The value the tensor cores multiply: `x` rounded to bf16 (nearest, ties to even).
+fn b(x: f32) -> f64 {
+    bf16::from_f32(x).to_f64()
+}
+
+/// Every element of `v` rounded to bf16 (exact in f32).
+fn rounded(v: &[f32]) -> Vec<f32> {
+    v.iter().map(|&a| bf16::from_f32(a).to_f32()).collect()
+}
+
+/// ‖a − r‖ / ‖r‖ in f64 (infinite when `a` holds a non-finite value).
+fn rel_err(a: &[f32], r: &[f64]) -> f64 {
+    if a.iter().any(|x| !x.is_finite()) {
+        return f64::INFINITY;
+    }
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for (&x, &y) in a.iter().zip(r) {
+        num += (x as f64 - y).powi(2);
+        den += y * y;
+    }
+    (num / den.max(1e-300)).sqrt()
+}
+
+/// Row `r` (`width` elements) of a row-major device buffer, copied to the host.
+fn row(be: &CudaExecutor, buf: &CudaSlice<f32>, r: usize, width: usize) -> Result<Vec<f32>> {
+    be.gpu()
+        .stream()
+        .clone_dtoh(&buf.slice(r * width..(r + 1) * width))
+        .with_context(|| format!("reading row {r} back"))
+}
+
+fn olmo_124m_head_at_65536_rows(ctx: &Ctx) -> Result<()> {
+    let (n, d, v) = (65_536usize, 768usize, 50_304usize);
+    assert!(n * v > u32::MAX as usize / 2 && 4 * n * v > u32::MAX as usize);
+    let be = exec(ctx)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(41);
+    // Rows with non-zero x (the first, both sides of element 2^31 = row 42,690.6, the last) and
+    // zero rows past byte 2^32 whose logits are exactly 0.
+    let live = [0usize, 1, 21_345, 42_690, 42_691, 60_001, 65_534, 65_535];
+    let dead = [21_346usize, 50_000, 65_533];
+    let mut x = vec![0.0f32; n * d];
+    for &r in &live {
+        for c in 0..d {
+            x[r * d + c] = rng.random_range(-1.0f32..1.0);
+        }
+    }
+    let w: Vec<f32> = (0..v * d).map(|_| rng.random_range(-0.1f32..0.1)).collect();
+    let targets: Vec<u32> = (0..n).map(|_| rng.random_range(0..v as u32)).collect();
+    let (xb, wb) = (rounded(&x), rounded(&w));
+
+    let up = |h: &[f32]| -> Result<CudaSlice<f32>> {
+        let mut buf = be.alloc(h.len())?;
+        be.upload(h, &mut buf)?;
+        Ok(buf)
+    };
+    let (gx, gw) = (up(&x)?, up(&w)?);
+    let mut ids = be.alloc_ids(n)?;
+    be.upload_ids(&targets, &mut ids)?;
+    let mut logits = be.alloc(n * v)?;
+    be.upload(&[f32::NAN; 4096], &mut logits)?; // the first rows must be overwritten too
+    let mut losses = be.alloc(n)?;
+
+    // Forward: logits = x · Eᵀ.
+    be.matmul_fwd(&mut logits, &gx, Span::new(&gw, 0, v * d), n, d, v)?;
+    let mut rows_logits = Vec::new();
+    for &r in live.iter().chain(&dead) {
+        let got = row(&be, &logits, r, v)?;
+        if dead.contains(&r) {
+            ensure!(
+                got.iter().all(|&y| y == 0.0),
+                "logits row {r} (x = 0) is not all zero"
+            );
+        } else {
+            let want: Vec<f64> = (0..v)
+                .map(|j| {
+                    (0..d)
+                        .map(|c| xb[r * d + c] as f64 * wb[j * d + c] as f64)
+                        .sum()
+                })
+                .collect();
+            let e = rel_err(&got, &want);
+            ensure!(e < 1e-5, "logits row {r}: rel err {e:.2e} ≥ 1e-5");
+        }
+        rows_logits.push((r, got));
+    }
+
+    // Cross-entropy with the gradient of the mean loss written over the logits.
+    let scale = 1.0 / n as f64;
+    be.cross_entropy(&mut logits, &mut losses, &ids, n, v, Some(scale))?;
+    let all_losses = be.download(&losses)?;
+    let mut rows_dl = Vec::new();
+    for (r, lg) in &rows_logits {
+        let m = lg.iter().fold(f64::NEG_INFINITY, |a, &y| a.max(y as f64));
+        let s: f64 = lg.iter().map(|&y| (y as f64 - m).exp()).sum();
+        let t = targets[*r] as usize;
+        let want_loss = m + s.ln() - lg[t] as f64;
+        let e = ((all_losses[*r] as f64 - want_loss) / want_loss).abs();
+        ensure!(
+            e < 1e-5,
+            "loss of row {r}: gpu {} vs {want_loss} (rel {e:.2e})",
+            all_losses[*r]
+        );
+        let want: Vec<f64> = lg
+            .iter()
+            .enumerate()
+            .map(|(j, &y)| scale * ((y as f64 - m).exp() / s - (j == t) as u8 as f64))
+            .collect();
+        let got = row(&be, &logits, *r, v)?;
+        let e = rel_err(&got, &want);
+        ensure!(e < 1e-5, "dlogits row {r}: rel err {e:.2e} ≥ 1e-5");
+        rows_dl.push((*r, got));
+    }
+    let ln_v = (v as f64).ln();
+    for (r, &l) in all_losses.iter().enumerate() {
+        if !live.contains(&r) {
+            ensure!(
+                ((l as f64 - ln_v) / ln_v).abs() < 1e-6,
+                "loss of zero row {r}: {l}, expected ln V = {ln_v}"
+            );
+        }
+    }
+
+    // dx = dlogits · E.
+    let mut dx = up(&vec![f32::NAN; n * d])?;
+    be.matmul_bwd_x(&mut dx, &logits, Span::new(&gw, 0, v * d), n, d, v)?;
+    for (r, dl) in &rows_dl {
+        let mut want = vec![0.0f64; d];
+        for (j, &g) in dl.iter().enumerate() {
+            let g = b(g);
+            for (c, acc) in want.iter_mut().enumerate() {
+                *acc += g * wb[j * d + c] as f64;
+            }
+        }
+        let e = rel_err(&row(&be, &dx, *r, d)?, &want);
+        ensure!(e < 1e-3, "dx row {r}: rel err {e:.2e} ≥ 1e-3");
+    }
+
+    // dE = dlogitsᵀ · x (overwrite), then again accumulating: exactly twice.
+    let mut dw = up(&vec![f32::NAN; v * d])?;
+    be.matmul_bwd_w(
+        SpanMut::new(&mut dw, 0, v * d),
+        &logits,
+        &gx,
+        n,
+        d,
+        v,
+        false,
+    )?;
+    let got = be.download(&dw)?;
+    let mut want = vec![0.0f64; v * d];
+    for (r, dl) in rows_dl.iter().filter(|(r, _)| live.contains(r)) {
+        for (j, &g) in dl.iter().enumerate() {
+            let g = b(g);
+            for c in 0..d {
+                want[j * d + c] += g * xb[r * d + c] as f64;
+            }
+        }
+    }
+    let e = rel_err(&got, &want);
+    ensure!(e < 1e-5, "dE: rel err {e:.2e} ≥ 1e-5");
+    be.matmul_bwd_w(SpanMut::new(&mut dw, 0, v * d), &logits, &gx, n, d, v, true)?;
+    let twice = be.download(&dw)?;
+    let bad = got
+        .iter()
+        .zip(&twice)
+        .filter(|(&a, &t)| (2.0 * a).to_bits() != t.to_bits())
+        .count();
+    ensure!(
+        bad == 0,
+        "accumulating dE is not exactly twice the overwriting one at {bad} elements"
+    );
+    Ok(())
+}
