@@ -423,9 +423,10 @@ pub trait Backend {
 
     // ----- optimizer -----
 
-    /// Squared L2 norm of the first `n` elements of `g`, read back to the host, summed exactly as
-    /// [`crate::optim::adamw::global_norm`]: f64 partial sums over fixed 4096-element chunks,
-    /// added in chunk order.
+    /// Squared L2 norm of the first `n` elements of `g`, read back to the host: f64 partial sums
+    /// over fixed chunks, added in chunk order, so the result is the same on every run. The CPU
+    /// sums as [`crate::optim::adamw::global_norm`] (4,096-element chunks); the GPU uses
+    /// 16,384-element chunks, so the two agree to f64 rounding, not bit for bit.
     fn norm_sq(&self, g: &Self::Buf, n: usize) -> Result<f64>;
 
     /// One AdamW update over the first `n` elements of the flat buffers, element by element as
