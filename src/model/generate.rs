@@ -22,12 +22,13 @@
 //! [`ShiftPositions`]; an o_proj bias ([`Model::set_o_bias`]) applies at every new token.
 //! Sampling runs on the host; padded vocabulary ids (`>= cfg.vocab_real`) are never sampled.
 
-use anyhow::{bail, ensure, Result};
+use std::any::Any;
+
+use anyhow::{bail, ensure, Context, Result};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::transformer::{rope_table, Model};
-use crate::backend::cpu::Cpu;
 use crate::backend::{Backend, CacheShape, Float, Span, DECODE_META};
 use crate::config::ModelConfig;
 
@@ -39,25 +40,6 @@ pub enum ShiftPositions {
     /// Only the positions whose output is sampled: the last prompt position and every generated
     /// token; the rest of the prompt runs unshifted.
     Generated,
-}
-
-/// What a [`KvCache`] is made for: an executor `B` (its buffers hold the cache), or, for the CPU
-/// executor, just its scalar type (`KvCache<f32>` is the cache of `Model<Cpu<f32>>`).
-pub trait CacheOf {
-    /// The executor whose buffers hold the cache.
-    type Backend: Backend;
-}
-
-impl<B: Backend> CacheOf for B {
-    type Backend = B;
-}
-
-impl CacheOf for f32 {
-    type Backend = Cpu<f32>;
-}
-
-impl CacheOf for f64 {
-    type Backend = Cpu<f64>;
 }
 
 /// Buffers of a [`KvCache`] on its executor, allocated by the first [`Model::decode`].
@@ -125,19 +107,23 @@ impl<B: Backend> Scratch<B> {
 }
 
 /// Cached post-RoPE keys and values of `batch` independent sequences, in the memory of the
-/// executor `X` names (see [`CacheOf`]; on the GPU: device memory).
+/// executor that decodes with it (on the GPU: device memory). `T` is that executor's element
+/// type ([`Backend::Elem`]): `KvCache<f32>` serves `Model<Cpu<f32>>` and the CUDA executor alike.
 ///
 /// Layout per layer: `k`, `v` `[B, H, T_max, dh]` ([`CacheShape`]); row `r` holds `len(r)`
-/// valid positions. The buffers are allocated by the first [`Model::decode`] on the cache.
-pub struct KvCache<X: CacheOf> {
+/// valid positions. The buffers are allocated by the first [`Model::decode`] on the cache, on
+/// that model's executor; decoding later with a model on another kind of executor is an error.
+pub struct KvCache<T> {
     shape: CacheShape,
     n_layers: usize,
     rope_theta: f64,
     len: Vec<usize>,
-    store: Option<CacheStore<X::Backend>>,
+    /// A `CacheStore<B>` of the executor `B` that first decoded with this cache.
+    store: Option<Box<dyn Any>>,
+    _elem: std::marker::PhantomData<T>,
 }
 
-impl<X: CacheOf> KvCache<X> {
+impl<T: Float> KvCache<T> {
     /// An empty cache for `batch` sequences of up to `cfg.context` positions.
     pub fn new(cfg: &ModelConfig, batch: usize) -> Self {
         KvCache {
@@ -151,6 +137,7 @@ impl<X: CacheOf> KvCache<X> {
             rope_theta: cfg.rope_theta,
             len: vec![0; batch],
             store: None,
+            _elem: std::marker::PhantomData,
         }
     }
 
@@ -175,26 +162,34 @@ impl<X: CacheOf> KvCache<X> {
     }
 
     /// The cache buffers on `be`, allocated (zero-filled, with the RoPE table) on first use.
-    fn store(&mut self, be: &X::Backend) -> Result<&mut CacheStore<X::Backend>> {
+    fn store<B: Backend<Elem = T> + 'static>(&mut self, be: &B) -> Result<&mut CacheStore<B>> {
         if self.store.is_none() {
             let c = self.shape;
             let alloc = || be.alloc(c.len());
             let k = (0..self.n_layers).map(|_| alloc()).collect::<Result<_>>()?;
             let v = (0..self.n_layers).map(|_| alloc()).collect::<Result<_>>()?;
-            let table: Vec<_> = rope_table(c.t_max, c.dh, self.rope_theta)
+            let table: Vec<T> = rope_table(c.t_max, c.dh, self.rope_theta)
                 .into_iter()
-                .map(<X::Backend as Backend>::Elem::of)
+                .map(T::of)
                 .collect();
             let mut rope = be.alloc(table.len())?;
             be.upload(&table, &mut rope)?;
-            self.store = Some(CacheStore {
+            self.store = Some(Box::new(CacheStore::<B> {
                 k,
                 v,
                 rope,
                 scratch: None,
-            });
+            }));
         }
-        Ok(self.store.as_mut().expect("allocated above"))
+        self.store
+            .as_mut()
+            .and_then(|s| s.downcast_mut::<CacheStore<B>>())
+            .with_context(|| {
+                format!(
+                    "decode: this KV cache holds buffers of another executor (not {})",
+                    be.name()
+                )
+            })
     }
 }
 
@@ -311,15 +306,15 @@ pub fn sample_token(
     probs[n - 1].0 as u32
 }
 
-impl<B: Backend> Model<B> {
+impl<B: Backend + 'static> Model<B> {
     /// Runs new tokens through the model, appending their keys and values to `cache`, and returns
     /// the logits `[vocab_size]` (padding included) of the last token of each chunk, in chunk
     /// order. A prompt is prefilled by one chunk of all its tokens; decoding is one chunk of one
     /// token per row. Chunks must name distinct rows.
-    pub fn decode<X: CacheOf<Backend = B>>(
+    pub fn decode(
         &self,
         params: &B::Buf,
-        cache: &mut KvCache<X>,
+        cache: &mut KvCache<B::Elem>,
         chunks: &[Chunk],
     ) -> Result<Vec<Vec<f32>>> {
         let exact = self.decode_exact(params, cache, chunks)?;
@@ -330,10 +325,10 @@ impl<B: Backend> Model<B> {
     }
 
     /// [`Model::decode`] with the logits in the executor's precision.
-    pub fn decode_exact<X: CacheOf<Backend = B>>(
+    pub fn decode_exact(
         &self,
         params: &B::Buf,
-        cache: &mut KvCache<X>,
+        cache: &mut KvCache<B::Elem>,
         chunks: &[Chunk],
     ) -> Result<Vec<Vec<B::Elem>>> {
         let cfg = &self.cfg;
@@ -496,7 +491,7 @@ impl<B: Backend> Model<B> {
                 r
             })
             .collect();
-        let mut cache = KvCache::<B>::new(cfg, prompts.len());
+        let mut cache = KvCache::<B::Elem>::new(cfg, prompts.len());
         let chunks: Vec<Chunk> = prompts
             .iter()
             .enumerate()
