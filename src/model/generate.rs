@@ -363,7 +363,11 @@ impl<B: Backend + 'static> Model<B> {
             );
             ensure!(!seen[ch.row], "decode: row {} appears twice", ch.row);
             seen[ch.row] = true;
-            ensure!(!ch.tokens.is_empty(), "decode: row {} has no tokens", ch.row);
+            ensure!(
+                !ch.tokens.is_empty(),
+                "decode: row {} has no tokens",
+                ch.row
+            );
             let start = cache.len[ch.row];
             ensure!(
                 start + ch.tokens.len() <= c.t_max,
@@ -377,7 +381,11 @@ impl<B: Backend + 'static> Model<B> {
                     bail!("decode: token id {t} is not below the vocabulary size {v}");
                 }
                 ids.push(t);
-                meta.extend([ch.row as u32, (start + i) as u32, (i >= ch.shift_from) as u32]);
+                meta.extend([
+                    ch.row as u32,
+                    (start + i) as u32,
+                    (i >= ch.shift_from) as u32,
+                ]);
             }
             last.push((ids.len() - 1) as u32);
         }
@@ -387,11 +395,16 @@ impl<B: Backend + 'static> Model<B> {
         }
         let m = last.len();
         let st = cache.store(be)?;
-        if st.scratch.as_ref().is_none_or(|s| s.cap < n) {
+        if st.scratch.as_ref().map_or(true, |s| s.cap < n) {
             st.scratch = None; // free the smaller one first
             st.scratch = Some(Scratch::new(be, cfg, n, c.rows)?);
         }
-        let CacheStore { k, v: vc, rope, scratch } = st;
+        let CacheStore {
+            k,
+            v: vc,
+            rope,
+            scratch,
+        } = st;
         let w = scratch.as_mut().expect("allocated above");
         be.upload_ids(&ids, &mut w.ids)?;
         be.upload_ids(&meta, &mut w.meta)?;

@@ -147,7 +147,10 @@ impl DecodeKernels {
         }
         let blocks = n * c.h;
         if blocks > i32::MAX as usize {
-            bail!("attention_decode: {n} tokens × {} heads is too many blocks", c.h);
+            bail!(
+                "attention_decode: {n} tokens × {} heads is too many blocks",
+                c.h
+            );
         }
         let f = match c.dh.div_ceil(32) {
             1 => &self.attn_fns[0],

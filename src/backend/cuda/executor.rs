@@ -646,10 +646,9 @@ impl Backend for CudaExecutor {
         // The kernel indexes the cache with (row, pos) unchecked: check the host copy.
         crate::backend::cpu::decode::read_meta(&meta.host, n, c)
             .map_err(|e| e.context("cuda executor: kv_append"))?;
-        let m = meta
-            .dev
-            .try_slice(0..n * DECODE_META)
-            .ok_or_else(|| anyhow!("cuda executor: kv_append: metadata of fewer than {n} tokens"))?;
+        let m = meta.dev.try_slice(0..n * DECODE_META).ok_or_else(|| {
+            anyhow!("cuda executor: kv_append: metadata of fewer than {n} tokens")
+        })?;
         self.dec.kv_append(
             &mut prefix_mut("kv_append qkv", qkv, n * 3 * c.d())?,
             &mut prefix_mut("kv_append k_cache", k_cache, c.len())?,
