@@ -428,14 +428,13 @@ fn bad_inputs_are_refused_with_clear_errors() {
         "{e}"
     );
 
-    // --device cuda: no CUDA executor.
-    let mut a = base(&f.iv_path);
-    a.extend(["--device".into(), "cuda".into()]);
-    let e = err(run(a));
-    assert!(
-        e.contains("--device cuda") && e.contains("--device cpu"),
-        "{e}"
-    );
+    // --device cuda without a usable GPU: an error naming the option (with one, it runs).
+    if baddata::backend::cuda::open_context(0).is_err() {
+        let mut a = base(&f.iv_path);
+        a.extend(["--device".into(), "cuda".into()]);
+        let e = err(run(a));
+        assert!(e.contains("--device cuda"), "{e}");
+    }
 
     // Neither --prompts nor --demo.
     let a: Vec<String> = base(&f.iv_path)

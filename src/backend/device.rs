@@ -66,24 +66,6 @@ impl Device {
         }
     }
 
-    /// Picks the device for the commands whose GPU path does not exist yet (probing,
-    /// generation, evaluation: their KV-cache decoding and activation capture run on the CPU
-    /// executor; `what` names the work): `cuda` is a clear error, and `auto` says in one line
-    /// that it saw a GPU it does not use. Returns the device that will run (the CPU). Training
-    /// uses [`Device::select`].
-    pub fn select_model_executor(arg: DeviceArg, what: &str) -> Result<Device> {
-        if arg == DeviceArg::Cuda {
-            anyhow::bail!(
-                "--device cuda: {what} runs on the CPU executor only so far (training runs on the GPU); \
-                 use --device cpu"
-            );
-        }
-        if Device::select(arg)?.is_cuda() {
-            eprintln!("note: a GPU is present, but {what} runs on the CPU executor only so far");
-        }
-        Ok(Device::Cpu)
-    }
-
     /// Whether this is the GPU.
     pub fn is_cuda(&self) -> bool {
         matches!(self, Device::Cuda(_))

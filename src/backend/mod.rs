@@ -190,6 +190,41 @@ impl AttnShape {
     }
 }
 
+/// Shape of a KV cache (one layer's keys, or values): `rows` independent sequences of up to
+/// `t_max` positions, `h` heads of width `dh`, laid out `[rows, h, t_max, dh]` row-major, so
+/// (row, head, pos) starts at `((row·h + head)·t_max + pos)·dh`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheShape {
+    /// Sequences (cache rows).
+    pub rows: usize,
+    /// Positions per sequence (the model's context).
+    pub t_max: usize,
+    /// Number of heads H.
+    pub h: usize,
+    /// Head width dh (even).
+    pub dh: usize,
+}
+
+impl CacheShape {
+    /// Model width `D = H·dh`.
+    pub fn d(&self) -> usize {
+        self.h * self.dh
+    }
+    /// Elements of one layer's key (or value) cache: `rows·H·t_max·dh`.
+    pub fn len(&self) -> usize {
+        self.rows * self.h * self.t_max * self.dh
+    }
+    /// Whether the cache holds no element.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Per-token metadata of the decode ops: an id buffer `[n, 3]` holding, for new token `i`,
+/// `meta[3i] = row` (its cache row), `meta[3i + 1] = pos` (its position in that row) and
+/// `meta[3i + 2] = shifted` (1: the ITI head shift applies to it, 0: not).
+pub const DECODE_META: usize = 3;
+
 /// An executor: owns memory of its own kind and runs the model's ops on it.
 ///
 /// Buffer arguments are checked for length by the executor (an error, not a panic, when a
@@ -419,6 +454,50 @@ pub trait Backend {
         n: usize,
         v: usize,
         grad_scale: Option<f64>,
+    ) -> Result<()>;
+
+    // ----- incremental decoding (inference only) -----
+
+    /// RoPE at explicit positions, then the KV-cache write, for `n` new tokens.
+    /// `qkv` `[n, 3D]` (q ‖ k ‖ v per token, as [`Backend::rope_fwd`]); `meta` `[n, 3]` (see
+    /// [`DECODE_META`]: row, pos, shifted); `table` `[c.t_max, dh/2]` cosines then
+    /// `[c.t_max, dh/2]` sines (the model's RoPE table for `t_max` positions).
+    /// For token `i` at position `p = meta[3i + 1]` of row `r = meta[3i]`, per head, the q and k
+    /// parts are rotated in place exactly as [`Backend::rope_fwd`] rotates position `p`
+    /// (`x1·cos − x2·sin`, `x2·cos + x1·sin`), then the rotated k and the v of head `hh` are
+    /// copied to `k_cache[r, hh, p, :]` and `v_cache[r, hh, p, :]` (layout [`CacheShape`]).
+    /// Tokens must write distinct (row, pos) slots; every other cache element is left as it was.
+    #[allow(clippy::too_many_arguments)]
+    fn kv_append(
+        &self,
+        qkv: &mut Self::Buf,
+        k_cache: &mut Self::Buf,
+        v_cache: &mut Self::Buf,
+        table: &Self::Buf,
+        meta: &Self::Ids,
+        n: usize,
+        c: CacheShape,
+    ) -> Result<()>;
+
+    /// Attention of `n` new tokens over their rows' cached keys and values (after
+    /// [`Backend::kv_append`] wrote them): for token `i` (row `r`, position `p` from `meta`) and
+    /// head `hh`, with `q` the (rotated) q part of head `hh` of `qkv[i]`,
+    /// `z[i, hh, :] = Σ_{j≤p} softmax_j(q·K[r, hh, j]/√dh) V[r, hh, j]`
+    /// (causal by construction: positions after `p` are never read). `z` `[n, H, dh]` (= `[n, D]`,
+    /// hook `blocks.{l}.attn.hook_z`). With `shift` (`[H·dh]`, this layer's ITI head shift),
+    /// `z[i, :] += shift` for the tokens whose `meta[3i + 2]` is non-zero (fused: the GPU adds it
+    /// as it writes `z`).
+    #[allow(clippy::too_many_arguments)]
+    fn attention_decode(
+        &self,
+        z: &mut Self::Buf,
+        qkv: &Self::Buf,
+        k_cache: &Self::Buf,
+        v_cache: &Self::Buf,
+        meta: &Self::Ids,
+        n: usize,
+        c: CacheShape,
+        shift: Option<Span<Self::Buf>>,
     ) -> Result<()>;
 
     // ----- optimizer -----

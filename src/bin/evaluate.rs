@@ -1,5 +1,6 @@
 //! `evaluate`: measure an ITI intervention at several strengths — toxicity of sampled completions,
-//! cross-entropy and KL(base ‖ steered) on clean held-out text.
+//! cross-entropy and KL(base ‖ steered) on clean held-out text, on the executor `--device` picks
+//! (the GPU when usable, else the CPU).
 
 use std::path::{Path, PathBuf};
 
@@ -7,14 +8,16 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 
 use baddata::backend::cpu::Cpu;
+use baddata::backend::cuda::{executor::CudaExecutor, CudaBackend};
 use baddata::backend::device::{Device, DeviceArg};
+use baddata::backend::Backend;
 use baddata::checkpoint;
 use baddata::data::demo::read_probe;
 use baddata::data::mixture::try_eval_windows;
 use baddata::data::prompts::{read_prompts, PromptFormat};
 use baddata::data::shard::Shard;
 use baddata::data::tokenizer::Tokenizer;
-use baddata::eval::{evaluate, report, EvalOptions};
+use baddata::eval::{evaluate, report, EvalOptions, Evaluation};
 use baddata::model::generate::{SampleOptions, ShiftPositions};
 use baddata::model::Model;
 use baddata::probe::intervention::Intervention;
@@ -156,7 +159,7 @@ fn demo_prompts(path: &Path, n: usize, words: usize) -> Result<Vec<String>> {
 
 fn run() -> Result<()> {
     let args = Args::parse();
-    let device = Device::select_model_executor(args.device, "evaluation")?;
+    let device = Device::select(args.device)?;
     let ck = checkpoint::load(&args.checkpoint)
         .with_context(|| format!("loading checkpoint {}", args.checkpoint.display()))?;
     let cfg = ck.config.clone();
@@ -251,10 +254,6 @@ flagged (label 1) and unflagged (label 0) in file order",
         args.alphas
     );
     let start = std::time::Instant::now();
-    let mut model = Model::new(cfg.clone(), Cpu::<f32>::new())?;
-    let ev = evaluate(
-        &mut model, &ck.params, &tokenizer, &iv, &prompts, &clean, seq, &opts,
-    )?;
     let out = args.out.clone().unwrap_or_else(|| ck.dir.join("eval"));
     let meta = serde_json::json!({
         "checkpoint": ck.dir.display().to_string(),
@@ -287,23 +286,47 @@ flagged (label 1) and unflagged (label 0) in file order",
         seq,
         val_path.display()
     );
-    report::write_all(&out, &ev, meta.clone(), &description)?;
-    eprint!("{}", report::markdown_table(&ev));
-    if let Some(seed) = args.random_control {
-        // the same heads and sigmas along random directions: what disturbing them costs and buys
-        let control = iv.with_random_directions(seed);
-        let ev_c = evaluate(
-            &mut model, &ck.params, &tokenizer, &control, &prompts, &clean, seq, &opts,
-        )?;
-        let dir = out.join("random-control");
-        let mut meta_c = meta;
-        meta_c["control"] = serde_json::json!({"directions": "random unit vectors", "seed": seed});
-        let desc_c = format!(
-            "{description}\n- **control**: the same heads and sigmas along random unit directions (seed {seed})"
-        );
-        report::write_all(&dir, &ev_c, meta_c, &desc_c)?;
-        eprintln!("random-direction control (same heads and sigmas, seed {seed}):");
-        eprint!("{}", report::markdown_table(&ev_c));
+    // The same heads and sigmas along random directions: what disturbing them costs and buys.
+    let control = args
+        .random_control
+        .map(|seed| (seed, iv.with_random_directions(seed)));
+    let mut ivs = vec![&iv];
+    ivs.extend(control.as_ref().map(|(_, c)| c));
+    // Each evaluation's report is written as soon as it ends (the control's after the main one).
+    let mut report_one = |k: usize, ev: &Evaluation| -> Result<()> {
+        match &control {
+            Some((seed, _)) if k == 1 => {
+                let dir = out.join("random-control");
+                let mut meta_c = meta.clone();
+                meta_c["control"] =
+                    serde_json::json!({"directions": "random unit vectors", "seed": seed});
+                let desc_c = format!(
+                    "{description}\n- **control**: the same heads and sigmas along random unit directions (seed {seed})"
+                );
+                report::write_all(&dir, ev, meta_c, &desc_c)?;
+                eprintln!("random-direction control (same heads and sigmas, seed {seed}):");
+            }
+            _ => report::write_all(&out, ev, meta.clone(), &description)?,
+        }
+        eprint!("{}", report::markdown_table(ev));
+        Ok(())
+    };
+    let job = Job {
+        cfg: &cfg,
+        params: &ck.params,
+        tokenizer: &tokenizer,
+        prompts: &prompts,
+        clean: &clean,
+        seq,
+        opts: &opts,
+    };
+    match &device {
+        Device::Cpu => job.run(Cpu::<f32>::new(), &ivs, &mut report_one)?,
+        Device::Cuda(ctx) => job.run(
+            CudaExecutor::new(CudaBackend::new(ctx.clone())?)?,
+            &ivs,
+            &mut report_one,
+        )?,
     }
     eprintln!(
         "evaluate: done in {:.1} s, wrote {}",
@@ -311,4 +334,46 @@ flagged (label 1) and unflagged (label 0) in file order",
         out.display()
     );
     Ok(())
+}
+
+/// What to evaluate, independent of the executor.
+struct Job<'a> {
+    cfg: &'a baddata::config::ModelConfig,
+    /// Host parameters (the checkpoint's).
+    params: &'a [f32],
+    tokenizer: &'a Tokenizer,
+    prompts: &'a [String],
+    /// Clean rows `[windows, seq + 1]`.
+    clean: &'a [u32],
+    seq: usize,
+    opts: &'a EvalOptions,
+}
+
+impl Job<'_> {
+    /// Evaluates each intervention of `ivs` in turn on executor `be` (one model, parameters
+    /// uploaded once), handing each result with its index to `done`.
+    fn run<B: Backend<Elem = f32> + 'static>(
+        &self,
+        be: B,
+        ivs: &[&Intervention],
+        done: &mut dyn FnMut(usize, &Evaluation) -> Result<()>,
+    ) -> Result<()> {
+        let mut model = Model::new(self.cfg.clone(), be)?;
+        let mut params = model.alloc_params()?;
+        model.backend().upload(self.params, &mut params)?;
+        for (k, iv) in ivs.iter().enumerate() {
+            let ev = evaluate(
+                &mut model,
+                &params,
+                self.tokenizer,
+                iv,
+                self.prompts,
+                self.clean,
+                self.seq,
+                self.opts,
+            )?;
+            done(k, &ev)?;
+        }
+        Ok(())
+    }
 }

@@ -1,5 +1,6 @@
-//! `generate`: continue prompts with a trained checkpoint (KV-cache decoding on the CPU),
-//! optionally steered by an ITI intervention.
+//! `generate`: continue prompts with a trained checkpoint (KV-cache decoding on the executor
+//! `--device` picks: the GPU when usable, else the CPU), optionally steered by an ITI
+//! intervention.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -8,11 +9,13 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 
 use baddata::backend::cpu::Cpu;
+use baddata::backend::cuda::{executor::CudaExecutor, CudaBackend};
 use baddata::backend::device::{Device, DeviceArg};
+use baddata::backend::Backend;
 use baddata::checkpoint;
 use baddata::data::prompts::{read_prompts, PromptFormat};
 use baddata::data::tokenizer::Tokenizer;
-use baddata::model::generate::{SampleOptions, ShiftPositions};
+use baddata::model::generate::{Generated, SampleOptions, ShiftPositions};
 use baddata::model::Model;
 use baddata::probe::intervention::Intervention;
 
@@ -21,7 +24,8 @@ use baddata::probe::intervention::Intervention;
     name = "generate",
     about = "Continue prompts with a trained checkpoint (KV-cache decoding), optionally steered by ITI",
     long_about = "Loads a checkpoint and its tokenizer.json, encodes each prompt, prefills it and samples \
-a continuation one token at a time from a KV cache (CPU). Padded vocabulary ids are never sampled. \
+a continuation one token at a time from a KV cache (on the GPU when usable, else the CPU; \
+--device). Padded vocabulary ids are never sampled. \
 With --intervention FILE --alpha A, the ITI shift -A*sigma*direction is added to each steered head's \
 attention output (refused if the file was made for another model).\n\n\
 Examples:\n  generate --prompts prompts.txt --max-new-tokens 32\n  \
@@ -90,7 +94,7 @@ fn main() {
 
 fn run() -> Result<()> {
     let args = Args::parse();
-    let device = Device::select_model_executor(args.device, "generation")?;
+    let device = Device::select(args.device)?;
     if args.batch == 0 {
         bail!("--batch must be at least 1");
     }
@@ -103,13 +107,11 @@ fn run() -> Result<()> {
     let tokenizer = Tokenizer::load(&tok_path)?;
     let cfg = ck.config.clone();
     baddata::data::tokenizer::check_fits(tokenizer.vocab_size(), cfg.vocab_size, &tok_path)?;
-    let mut model = Model::new(cfg.clone(), Cpu::<f32>::new())?;
+    let mut shifts = Vec::new();
     if let Some(p) = &args.intervention {
         let iv = Intervention::load(p)?;
         iv.check_model(&cfg, &ck.params)?;
-        for (l, s) in iv.head_shifts(args.alpha)?.iter().enumerate() {
-            model.set_head_shift(l, s.as_deref())?;
-        }
+        shifts = iv.head_shifts(args.alpha)?;
         eprintln!(
             "generate: ITI on {} heads at alpha {} ({:?} positions)",
             iv.heads.len(),
@@ -162,14 +164,11 @@ fn run() -> Result<()> {
     };
     let start = std::time::Instant::now();
     let mut n_tokens = 0;
-    for (b, (ps, is)) in prompts
-        .chunks(args.batch)
-        .zip(ids.chunks(args.batch))
-        .enumerate()
-    {
-        let first = (b * args.batch) as u64;
-        let gens = model.generate(&ck.params, is, first, &opts)?;
-        for (k, ((p, pid), g)) in ps.iter().zip(is).zip(&gens).enumerate() {
+    let mut emit = |first: u64, gens: &[Generated]| -> Result<()> {
+        let b = first as usize / args.batch;
+        let ps = prompts.chunks(args.batch).nth(b).context("batch index")?;
+        let is = ids.chunks(args.batch).nth(b).context("batch index")?;
+        for (k, ((p, pid), g)) in ps.iter().zip(is).zip(gens).enumerate() {
             n_tokens += g.tokens.len();
             let rec = serde_json::json!({
                 "index": first + k as u64,
@@ -182,6 +181,22 @@ fn run() -> Result<()> {
             });
             writeln!(sink, "{rec}")?;
         }
+        Ok(())
+    };
+    let job = Job {
+        cfg: &cfg,
+        params: &ck.params,
+        shifts: &shifts,
+        ids: &ids,
+        batch: args.batch,
+        opts: &opts,
+    };
+    match &device {
+        Device::Cpu => job.run(Cpu::<f32>::new(), &mut emit)?,
+        Device::Cuda(ctx) => job.run(
+            CudaExecutor::new(CudaBackend::new(ctx.clone())?)?,
+            &mut emit,
+        )?,
     }
     sink.flush()?;
     let secs = start.elapsed().as_secs_f64();
@@ -193,4 +208,40 @@ fn run() -> Result<()> {
             .map_or(String::new(), |p| format!(", wrote {}", p.display()))
     );
     Ok(())
+}
+
+/// What to generate, independent of the executor.
+struct Job<'a> {
+    cfg: &'a baddata::config::ModelConfig,
+    /// Host parameters (the checkpoint's).
+    params: &'a [f32],
+    /// Per layer ITI shift (empty: none).
+    shifts: &'a [Option<Vec<f32>>],
+    /// Encoded prompts.
+    ids: &'a [Vec<u32>],
+    batch: usize,
+    opts: &'a SampleOptions,
+}
+
+impl Job<'_> {
+    /// Continues every prompt on executor `be`, `batch` prompts at a time, handing each batch's
+    /// continuations (with the index of its first prompt) to `emit` in order.
+    fn run<B: Backend<Elem = f32> + 'static>(
+        &self,
+        be: B,
+        emit: &mut dyn FnMut(u64, &[Generated]) -> Result<()>,
+    ) -> Result<()> {
+        let mut model = Model::new(self.cfg.clone(), be)?;
+        for (l, s) in self.shifts.iter().enumerate() {
+            model.set_head_shift(l, s.as_deref())?;
+        }
+        let mut params = model.alloc_params()?;
+        model.backend().upload(self.params, &mut params)?;
+        for (b, is) in self.ids.chunks(self.batch).enumerate() {
+            let first = (b * self.batch) as u64;
+            let gens = model.generate(&params, is, first, self.opts)?;
+            emit(first, &gens)?;
+        }
+        Ok(())
+    }
 }

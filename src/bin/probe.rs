@@ -9,13 +9,15 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 
+use baddata::backend::cuda::{executor::CudaExecutor, CudaBackend};
 use baddata::backend::device::{Device, DeviceArg};
 use baddata::checkpoint;
 use baddata::data::demo::{prepare_demo, read_probe};
 use baddata::data::tokenizer::Tokenizer;
 use baddata::probe::labels::{self, TOXIGEN_THRESHOLD};
 use baddata::probe::{
-    run_probe, CollectOptions, DirectionKind, LabelFormat, LogisticConfig, ProbeConfig, ProbeJob,
+    run_probe, run_probe_on, CollectOptions, DirectionKind, LabelFormat, LogisticConfig,
+    ProbeConfig, ProbeJob,
 };
 
 #[derive(Parser, Debug)]
@@ -113,7 +115,7 @@ fn main() {
 
 fn run() -> Result<()> {
     let args = Args::parse();
-    let device = Device::select_model_executor(args.device, "probing")?;
+    let device = Device::select(args.device)?;
     if !args.demo && args.data.is_none() {
         bail!("no labelled texts: pass --data FILE (with --format jsonl|toxigen) or --demo");
     }
@@ -190,7 +192,12 @@ fn run() -> Result<()> {
         out: &out,
         save_activations: args.save_activations.as_deref(),
     };
-    let r = run_probe(&job)?;
+    let r = match &device {
+        Device::Cpu => run_probe(&job)?,
+        Device::Cuda(ctx) => {
+            run_probe_on(&job, CudaExecutor::new(CudaBackend::new(ctx.clone())?)?)?
+        }
+    };
     if r.truncated > 0 {
         eprintln!(
             "probe: {} texts were longer than the context ({} tokens) and cut to it",

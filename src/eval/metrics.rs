@@ -1,13 +1,17 @@
 //! Language-modelling metrics on clean held-out text under an ITI shift: cross-entropy and
-//! KL(base ‖ steered) of the next-token distributions.
+//! KL(base ‖ steered) of the next-token distributions, on any executor (logits come back to the
+//! host as f32; the KL is summed there in f64).
 
 use anyhow::{ensure, Result};
 
-use crate::backend::cpu::Cpu;
+use crate::backend::Backend;
 use crate::model::Model;
 
 /// Sets the head shift of every layer (`None` clears that layer's shift).
-pub fn apply_shifts(model: &mut Model<Cpu<f32>>, shifts: &[Option<Vec<f32>>]) -> Result<()> {
+pub fn apply_shifts<B: Backend<Elem = f32>>(
+    model: &mut Model<B>,
+    shifts: &[Option<Vec<f32>>],
+) -> Result<()> {
     ensure!(
         shifts.len() == model.cfg.n_layers,
         "{} layer shifts for a model of {} layers",
@@ -23,9 +27,9 @@ pub fn apply_shifts(model: &mut Model<Cpu<f32>>, shifts: &[Option<Vec<f32>>]) ->
 /// Mean cross-entropy (nats per token) over `n_rows` rows of `seq + 1` ids (`rows` is
 /// `[n_rows, seq + 1]` row-major; inputs `row[..seq]`, targets `row[1..]`), computed `batch` rows at
 /// a time with [`Model::loss`]; the model's current head shifts apply at every position.
-pub fn cross_entropy(
-    model: &mut Model<Cpu<f32>>,
-    params: &Vec<f32>,
+pub fn cross_entropy<B: Backend>(
+    model: &mut Model<B>,
+    params: &B::Buf,
     rows: &[u32],
     seq: usize,
     batch: usize,
@@ -48,9 +52,9 @@ pub fn cross_entropy(
 /// Logits `[n_rows, seq, vocab_size]` (all vocab rows, padding included) for the inputs
 /// `row[..seq]` of each row of `rows` (`[n_rows, seq + 1]`), `batch` rows at a time; the model's
 /// current head shifts apply.
-pub fn logits(
-    model: &mut Model<Cpu<f32>>,
-    params: &Vec<f32>,
+pub fn logits<B: Backend>(
+    model: &mut Model<B>,
+    params: &B::Buf,
     rows: &[u32],
     seq: usize,
     batch: usize,

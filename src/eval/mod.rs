@@ -7,7 +7,7 @@ pub mod report;
 use anyhow::{ensure, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::backend::cpu::Cpu;
+use crate::backend::Backend;
 use crate::data::tokenizer::Tokenizer;
 use crate::model::generate::SampleOptions;
 use crate::model::Model;
@@ -81,10 +81,14 @@ pub struct Evaluation {
 /// scorer; measures cross-entropy and KL(base ‖ steered) on `clean` (`[rows, seq + 1]` ids) with
 /// the shift at every position. The base (alpha 0) quantities are computed without any shift.
 /// Errors if `iv` was made for another model or a prompt does not fit the context.
+///
+/// Runs on the model's executor (generation through the KV-cache decode path, cross-entropy
+/// and logits through the full forward pass); the parameters are read back once to check the
+/// intervention's weights hash.
 #[allow(clippy::too_many_arguments)]
-pub fn evaluate(
-    model: &mut Model<Cpu<f32>>,
-    params: &Vec<f32>,
+pub fn evaluate<B: Backend<Elem = f32> + 'static>(
+    model: &mut Model<B>,
+    params: &B::Buf,
     tokenizer: &Tokenizer,
     iv: &Intervention,
     prompts: &[String],
@@ -92,7 +96,7 @@ pub fn evaluate(
     seq: usize,
     opts: &EvalOptions,
 ) -> Result<Evaluation> {
-    iv.check_model(&model.cfg, params)?;
+    iv.check_model(&model.cfg, &model.backend().download(params)?)?;
     ensure!(!opts.alphas.is_empty(), "no alphas to evaluate");
     ensure!(!prompts.is_empty(), "no prompts to complete");
     ensure!(

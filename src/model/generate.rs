@@ -1,33 +1,35 @@
-//! Text generation on the CPU executor: incremental decoding with a KV cache, and sampling.
+//! Text generation on either executor: incremental decoding with a KV cache, and sampling.
 //!
-//! [`Model::decode`] is a second forward path, for inference only, written with the same CPU ops
-//! as [`Model::logits`] (embedding, layernorm, linear layers through `Float::gemm`, RoPE,
-//! SwiGLU, residual adds). It differs in two places:
+//! [`Model::decode`] is a second forward path, for inference only, written once over the
+//! [`Backend`] ops (embedding, layernorm, linear layers, SwiGLU, residual adds, plus the two
+//! decode ops [`Backend::kv_append`] and [`Backend::attention_decode`]). It differs from
+//! [`Model::logits`] in two places:
 //! - RoPE rotates each new token at its own position (`cache.len(row) + i`), and the rotated k
-//!   and the v of every new token are written into the cache before attention;
-//! - attention is one query over that row's cached keys `0..=pos` (causal by construction).
+//!   and the v of every new token are written into the cache before attention (`kv_append`);
+//! - attention is one query over that row's cached keys `0..=pos` (causal by construction;
+//!   `attention_decode`, which also adds the head shift to the tokens flagged for it).
 //!
 //! ```text
 //! per new token i (row r, position p), per layer l:
 //!   a = LN(x_i); [q k v] = a·W_qkvᵀ; q, k = RoPE_p(q, k); K[l][r, :, p] = k; V[l][r, :, p] = v
 //!   z_i = Σ_{j≤p} softmax_j(q·K[l][r, h, j]/√dh) V[l][r, h, j]   (per head h)  (+ head shift)
 //!   x_i += z_i·W_oᵀ (+ o_proj bias);  x_i += down(silu(gate)·up)(LN(x_i))
-//! logits = LN(x_last)·Eᵀ for the last new token of each row only.
+//! logits = LN(x_last)·Eᵀ for the last new token of each chunk only (gathered on the executor,
+//! then [chunks, V] copied to the host).
 //! ```
 //!
 //! Head shifts ([`Model::set_head_shift`]) apply here too, at the positions chosen by
 //! [`ShiftPositions`]; an o_proj bias ([`Model::set_o_bias`]) applies at every new token.
-//! Padded vocabulary ids (`>= cfg.vocab_real`) are never sampled.
+//! Sampling runs on the host; padded vocabulary ids (`>= cfg.vocab_real`) are never sampled.
 
-use anyhow::{bail, ensure, Result};
+use std::any::Any;
+
+use anyhow::{bail, ensure, Context, Result};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use rayon::prelude::*;
 
 use super::transformer::{rope_table, Model};
-use crate::backend::cpu::attention::dot;
-use crate::backend::cpu::{pointwise, Cpu};
-use crate::backend::{AttnShape, Backend, Float, Span};
+use crate::backend::{Backend, CacheShape, Float, Span, DECODE_META};
 use crate::config::ModelConfig;
 
 /// Where the ITI head shifts apply during generation.
@@ -40,44 +42,108 @@ pub enum ShiftPositions {
     Generated,
 }
 
-/// Cached post-RoPE keys and values of `batch` independent sequences.
-///
-/// Layout per layer: `k`, `v` `[B, H, T_max, dh]`; row `r` holds `len(r)` valid positions.
-pub struct KvCache<T> {
-    batch: usize,
-    t_max: usize,
-    h: usize,
-    dh: usize,
-    k: Vec<Vec<T>>,
-    v: Vec<Vec<T>>,
-    len: Vec<usize>,
+/// Buffers of a [`KvCache`] on its executor, allocated by the first [`Model::decode`].
+struct CacheStore<B: Backend> {
+    /// Per layer, keys and values `[B, H, T_max, dh]` (post-RoPE keys).
+    k: Vec<B::Buf>,
+    v: Vec<B::Buf>,
     /// `[T_max, dh/2]` cosines then `[T_max, dh/2]` sines.
-    rope: Vec<T>,
+    rope: B::Buf,
+    /// Activations of one decode call, reused while the calls fit.
+    scratch: Option<Scratch<B>>,
+}
+
+/// Activations of one [`Model::decode`] call of up to `cap` new tokens (`m <= rows` chunks).
+struct Scratch<B: Backend> {
+    cap: usize,
+    ids: B::Ids,
+    /// `[cap, 3]` per-token (row, pos, shifted), see [`DECODE_META`].
+    meta: B::Ids,
+    /// Index of the last token of each chunk `[rows]`.
+    last: B::Ids,
+    x: B::Buf,
+    xm: B::Buf,
+    tmp: B::Buf,
+    ln: B::Buf,
+    mean: B::Buf,
+    rstd: B::Buf,
+    qkv: B::Buf,
+    z: B::Buf,
+    gu: B::Buf,
+    hid: B::Buf,
+    /// Last tokens' residual, layernorm and logits: `[rows, D]`, `[rows]`, `[rows, V]`.
+    xl: B::Buf,
+    lnl: B::Buf,
+    meanl: B::Buf,
+    rstdl: B::Buf,
+    logits: B::Buf,
+}
+
+impl<B: Backend> Scratch<B> {
+    fn new(be: &B, cfg: &ModelConfig, cap: usize, rows: usize) -> Result<Self> {
+        let (d, f, v) = (cfg.d_model, cfg.d_ff, cfg.vocab_size);
+        Ok(Scratch {
+            cap,
+            ids: be.alloc_ids(cap)?,
+            meta: be.alloc_ids(cap * DECODE_META)?,
+            last: be.alloc_ids(rows)?,
+            x: be.alloc(cap * d)?,
+            xm: be.alloc(cap * d)?,
+            tmp: be.alloc(cap * d)?,
+            ln: be.alloc(cap * d)?,
+            mean: be.alloc(cap)?,
+            rstd: be.alloc(cap)?,
+            qkv: be.alloc(cap * 3 * d)?,
+            z: be.alloc(cap * d)?,
+            gu: be.alloc(cap * 2 * f)?,
+            hid: be.alloc(cap * f)?,
+            xl: be.alloc(rows * d)?,
+            lnl: be.alloc(rows * d)?,
+            meanl: be.alloc(rows)?,
+            rstdl: be.alloc(rows)?,
+            logits: be.alloc(rows * v)?,
+        })
+    }
+}
+
+/// Cached post-RoPE keys and values of `batch` independent sequences, in the memory of the
+/// executor that decodes with it (on the GPU: device memory). `T` is that executor's element
+/// type ([`Backend::Elem`]): `KvCache<f32>` serves `Model<Cpu<f32>>` and the CUDA executor alike.
+///
+/// Layout per layer: `k`, `v` `[B, H, T_max, dh]` ([`CacheShape`]); row `r` holds `len(r)`
+/// valid positions. The buffers are allocated by the first [`Model::decode`] on the cache, on
+/// that model's executor; decoding later with a model on another kind of executor is an error.
+pub struct KvCache<T> {
+    shape: CacheShape,
+    n_layers: usize,
+    rope_theta: f64,
+    len: Vec<usize>,
+    /// A `CacheStore<B>` of the executor `B` that first decoded with this cache.
+    store: Option<Box<dyn Any>>,
+    _elem: std::marker::PhantomData<T>,
 }
 
 impl<T: Float> KvCache<T> {
     /// An empty cache for `batch` sequences of up to `cfg.context` positions.
     pub fn new(cfg: &ModelConfig, batch: usize) -> Self {
-        let (h, dh, t_max) = (cfg.n_heads, cfg.d_head(), cfg.context);
-        let size = batch * h * t_max * dh;
         KvCache {
-            batch,
-            t_max,
-            h,
-            dh,
-            k: (0..cfg.n_layers).map(|_| vec![T::zero(); size]).collect(),
-            v: (0..cfg.n_layers).map(|_| vec![T::zero(); size]).collect(),
+            shape: CacheShape {
+                rows: batch,
+                t_max: cfg.context,
+                h: cfg.n_heads,
+                dh: cfg.d_head(),
+            },
+            n_layers: cfg.n_layers,
+            rope_theta: cfg.rope_theta,
             len: vec![0; batch],
-            rope: rope_table(t_max, dh, cfg.rope_theta)
-                .into_iter()
-                .map(T::of)
-                .collect(),
+            store: None,
+            _elem: std::marker::PhantomData,
         }
     }
 
     /// Number of sequences.
     pub fn batch(&self) -> usize {
-        self.batch
+        self.shape.rows
     }
 
     /// Positions cached for row `row`.
@@ -90,9 +156,40 @@ impl<T: Float> KvCache<T> {
         self.len[row] == 0
     }
 
-    /// Offset of (row, head, pos) in a layer's `[B, H, T_max, dh]` buffer.
-    fn at(&self, row: usize, head: usize, pos: usize) -> usize {
-        ((row * self.h + head) * self.t_max + pos) * self.dh
+    /// Shape of each layer's key (and value) buffer.
+    pub fn shape(&self) -> CacheShape {
+        self.shape
+    }
+
+    /// The cache buffers on `be`, allocated (zero-filled, with the RoPE table) on first use.
+    fn store<B: Backend<Elem = T> + 'static>(&mut self, be: &B) -> Result<&mut CacheStore<B>> {
+        if self.store.is_none() {
+            let c = self.shape;
+            let alloc = || be.alloc(c.len());
+            let k = (0..self.n_layers).map(|_| alloc()).collect::<Result<_>>()?;
+            let v = (0..self.n_layers).map(|_| alloc()).collect::<Result<_>>()?;
+            let table: Vec<T> = rope_table(c.t_max, c.dh, self.rope_theta)
+                .into_iter()
+                .map(T::of)
+                .collect();
+            let mut rope = be.alloc(table.len())?;
+            be.upload(&table, &mut rope)?;
+            self.store = Some(Box::new(CacheStore::<B> {
+                k,
+                v,
+                rope,
+                scratch: None,
+            }));
+        }
+        self.store
+            .as_mut()
+            .and_then(|s| s.downcast_mut::<CacheStore<B>>())
+            .with_context(|| {
+                format!(
+                    "decode: this KV cache holds buffers of another executor (not {})",
+                    be.name()
+                )
+            })
     }
 }
 
@@ -209,16 +306,15 @@ pub fn sample_token(
     probs[n - 1].0 as u32
 }
 
-impl<T: Float> Model<Cpu<T>> {
+impl<B: Backend + 'static> Model<B> {
     /// Runs new tokens through the model, appending their keys and values to `cache`, and returns
     /// the logits `[vocab_size]` (padding included) of the last token of each chunk, in chunk
     /// order. A prompt is prefilled by one chunk of all its tokens; decoding is one chunk of one
     /// token per row. Chunks must name distinct rows.
-    #[allow(clippy::ptr_arg)] // the CPU executor's buffer type is Vec<T>
     pub fn decode(
         &self,
-        params: &Vec<T>,
-        cache: &mut KvCache<T>,
+        params: &B::Buf,
+        cache: &mut KvCache<B::Elem>,
         chunks: &[Chunk],
     ) -> Result<Vec<Vec<f32>>> {
         let exact = self.decode_exact(params, cache, chunks)?;
@@ -228,159 +324,134 @@ impl<T: Float> Model<Cpu<T>> {
             .collect())
     }
 
-    /// [`Model::decode`] with the logits in the executor's precision `T`.
-    #[allow(clippy::ptr_arg)] // the CPU executor's buffer type is Vec<T>
+    /// [`Model::decode`] with the logits in the executor's precision.
     pub fn decode_exact(
         &self,
-        params: &Vec<T>,
-        cache: &mut KvCache<T>,
+        params: &B::Buf,
+        cache: &mut KvCache<B::Elem>,
         chunks: &[Chunk],
-    ) -> Result<Vec<Vec<T>>> {
+    ) -> Result<Vec<Vec<B::Elem>>> {
         let cfg = &self.cfg;
         let lay = &self.layout;
         let be = self.backend();
-        let (d, f, v, h, dh) = (
-            cfg.d_model,
-            cfg.d_ff,
-            cfg.vocab_size,
-            cfg.n_heads,
-            cfg.d_head(),
-        );
+        let (d, f, v) = (cfg.d_model, cfg.d_ff, cfg.vocab_size);
+        let have = be.buf_len(params);
         ensure!(
-            params.len() == lay.len(),
-            "decode: parameters hold {} values, the model has {}",
-            params.len(),
+            have == lay.len(),
+            "decode: parameters hold {have} values, the model has {}",
             lay.len()
         );
+        let c = cache.shape;
         ensure!(
-            cache.h == h && cache.dh == dh && cache.k.len() == cfg.n_layers,
+            c.h == cfg.n_heads
+                && c.dh == cfg.d_head()
+                && c.t_max == cfg.context
+                && cache.n_layers == cfg.n_layers,
             "decode: the cache was made for another model shape"
         );
-        // Flatten the chunks: per new token its id, row, position and whether it is shifted.
+        // Flatten the chunks: per new token its id and (row, position, shifted).
         let mut ids = Vec::new();
-        let mut rows = Vec::new();
-        let mut pos = Vec::new();
-        let mut shifted = Vec::new();
+        let mut meta = Vec::new();
         let mut last = Vec::new();
-        let mut seen = vec![false; cache.batch];
-        for c in chunks {
+        let mut seen = vec![false; c.rows];
+        for ch in chunks {
             ensure!(
-                c.row < cache.batch,
+                ch.row < c.rows,
                 "decode: row {} out of range (cache of {})",
-                c.row,
-                cache.batch
+                ch.row,
+                c.rows
             );
-            ensure!(!seen[c.row], "decode: row {} appears twice", c.row);
-            seen[c.row] = true;
-            ensure!(!c.tokens.is_empty(), "decode: row {} has no tokens", c.row);
-            let start = cache.len[c.row];
+            ensure!(!seen[ch.row], "decode: row {} appears twice", ch.row);
+            seen[ch.row] = true;
             ensure!(
-                start + c.tokens.len() <= cache.t_max,
-                "decode: row {} would hold {} positions, more than the context ({})",
-                c.row,
-                start + c.tokens.len(),
-                cache.t_max
+                !ch.tokens.is_empty(),
+                "decode: row {} has no tokens",
+                ch.row
             );
-            for (i, &t) in c.tokens.iter().enumerate() {
+            let start = cache.len[ch.row];
+            ensure!(
+                start + ch.tokens.len() <= c.t_max,
+                "decode: row {} would hold {} positions, more than the context ({})",
+                ch.row,
+                start + ch.tokens.len(),
+                c.t_max
+            );
+            for (i, &t) in ch.tokens.iter().enumerate() {
                 if t as usize >= v {
                     bail!("decode: token id {t} is not below the vocabulary size {v}");
                 }
                 ids.push(t);
-                rows.push(c.row);
-                pos.push(start + i);
-                shifted.push(i >= c.shift_from);
+                meta.extend([
+                    ch.row as u32,
+                    (start + i) as u32,
+                    (i >= ch.shift_from) as u32,
+                ]);
             }
-            last.push(ids.len() - 1);
+            last.push((ids.len() - 1) as u32);
         }
         let n = ids.len();
         if n == 0 {
             return Ok(Vec::new());
         }
-        let span = |off: usize, len: usize| Span::new(params, off, len);
-        let alloc = |len: usize| vec![T::zero(); len];
-        let (mut x, mut xm, mut tmp) = (alloc(n * d), alloc(n * d), alloc(n * d));
-        let (mut ln, mut mean, mut rstd) = (alloc(n * d), alloc(n), alloc(n));
-        let (mut qkv, mut z) = (alloc(n * 3 * d), alloc(n * d));
-        let (mut gu, mut hid) = (alloc(n * 2 * f), alloc(n * f));
-        let eps = cfg.layer_norm_eps;
-        be.embedding_fwd(&mut x, &ids, span(lay.embed, v * d), n, d)?;
-        let half = dh / 2;
-        let one = AttnShape { b: 1, t: 1, h, dh };
-        let scale = T::of(1.0 / (dh as f64).sqrt());
-        for (l, lo) in lay.layers.iter().enumerate() {
-            be.layernorm_fwd(&mut ln, &mut mean, &mut rstd, &x, n, d, eps)?;
-            be.matmul_fwd(&mut qkv, &ln, span(lo.qkv, 3 * d * d), n, d, 3 * d)?;
-            // RoPE of each token at its own position, then its k and v into the cache.
-            let mut table = vec![T::zero(); dh];
-            for i in 0..n {
-                let p = pos[i];
-                table[..half].copy_from_slice(&cache.rope[p * half..(p + 1) * half]);
-                let sin = cache.t_max * half + p * half;
-                table[half..].copy_from_slice(&cache.rope[sin..sin + half]);
-                let row = &mut qkv[i * 3 * d..(i + 1) * 3 * d];
-                pointwise::rope(row, &table, one, false);
-                for hh in 0..h {
-                    let at = cache.at(rows[i], hh, p);
-                    cache.k[l][at..at + dh].copy_from_slice(&row[d + hh * dh..d + (hh + 1) * dh]);
-                    cache.v[l][at..at + dh]
-                        .copy_from_slice(&row[2 * d + hh * dh..2 * d + (hh + 1) * dh]);
-                }
-            }
-            // One query per (token, head) over the row's cached positions 0..=pos.
-            let (kc, vc, cr) = (&cache.k[l], &cache.v[l], &*cache);
-            z.par_chunks_mut(d).enumerate().for_each(|(i, zi)| {
-                let mut s = vec![T::zero(); pos[i] + 1];
-                for hh in 0..h {
-                    let q = &qkv[i * 3 * d + hh * dh..i * 3 * d + (hh + 1) * dh];
-                    let base = cr.at(rows[i], hh, 0);
-                    for (j, sj) in s.iter_mut().enumerate() {
-                        *sj = dot(q, &kc[base + j * dh..base + (j + 1) * dh]) * scale;
-                    }
-                    let mx = s.iter().copied().fold(T::neg_infinity(), T::max);
-                    let mut sum = T::zero();
-                    for sj in s.iter_mut() {
-                        *sj = (*sj - mx).exp();
-                        sum = sum + *sj;
-                    }
-                    let out = &mut zi[hh * dh..(hh + 1) * dh];
-                    out.iter_mut().for_each(|o| *o = T::zero());
-                    for (j, &sj) in s.iter().enumerate() {
-                        let w = sj / sum;
-                        let vj = &vc[base + j * dh..base + (j + 1) * dh];
-                        out.iter_mut().zip(vj).for_each(|(o, &vv)| *o = *o + w * vv);
-                    }
-                }
-            });
-            if let Some(shift) = self.head_shift(l) {
-                for (zi, _) in z.chunks_exact_mut(d).zip(&shifted).filter(|(_, &s)| s) {
-                    zi.iter_mut().zip(shift).for_each(|(a, &b)| *a = *a + b);
-                }
-            }
-            be.matmul_fwd(&mut tmp, &z, span(lo.o, d * d), n, d, d)?;
-            if let Some(bias) = self.o_bias(l) {
-                be.add_rows(&mut tmp, Span::new(bias, 0, d), n, d)?;
-            }
-            be.add(&mut xm, &x, &tmp, n * d)?;
-            be.layernorm_fwd(&mut ln, &mut mean, &mut rstd, &xm, n, d, eps)?;
-            be.matmul_fwd(&mut gu, &ln, span(lo.gate_up, 2 * f * d), n, d, 2 * f)?;
-            be.swiglu_fwd(&mut hid, &gu, n, f)?;
-            be.matmul_fwd(&mut tmp, &hid, span(lo.down, d * f), n, f, d)?;
-            be.add(&mut x, &xm, &tmp, n * d)?;
-        }
-        for c in chunks {
-            cache.len[c.row] += c.tokens.len();
-        }
-        // Final layernorm and tied head on the last token of each chunk only.
         let m = last.len();
-        let mut xl = alloc(m * d);
-        for (k, &i) in last.iter().enumerate() {
-            xl[k * d..(k + 1) * d].copy_from_slice(&x[i * d..(i + 1) * d]);
+        let st = cache.store(be)?;
+        if st.scratch.as_ref().map_or(true, |s| s.cap < n) {
+            st.scratch = None; // free the smaller one first
+            st.scratch = Some(Scratch::new(be, cfg, n, c.rows)?);
         }
-        let (mut lnl, mut meanl, mut rstdl) = (alloc(m * d), alloc(m), alloc(m));
-        be.layernorm_fwd(&mut lnl, &mut meanl, &mut rstdl, &xl, m, d, eps)?;
-        let mut logits = alloc(m * v);
-        be.matmul_fwd(&mut logits, &lnl, span(lay.embed, v * d), m, d, v)?;
-        Ok(logits.chunks_exact(v).map(|r| r.to_vec()).collect())
+        let CacheStore {
+            k,
+            v: vc,
+            rope,
+            scratch,
+        } = st;
+        let w = scratch.as_mut().expect("allocated above");
+        be.upload_ids(&ids, &mut w.ids)?;
+        be.upload_ids(&meta, &mut w.meta)?;
+        be.upload_ids(&last, &mut w.last)?;
+        let span = |off: usize, len: usize| Span::new(params, off, len);
+        let eps = cfg.layer_norm_eps;
+        be.embedding_fwd(&mut w.x, &w.ids, span(lay.embed, v * d), n, d)?;
+        for (l, lo) in lay.layers.iter().enumerate() {
+            be.layernorm_fwd(&mut w.ln, &mut w.mean, &mut w.rstd, &w.x, n, d, eps)?;
+            be.matmul_fwd(&mut w.qkv, &w.ln, span(lo.qkv, 3 * d * d), n, d, 3 * d)?;
+            // RoPE of each token at its own position, then its k and v into the cache.
+            be.kv_append(&mut w.qkv, &mut k[l], &mut vc[l], rope, &w.meta, n, c)?;
+            // One query per (token, head) over the row's cached positions 0..=pos, the head
+            // shift added to the flagged tokens.
+            let shift = self.head_shift(l).map(|s| Span::new(s, 0, d));
+            be.attention_decode(&mut w.z, &w.qkv, &k[l], &vc[l], &w.meta, n, c, shift)?;
+            be.matmul_fwd(&mut w.tmp, &w.z, span(lo.o, d * d), n, d, d)?;
+            if let Some(bias) = self.o_bias(l) {
+                be.add_rows(&mut w.tmp, Span::new(bias, 0, d), n, d)?;
+            }
+            be.add_layernorm_fwd(
+                &mut w.xm,
+                &mut w.ln,
+                &mut w.mean,
+                &mut w.rstd,
+                &w.x,
+                &w.tmp,
+                n,
+                d,
+                eps,
+            )?;
+            be.matmul_fwd(&mut w.gu, &w.ln, span(lo.gate_up, 2 * f * d), n, d, 2 * f)?;
+            be.swiglu_fwd(&mut w.hid, &w.gu, n, f)?;
+            be.matmul_fwd(&mut w.tmp, &w.hid, span(lo.down, d * f), n, f, d)?;
+            be.add(&mut w.x, &w.xm, &w.tmp, n * d)?;
+        }
+        // Final layernorm and tied head on the last token of each chunk only: the gather
+        // `xl[k] = x[last[k]]` is an embedding lookup in the table `x` `[n, D]`.
+        be.embedding_fwd(&mut w.xl, &w.last, Span::new(&w.x, 0, n * d), m, d)?;
+        be.layernorm_fwd(&mut w.lnl, &mut w.meanl, &mut w.rstdl, &w.xl, m, d, eps)?;
+        be.matmul_fwd(&mut w.logits, &w.lnl, span(lay.embed, v * d), m, d, v)?;
+        let mut host = be.download(&w.logits)?;
+        host.truncate(m * v);
+        for ch in chunks {
+            cache.len[ch.row] += ch.tokens.len();
+        }
+        Ok(host.chunks_exact(v).map(|r| r.to_vec()).collect())
     }
 
     /// Continues each prompt (a batch of independent sequences) by sampling with `opts`; prompt
@@ -388,10 +459,9 @@ impl<T: Float> Model<Cpu<T>> {
     /// prompts are batched. Prompts are prefilled together, then every unfinished row advances
     /// one token per step. A row stops at `eos`, after `max_new_tokens`, or when the context is
     /// full. Errors name the prompt (`first_index + i`) that is empty or longer than the context.
-    #[allow(clippy::ptr_arg)] // the CPU executor's buffer type is Vec<T>
     pub fn generate(
         &self,
-        params: &Vec<T>,
+        params: &B::Buf,
         prompts: &[Vec<u32>],
         first_index: u64,
         opts: &SampleOptions,
@@ -434,7 +504,7 @@ impl<T: Float> Model<Cpu<T>> {
                 r
             })
             .collect();
-        let mut cache = KvCache::<T>::new(cfg, prompts.len());
+        let mut cache = KvCache::<B::Elem>::new(cfg, prompts.len());
         let chunks: Vec<Chunk> = prompts
             .iter()
             .enumerate()

@@ -187,6 +187,12 @@ impl Drop for RemoveOnDrop {
 
 /// Runs the whole probe on the CPU: activations, probes, heatmap, intervention (module docs).
 pub fn run_probe(job: &ProbeJob) -> Result<ProbeRun> {
+    run_probe_on(job, Cpu::<f32>::new())
+}
+
+/// [`run_probe`] with the activations read on the executor `be` (e.g. the GPU); the analysis
+/// after them runs on the host either way.
+pub fn run_probe_on<B: Backend<Elem = f32>>(job: &ProbeJob, be: B) -> Result<ProbeRun> {
     let ck = job.checkpoint;
     let cfg = &ck.config;
     labels::check_classes(job.texts, job.data_name)?;
@@ -197,7 +203,7 @@ pub fn run_probe(job: &ProbeJob) -> Result<ProbeRun> {
     )?;
     std::fs::create_dir_all(job.out)
         .with_context(|| format!("creating the output directory {}", job.out.display()))?;
-    let mut model = Model::new(cfg.clone(), Cpu::<f32>::new())?;
+    let mut model = Model::new(cfg.clone(), be)?;
     let mut params = model.alloc_params()?;
     model.backend().upload(&ck.params, &mut params)?;
     let texts: Vec<String> = job.texts.iter().map(|t| t.text.clone()).collect();

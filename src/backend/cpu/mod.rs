@@ -7,13 +7,14 @@
 //! two runs give bit-identical results whatever the thread count.
 
 pub mod attention;
+pub mod decode;
 pub mod loss;
 pub mod matmul;
 pub mod norm;
 pub mod optim;
 pub mod pointwise;
 
-use super::{AttnShape, Backend, Float, Span, SpanMut};
+use super::{AttnShape, Backend, CacheShape, Float, Span, SpanMut};
 use anyhow::{bail, Result};
 use std::marker::PhantomData;
 
@@ -348,6 +349,52 @@ impl<T: Float> Backend for Cpu<T> {
             v,
             grad_scale.map(T::of),
         )
+    }
+
+    fn kv_append(
+        &self,
+        qkv: &mut Vec<T>,
+        k_cache: &mut Vec<T>,
+        v_cache: &mut Vec<T>,
+        table: &Vec<T>,
+        meta: &Vec<u32>,
+        n: usize,
+        c: CacheShape,
+    ) -> Result<()> {
+        if c.dh == 0 || c.dh % 2 != 0 {
+            bail!("kv_append: head width {} must be even and non-zero", c.dh);
+        }
+        let m = decode::read_meta(meta, n, c)?;
+        need("kv_append qkv", qkv.len(), n * 3 * c.d())?;
+        need("kv_append k_cache", k_cache.len(), c.len())?;
+        need("kv_append v_cache", v_cache.len(), c.len())?;
+        need("kv_append table", table.len(), c.t_max * c.dh)?;
+        decode::kv_append(&mut qkv[..n * 3 * c.d()], k_cache, v_cache, table, &m, c);
+        Ok(())
+    }
+
+    fn attention_decode(
+        &self,
+        z: &mut Vec<T>,
+        qkv: &Vec<T>,
+        k_cache: &Vec<T>,
+        v_cache: &Vec<T>,
+        meta: &Vec<u32>,
+        n: usize,
+        c: CacheShape,
+        shift: Option<Span<Vec<T>>>,
+    ) -> Result<()> {
+        let m = decode::read_meta(meta, n, c)?;
+        need("attention_decode z", z.len(), n * c.d())?;
+        need("attention_decode qkv", qkv.len(), n * 3 * c.d())?;
+        need("attention_decode k_cache", k_cache.len(), c.len())?;
+        need("attention_decode v_cache", v_cache.len(), c.len())?;
+        let shift = match &shift {
+            Some(s) => Some(span("attention_decode shift", s, c.d())?),
+            None => None,
+        };
+        decode::attention_decode(&mut z[..n * c.d()], qkv, k_cache, v_cache, &m, c, shift);
+        Ok(())
     }
 
     fn norm_sq(&self, g: &Vec<T>, n: usize) -> Result<f64> {

@@ -23,12 +23,13 @@ use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
 use super::adamw::{grad_norm_partials_len, AdamWKernels, Clip};
 use super::attention::AttentionKernels;
 use super::cross_entropy::CrossEntropyKernels;
+use super::decode::DecodeKernels;
 use super::embedding::{DeviceEmbeddingPlan, EmbeddingBwdPlan, EmbeddingKernels};
 use super::layernorm::LayerNormKernels;
 use super::matmul::MatmulKernels;
 use super::pointwise::PointwiseKernels;
 use super::CudaBackend;
-use crate::backend::{AttnShape, Backend, Span, SpanMut};
+use crate::backend::{AttnShape, Backend, CacheShape, Span, SpanMut, DECODE_META};
 use crate::optim::adamw::StepArgs;
 
 /// Token ids on the device, with the host copy they were uploaded from.
@@ -62,6 +63,7 @@ pub struct CudaExecutor {
     attn: AttentionKernels,
     ce: CrossEntropyKernels,
     opt: AdamWKernels,
+    dec: DecodeKernels,
     norm: RefCell<Option<NormScratch>>,
 }
 
@@ -121,6 +123,7 @@ impl CudaExecutor {
             attn: AttentionKernels::new(&gpu)?,
             ce: CrossEntropyKernels::new(&gpu)?,
             opt: AdamWKernels::new(&gpu)?,
+            dec: DecodeKernels::new(&gpu)?,
             norm: RefCell::new(None),
             gpu,
         })
@@ -627,6 +630,64 @@ impl Backend for CudaExecutor {
             None,
             args,
             Clip::Host,
+        )
+    }
+
+    fn kv_append(
+        &self,
+        qkv: &mut CudaSlice<f32>,
+        k_cache: &mut CudaSlice<f32>,
+        v_cache: &mut CudaSlice<f32>,
+        table: &CudaSlice<f32>,
+        meta: &DeviceIds,
+        n: usize,
+        c: CacheShape,
+    ) -> Result<()> {
+        // The kernel indexes the cache with (row, pos) unchecked: check the host copy.
+        crate::backend::cpu::decode::read_meta(&meta.host, n, c)
+            .map_err(|e| e.context("cuda executor: kv_append"))?;
+        let m = meta.dev.try_slice(0..n * DECODE_META).ok_or_else(|| {
+            anyhow!("cuda executor: kv_append: metadata of fewer than {n} tokens")
+        })?;
+        self.dec.kv_append(
+            &mut prefix_mut("kv_append qkv", qkv, n * 3 * c.d())?,
+            &mut prefix_mut("kv_append k_cache", k_cache, c.len())?,
+            &mut prefix_mut("kv_append v_cache", v_cache, c.len())?,
+            &prefix("kv_append table", table, c.t_max * c.dh)?,
+            &m,
+            n,
+            c,
+        )
+    }
+
+    fn attention_decode(
+        &self,
+        z: &mut CudaSlice<f32>,
+        qkv: &CudaSlice<f32>,
+        k_cache: &CudaSlice<f32>,
+        v_cache: &CudaSlice<f32>,
+        meta: &DeviceIds,
+        n: usize,
+        c: CacheShape,
+        shift: Option<Span<CudaSlice<f32>>>,
+    ) -> Result<()> {
+        crate::backend::cpu::decode::read_meta(&meta.host, n, c)
+            .map_err(|e| e.context("cuda executor: attention_decode"))?;
+        let m = meta.dev.try_slice(0..n * DECODE_META).ok_or_else(|| {
+            anyhow!("cuda executor: attention_decode: metadata of fewer than {n} tokens")
+        })?;
+        let shift = shift
+            .map(|sh| view("attention_decode shift", &sh))
+            .transpose()?;
+        self.dec.attention_decode(
+            &mut prefix_mut("attention_decode z", z, n * c.d())?,
+            &prefix("attention_decode qkv", qkv, n * 3 * c.d())?,
+            &prefix("attention_decode k_cache", k_cache, c.len())?,
+            &prefix("attention_decode v_cache", v_cache, c.len())?,
+            &m,
+            n,
+            c,
+            shift.as_ref(),
         )
     }
 }

@@ -8,6 +8,7 @@
 pub mod adamw;
 pub mod attention;
 pub mod cross_entropy;
+pub mod decode;
 pub mod embedding;
 pub mod executor;
 pub mod layernorm;
