@@ -9,8 +9,6 @@
 //! must come back untouched; both the vectorised (aligned) and the scalar (unaligned view) paths
 //! are run.
 
-use std::sync::Arc;
-
 use anyhow::{anyhow, ensure, Result};
 use baddata::backend::cpu::{loss as cpu_loss, norm as cpu_norm, pointwise as cpu_pw};
 use baddata::backend::cuda::adamw::{grad_norm_partials_len, AdamWKernels, Clip, CudaAdamW};
@@ -24,43 +22,25 @@ use baddata::model::transformer::rope_table;
 use baddata::optim::adamw::{
     adamw_reference, clip_scale, global_norm, AdamW, AdamWConfig, StepArgs,
 };
-use cudarc::driver::CudaSlice;
 use half::bf16;
-use libtest_mimic::{Arguments, Trial};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+
+#[path = "common/gpu.rs"]
+mod gpu_common;
+
+use gpu_common::{
+    bf16_oracle_rounds_to_nearest_even, bits, download_guarded, host_test, rel_err, rel_err64,
+    rne_bf16, run_gpu_tests, uniform, upload_guarded, GpuTest, GUARD as GUARD_F32,
+};
 
 struct Gpu {
     be: CudaBackend,
     k: AdamWKernels,
 }
 
-type TestFn = fn(&Gpu) -> Result<()>;
-
 fn main() {
-    let mut args = Arguments::from_args();
-    // One GPU, one stream: run the tests one after another.
-    if args.test_threads.is_none() {
-        args.test_threads = Some(1);
-    }
-    let gpu: Result<Arc<Gpu>, String> = CudaBackend::open(0)
-        .and_then(|be| {
-            let k = AdamWKernels::new(&be)?;
-            Ok(Gpu { be, k })
-        })
-        .map(Arc::new)
-        .map_err(|e| format!("{e:#}"));
-    let required = std::env::var("BADDATA_GPU_REQUIRED").is_ok_and(|v| v == "1");
-    match &gpu {
-        Ok(g) => eprintln!("gpu tests on {}", g.be.describe()),
-        Err(reason) if required => {
-            eprintln!("BADDATA_GPU_REQUIRED=1 but no usable GPU: {reason}");
-            std::process::exit(1);
-        }
-        Err(reason) => eprintln!("gpu tests ignored: {reason}"),
-    }
-
-    let tests: [(&str, TestFn); 6] = [
+    let tests: [(&str, GpuTest<Gpu>); 16] = [
         ("adamw_matches_cpu_reference", adamw_matches_cpu_reference),
         (
             "adamw_bit_exact_with_host_clip_scale",
@@ -79,8 +59,6 @@ fn main() {
             "adamw_rejects_mismatched_lengths",
             adamw_rejects_mismatched_lengths,
         ),
-    ];
-    let kernel_tests: [(&str, TestFn); 10] = [
         ("embedding_fwd_matches_cpu", embedding_fwd_matches_cpu),
         (
             "embedding_bwd_matches_cpu_bit_exact",
@@ -104,36 +82,31 @@ fn main() {
             kernel_launchers_reject_short_buffers,
         ),
     ];
-    let mut trials: Vec<Trial> = vec![
-        Trial::test("bf16_oracle_rounds_to_nearest_even", || {
-            bf16_oracle_rounds_to_nearest_even().map_err(|e| format!("{e:#}").into())
-        }),
-        Trial::test("embedding_plan_groups_positions_by_id", || {
-            embedding_plan_groups_positions_by_id().map_err(|e| format!("{e:#}").into())
-        }),
+    let host_tests = vec![
+        host_test(
+            "bf16_oracle_rounds_to_nearest_even",
+            bf16_oracle_rounds_to_nearest_even,
+        ),
+        host_test(
+            "embedding_plan_groups_positions_by_id",
+            embedding_plan_groups_positions_by_id,
+        ),
     ];
-    trials.extend(tests.into_iter().chain(kernel_tests).map(|(name, f)| {
-        let g = gpu.clone();
-        Trial::test(name, move || {
-            let g = g.map_err(|r| format!("no usable GPU: {r}"))?;
-            f(&g).map_err(|e| format!("{e:#}").into())
-        })
-        .with_ignored_flag(gpu.is_err())
-    }));
-    libtest_mimic::run(&args, trials).exit();
+    let setup = || {
+        let be = CudaBackend::open(0)?;
+        let k = AdamWKernels::new(&be)?;
+        let device = be.describe();
+        Ok((Gpu { be, k }, device))
+    };
+    run_gpu_tests("gpu", setup, host_tests, &tests)
 }
 
 // ---------------------------------------------------------------------------------------------
 // helpers
 
 const SIZES: [usize; 4] = [1, 1000, 4097, (1 << 20) + 3];
-const GUARD_F32: f32 = 12345.678;
 const GUARD_BF16: u16 = 0x1234;
 const NAN_BF16: u16 = 0x7fc0;
-
-fn uniform(rng: &mut ChaCha8Rng, n: usize, lo: f32, hi: f32) -> Vec<f32> {
-    (0..n).map(|_| rng.random_range(lo..hi)).collect()
-}
 
 /// Gradients with magnitudes spread over four decades, signs mixed, never zero.
 fn grads(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
@@ -164,98 +137,8 @@ fn state(rng: &mut ChaCha8Rng, n: usize) -> State {
     }
 }
 
-/// ‖a − b‖ / ‖b‖ in f64.
-fn rel_err(a: &[f32], b: &[f32]) -> f64 {
-    let (mut d, mut r) = (0f64, 0f64);
-    for (&x, &y) in a.iter().zip(b) {
-        d += (x as f64 - y as f64).powi(2);
-        r += (y as f64).powi(2);
-    }
-    (d / r.max(f64::MIN_POSITIVE)).sqrt()
-}
-
-/// fp32 -> bf16 bits, round to nearest, ties to even (finite inputs), written independently of
-/// the kernel and of the `half` crate.
-fn rne_bf16(x: f32) -> u16 {
-    let b = x.to_bits();
-    let lsb = (b >> 16) & 1;
-    (b.wrapping_add(0x7fff + lsb) >> 16) as u16
-}
-
-/// The host oracle used for the kernel's bf16 copy, checked on its own (runs without a GPU):
-/// hand-worked ties and carries, then agreement with the `half` crate on random values.
-fn bf16_oracle_rounds_to_nearest_even() -> Result<()> {
-    // (fp32 bits, expected bf16 bits)
-    let cases = [
-        (0x3f80_0000u32, 0x3f80u16), // 1.0 exact
-        (0x3f80_8000, 0x3f80),       // tie, even below: down
-        (0x3f81_8000, 0x3f82),       // tie, odd below: up
-        (0x3f80_8001, 0x3f81),       // just above the tie: up
-        (0x3f80_7fff, 0x3f80),       // just below the tie: down
-        (0x3fff_ffff, 0x4000),       // carry into the exponent
-        (0xbf80_c000, 0xbf81),       // negative, above the tie
-    ];
-    for (x, want) in cases {
-        let got = rne_bf16(f32::from_bits(x));
-        ensure!(
-            got == want,
-            "rne_bf16({x:#010x}) = {got:#06x}, expected {want:#06x}"
-        );
-    }
-    let mut rng = ChaCha8Rng::seed_from_u64(3);
-    for _ in 0..100_000 {
-        let x = f32::from_bits(rng.random::<u32>() & 0xbfff_ffff); // finite: exponent < 255
-        let want = bf16::from_f32(x).to_bits();
-        ensure!(
-            rne_bf16(x) == want,
-            "rne_bf16({x:e}) disagrees with half: {want:#06x}"
-        );
-    }
-    Ok(())
-}
-
-/// Device buffer holding `off` guard elements, then `data`, then 3 guard elements.
-fn upload_guarded<T: cudarc::driver::DeviceRepr + Copy>(
-    gpu: &Gpu,
-    data: &[T],
-    off: usize,
-    guard: T,
-) -> Result<CudaSlice<T>> {
-    let mut host = vec![guard; off];
-    host.extend_from_slice(data);
-    host.extend_from_slice(&[guard; 3]);
-    gpu.be
-        .stream()
-        .clone_htod(&host)
-        .map_err(|e| anyhow!("upload: {e}"))
-}
-
-/// Downloads `buf`, checks its guards are intact and returns the `n` elements after `off`.
-fn download_guarded<T: cudarc::driver::DeviceRepr + Copy + PartialEq + std::fmt::Debug>(
-    gpu: &Gpu,
-    buf: &CudaSlice<T>,
-    off: usize,
-    n: usize,
-    guard: T,
-    what: &str,
-) -> Result<Vec<T>> {
-    let host = gpu
-        .be
-        .stream()
-        .clone_dtoh(buf)
-        .map_err(|e| anyhow!("download: {e}"))?;
-    for (i, &x) in host[..off].iter().chain(&host[off + n..]).enumerate() {
-        ensure!(x == guard, "{what}: guard element {i} overwritten: {x:?}");
-    }
-    Ok(host[off..off + n].to_vec())
-}
-
 /// Bits of (params, m, v, bf16 params, grad norm) after a run.
 type RunBits = (Vec<u32>, Vec<u32>, Vec<u32>, Vec<u16>, u32);
-
-fn bits(x: &[f32]) -> Vec<u32> {
-    x.iter().map(|v| v.to_bits()).collect()
-}
 
 // ---------------------------------------------------------------------------------------------
 // tests
@@ -272,9 +155,9 @@ fn adamw_matches_cpu_reference(gpu: &Gpu) -> Result<()> {
             let mut rng = ChaCha8Rng::seed_from_u64(1000 + n as u64 * 2 + off as u64);
             let no_decay = n / 3;
             let mut st = state(&mut rng, n);
-            let mut dp = upload_guarded(gpu, &st.p, off, GUARD_F32)?;
-            let mut dm = upload_guarded(gpu, &st.m, off, GUARD_F32)?;
-            let mut dv = upload_guarded(gpu, &st.v, off, GUARD_F32)?;
+            let mut dp = upload_guarded(&gpu.be, &st.p, off, GUARD_F32)?;
+            let mut dm = upload_guarded(&gpu.be, &st.m, off, GUARD_F32)?;
+            let mut dv = upload_guarded(&gpu.be, &st.v, off, GUARD_F32)?;
             let mut dnorm = s.clone_htod(&[f32::NAN]).map_err(|e| anyhow!("{e}"))?;
             let mut partials = s
                 .clone_htod(&vec![f64::NAN; grad_norm_partials_len(n).max(1)])
@@ -284,9 +167,9 @@ fn adamw_matches_cpu_reference(gpu: &Gpu) -> Result<()> {
                 let g = grads(&mut rng, n);
                 let gnorm = global_norm(&g);
                 let max_norm = [0.5 * gnorm, 2.0 * gnorm, 0.0][t];
-                let dg = upload_guarded(gpu, &g, off, GUARD_F32)?;
+                let dg = upload_guarded(&gpu.be, &g, off, GUARD_F32)?;
                 let mut db = upload_guarded(
-                    gpu,
+                    &gpu.be,
                     &vec![bf16::from_bits(NAN_BF16); n],
                     off,
                     bf16::from_bits(GUARD_BF16),
@@ -318,11 +201,17 @@ fn adamw_matches_cpu_reference(gpu: &Gpu) -> Result<()> {
                 adamw_reference(&mut st.p, &g, &mut st.m, &mut st.v, &host_args);
 
                 let ctx = format!("n={n} offset={off} step={}", t + 1);
-                let gp = download_guarded(gpu, &dp, off, n, GUARD_F32, "params")?;
-                let gm = download_guarded(gpu, &dm, off, n, GUARD_F32, "m")?;
-                let gv = download_guarded(gpu, &dv, off, n, GUARD_F32, "v")?;
-                let gb =
-                    download_guarded(gpu, &db, off, n, bf16::from_bits(GUARD_BF16), "bf16 params")?;
+                let gp = download_guarded(&gpu.be, &dp, off, n, GUARD_F32, "params")?;
+                let gm = download_guarded(&gpu.be, &dm, off, n, GUARD_F32, "m")?;
+                let gv = download_guarded(&gpu.be, &dv, off, n, GUARD_F32, "v")?;
+                let gb = download_guarded(
+                    &gpu.be,
+                    &db,
+                    off,
+                    n,
+                    bf16::from_bits(GUARD_BF16),
+                    "bf16 params",
+                )?;
                 for (what, got, want) in
                     [("params", &gp, &st.p), ("m", &gm, &st.m), ("v", &gv, &st.v)]
                 {
@@ -360,12 +249,12 @@ fn adamw_bit_exact_with_host_clip_scale(gpu: &Gpu) -> Result<()> {
         let mut rng = ChaCha8Rng::seed_from_u64(77 + n as u64);
         let no_decay = n / 5;
         let mut st = state(&mut rng, n);
-        let mut dp = upload_guarded(gpu, &st.p, 0, GUARD_F32)?;
-        let mut dm = upload_guarded(gpu, &st.m, 0, GUARD_F32)?;
-        let mut dv = upload_guarded(gpu, &st.v, 0, GUARD_F32)?;
+        let mut dp = upload_guarded(&gpu.be, &st.p, 0, GUARD_F32)?;
+        let mut dm = upload_guarded(&gpu.be, &st.m, 0, GUARD_F32)?;
+        let mut dv = upload_guarded(&gpu.be, &st.v, 0, GUARD_F32)?;
         for t in 1..=3u64 {
             let g = grads(&mut rng, n);
-            let dg = upload_guarded(gpu, &g, 0, GUARD_F32)?;
+            let dg = upload_guarded(&gpu.be, &g, 0, GUARD_F32)?;
             let args = StepArgs::new(&cfg, 3e-4 * t as f32, 0.7, t, no_decay);
             gpu.k.step(
                 &mut dp.slice_mut(0..n),
@@ -379,7 +268,7 @@ fn adamw_bit_exact_with_host_clip_scale(gpu: &Gpu) -> Result<()> {
             adamw_reference(&mut st.p, &g, &mut st.m, &mut st.v, &args);
             for (what, buf, want) in [("params", &dp, &st.p), ("m", &dm, &st.m), ("v", &dv, &st.v)]
             {
-                let got = download_guarded(gpu, buf, 0, n, GUARD_F32, what)?;
+                let got = download_guarded(&gpu.be, buf, 0, n, GUARD_F32, what)?;
                 let diff = got
                     .iter()
                     .zip(want.iter())
@@ -401,7 +290,7 @@ fn grad_norm_matches_global_norm(gpu: &Gpu) -> Result<()> {
             let mut rng = ChaCha8Rng::seed_from_u64(5000 + n as u64 * 2 + off as u64);
             let g = grads(&mut rng, n);
             let want = global_norm(&g);
-            let dg = upload_guarded(gpu, &g, off, GUARD_F32)?;
+            let dg = upload_guarded(&gpu.be, &g, off, GUARD_F32)?;
             let mut out = s
                 .clone_htod(&[f32::NAN, GUARD_F32])
                 .map_err(|e| anyhow!("{e}"))?;
@@ -573,16 +462,6 @@ fn to64(x: &[f32]) -> Vec<f64> {
     x.iter().map(|&v| v as f64).collect()
 }
 
-/// ‖a − b‖ / ‖b‖ against an f64 reference.
-fn rel_err64(a: &[f32], b: &[f64]) -> f64 {
-    let (mut d, mut r) = (0f64, 0f64);
-    for (&x, &y) in a.iter().zip(b) {
-        d += (x as f64 - y).powi(2);
-        r += y.powi(2);
-    }
-    (d / r.max(f64::MIN_POSITIVE)).sqrt()
-}
-
 /// `got` is finite and within [`KERNEL_TOL`] of both references.
 fn check_close(ctx: &str, what: &str, got: &[f32], want32: &[f32], want64: &[f64]) -> Result<()> {
     ensure!(
@@ -698,9 +577,9 @@ fn embedding_fwd_matches_cpu(gpu: &Gpu) -> Result<()> {
             let mut rng = ChaCha8Rng::seed_from_u64(7000 + (n * d + v + off) as u64);
             let wte = uniform(&mut rng, v * d, -1.0, 1.0);
             let ids = repeated_ids(&mut rng, n, v);
-            let dw = upload_guarded(gpu, &wte, off, GUARD_F32)?;
-            let di = upload_guarded(gpu, &ids, off, u32::MAX)?;
-            let mut dout = upload_guarded(gpu, &nan_vec(n * d), off, GUARD_F32)?;
+            let dw = upload_guarded(&gpu.be, &wte, off, GUARD_F32)?;
+            let di = upload_guarded(&gpu.be, &ids, off, u32::MAX)?;
+            let mut dout = upload_guarded(&gpu.be, &nan_vec(n * d), off, GUARD_F32)?;
             k.forward(
                 &mut dout.slice_mut(off..off + n * d),
                 &di.slice(off..off + n),
@@ -708,7 +587,7 @@ fn embedding_fwd_matches_cpu(gpu: &Gpu) -> Result<()> {
                 n,
                 d,
             )?;
-            let got = download_guarded(gpu, &dout, off, n * d, GUARD_F32, "out")?;
+            let got = download_guarded(&gpu.be, &dout, off, n * d, GUARD_F32, "out")?;
             let mut want = vec![0f32; n * d];
             cpu_pw::embedding_fwd(&mut want, &ids, &wte, d)?;
             check_bits(&ctx, "out", &got, &want)?;
@@ -729,17 +608,24 @@ fn embedding_bwd_matches_cpu_bit_exact(gpu: &Gpu) -> Result<()> {
             let dout = uniform(&mut rng, n * d, -1.0, 1.0);
             let ids = repeated_ids(&mut rng, n, v);
             let plan = EmbeddingBwdPlan::new(&ids, v)?.upload(gpu.be.stream())?;
-            let ddout = upload_guarded(gpu, &dout, off, GUARD_F32)?;
+            let ddout = upload_guarded(&gpu.be, &dout, off, GUARD_F32)?;
             let mut runs = Vec::new();
             for _ in 0..2 {
-                let mut ddw = upload_guarded(gpu, &dwte0, off, GUARD_F32)?;
+                let mut ddw = upload_guarded(&gpu.be, &dwte0, off, GUARD_F32)?;
                 k.backward(
                     &mut ddw.slice_mut(off..off + v * d),
                     &ddout.slice(off..off + n * d),
                     &plan,
                     d,
                 )?;
-                runs.push(download_guarded(gpu, &ddw, off, v * d, GUARD_F32, "dwte")?);
+                runs.push(download_guarded(
+                    &gpu.be,
+                    &ddw,
+                    off,
+                    v * d,
+                    GUARD_F32,
+                    "dwte",
+                )?);
             }
             let mut want = dwte0.clone();
             cpu_pw::embedding_bwd(&mut want, &ids, &dout, d)?;
@@ -776,10 +662,10 @@ fn layernorm_fwd_matches_cpu(gpu: &Gpu) -> Result<()> {
             let ctx = format!("layernorm_fwd n={n} d={d} offset={off}");
             let mut rng = ChaCha8Rng::seed_from_u64(9000 + (n * d + off) as u64);
             let x = ln_input(&mut rng, n, d);
-            let dx = upload_guarded(gpu, &x, off, GUARD_F32)?;
-            let mut dout = upload_guarded(gpu, &nan_vec(n * d), off, GUARD_F32)?;
-            let mut dmean = upload_guarded(gpu, &nan_vec(n), off, GUARD_F32)?;
-            let mut drstd = upload_guarded(gpu, &nan_vec(n), off, GUARD_F32)?;
+            let dx = upload_guarded(&gpu.be, &x, off, GUARD_F32)?;
+            let mut dout = upload_guarded(&gpu.be, &nan_vec(n * d), off, GUARD_F32)?;
+            let mut dmean = upload_guarded(&gpu.be, &nan_vec(n), off, GUARD_F32)?;
+            let mut drstd = upload_guarded(&gpu.be, &nan_vec(n), off, GUARD_F32)?;
             k.forward(
                 &mut dout.slice_mut(off..off + n * d),
                 &mut dmean.slice_mut(off..off + n),
@@ -793,11 +679,11 @@ fn layernorm_fwd_matches_cpu(gpu: &Gpu) -> Result<()> {
             cpu_norm::layernorm_fwd(&mut o32, &mut m32, &mut r32, &x, d, eps as f32);
             let (mut o64, mut m64, mut r64) = (vec![0f64; n * d], vec![0f64; n], vec![0f64; n]);
             cpu_norm::layernorm_fwd(&mut o64, &mut m64, &mut r64, &to64(&x), d, eps);
-            let got = download_guarded(gpu, &dout, off, n * d, GUARD_F32, "out")?;
+            let got = download_guarded(&gpu.be, &dout, off, n * d, GUARD_F32, "out")?;
             check_close(&ctx, "out", &got, &o32, &o64)?;
-            let got = download_guarded(gpu, &dmean, off, n, GUARD_F32, "mean")?;
+            let got = download_guarded(&gpu.be, &dmean, off, n, GUARD_F32, "mean")?;
             check_close(&ctx, "mean", &got, &m32, &m64)?;
-            let got = download_guarded(gpu, &drstd, off, n, GUARD_F32, "rstd")?;
+            let got = download_guarded(&gpu.be, &drstd, off, n, GUARD_F32, "rstd")?;
             check_close(&ctx, "rstd", &got, &r32, &r64)?;
         }
     }
@@ -815,12 +701,12 @@ fn layernorm_fwd_residual_matches_cpu(gpu: &Gpu) -> Result<()> {
             let mut rng = ChaCha8Rng::seed_from_u64(9500 + (n * d + off) as u64);
             let a = ln_input(&mut rng, n, d);
             let b = uniform(&mut rng, n * d, -1.0, 1.0);
-            let da = upload_guarded(gpu, &a, off, GUARD_F32)?;
-            let db = upload_guarded(gpu, &b, off, GUARD_F32)?;
-            let mut dsum = upload_guarded(gpu, &nan_vec(n * d), off, GUARD_F32)?;
-            let mut dout = upload_guarded(gpu, &nan_vec(n * d), off, GUARD_F32)?;
-            let mut dmean = upload_guarded(gpu, &nan_vec(n), off, GUARD_F32)?;
-            let mut drstd = upload_guarded(gpu, &nan_vec(n), off, GUARD_F32)?;
+            let da = upload_guarded(&gpu.be, &a, off, GUARD_F32)?;
+            let db = upload_guarded(&gpu.be, &b, off, GUARD_F32)?;
+            let mut dsum = upload_guarded(&gpu.be, &nan_vec(n * d), off, GUARD_F32)?;
+            let mut dout = upload_guarded(&gpu.be, &nan_vec(n * d), off, GUARD_F32)?;
+            let mut dmean = upload_guarded(&gpu.be, &nan_vec(n), off, GUARD_F32)?;
+            let mut drstd = upload_guarded(&gpu.be, &nan_vec(n), off, GUARD_F32)?;
             k.forward_residual(
                 &mut dout.slice_mut(off..off + n * d),
                 &mut dmean.slice_mut(off..off + n),
@@ -834,17 +720,17 @@ fn layernorm_fwd_residual_matches_cpu(gpu: &Gpu) -> Result<()> {
             )?;
             let mut x = vec![0f32; n * d];
             cpu_pw::add(&mut x, &a, &b);
-            let got = download_guarded(gpu, &dsum, off, n * d, GUARD_F32, "xsum")?;
+            let got = download_guarded(&gpu.be, &dsum, off, n * d, GUARD_F32, "xsum")?;
             check_bits(&ctx, "xsum", &got, &x)?;
             let (mut o32, mut m32, mut r32) = (vec![0f32; n * d], vec![0f32; n], vec![0f32; n]);
             cpu_norm::layernorm_fwd(&mut o32, &mut m32, &mut r32, &x, d, eps as f32);
             let (mut o64, mut m64, mut r64) = (vec![0f64; n * d], vec![0f64; n], vec![0f64; n]);
             cpu_norm::layernorm_fwd(&mut o64, &mut m64, &mut r64, &to64(&x), d, eps);
-            let got = download_guarded(gpu, &dout, off, n * d, GUARD_F32, "out")?;
+            let got = download_guarded(&gpu.be, &dout, off, n * d, GUARD_F32, "out")?;
             check_close(&ctx, "out", &got, &o32, &o64)?;
-            let got = download_guarded(gpu, &dmean, off, n, GUARD_F32, "mean")?;
+            let got = download_guarded(&gpu.be, &dmean, off, n, GUARD_F32, "mean")?;
             check_close(&ctx, "mean", &got, &m32, &m64)?;
-            let got = download_guarded(gpu, &drstd, off, n, GUARD_F32, "rstd")?;
+            let got = download_guarded(&gpu.be, &drstd, off, n, GUARD_F32, "rstd")?;
             check_close(&ctx, "rstd", &got, &r32, &r64)?;
         }
     }
@@ -868,10 +754,10 @@ fn layernorm_bwd_matches_cpu(gpu: &Gpu) -> Result<()> {
                 } else {
                     nan_vec(n * d)
                 };
-                let ddy = upload_guarded(gpu, &dy, off, GUARD_F32)?;
-                let dxh = upload_guarded(gpu, &xhat, off, GUARD_F32)?;
-                let drs = upload_guarded(gpu, &rstd, off, GUARD_F32)?;
-                let mut ddx = upload_guarded(gpu, &dx0, off, GUARD_F32)?;
+                let ddy = upload_guarded(&gpu.be, &dy, off, GUARD_F32)?;
+                let dxh = upload_guarded(&gpu.be, &xhat, off, GUARD_F32)?;
+                let drs = upload_guarded(&gpu.be, &rstd, off, GUARD_F32)?;
+                let mut ddx = upload_guarded(&gpu.be, &dx0, off, GUARD_F32)?;
                 k.backward(
                     &mut ddx.slice_mut(off..off + n * d),
                     &ddy.slice(off..off + n * d),
@@ -881,7 +767,7 @@ fn layernorm_bwd_matches_cpu(gpu: &Gpu) -> Result<()> {
                     d,
                     accumulate,
                 )?;
-                let got = download_guarded(gpu, &ddx, off, n * d, GUARD_F32, "dx")?;
+                let got = download_guarded(&gpu.be, &ddx, off, n * d, GUARD_F32, "dx")?;
                 let mut w32 = dx0.clone();
                 cpu_norm::layernorm_bwd(&mut w32, &dy, &xhat, &rstd, d, accumulate);
                 let mut w64 = to64(&dx0);
@@ -916,10 +802,10 @@ fn swiglu_matches_cpu(gpu: &Gpu) -> Result<()> {
                 }
             }
             let dh = uniform(&mut rng, n * f, -1.0, 1.0);
-            let dgu_in = upload_guarded(gpu, &gu, off, GUARD_F32)?;
-            let ddh = upload_guarded(gpu, &dh, off, GUARD_F32)?;
-            let mut dout = upload_guarded(gpu, &nan_vec(n * f), off, GUARD_F32)?;
-            let mut dgrad = upload_guarded(gpu, &nan_vec(n * 2 * f), off, GUARD_F32)?;
+            let dgu_in = upload_guarded(&gpu.be, &gu, off, GUARD_F32)?;
+            let ddh = upload_guarded(&gpu.be, &dh, off, GUARD_F32)?;
+            let mut dout = upload_guarded(&gpu.be, &nan_vec(n * f), off, GUARD_F32)?;
+            let mut dgrad = upload_guarded(&gpu.be, &nan_vec(n * 2 * f), off, GUARD_F32)?;
             k.swiglu_fwd(
                 &mut dout.slice_mut(off..off + n * f),
                 &dgu_in.slice(off..off + n * 2 * f),
@@ -936,12 +822,12 @@ fn swiglu_matches_cpu(gpu: &Gpu) -> Result<()> {
             let (mut h32, mut h64) = (vec![0f32; n * f], vec![0f64; n * f]);
             cpu_pw::swiglu_fwd(&mut h32, &gu, f);
             cpu_pw::swiglu_fwd(&mut h64, &to64(&gu), f);
-            let got = download_guarded(gpu, &dout, off, n * f, GUARD_F32, "h")?;
+            let got = download_guarded(&gpu.be, &dout, off, n * f, GUARD_F32, "h")?;
             check_close(&ctx, "h", &got, &h32, &h64)?;
             let (mut g32, mut g64) = (vec![0f32; n * 2 * f], vec![0f64; n * 2 * f]);
             cpu_pw::swiglu_bwd(&mut g32, &dh, &gu, f);
             cpu_pw::swiglu_bwd(&mut g64, &to64(&dh), &to64(&gu), f);
-            let got = download_guarded(gpu, &dgrad, off, n * 2 * f, GUARD_F32, "dgu")?;
+            let got = download_guarded(&gpu.be, &dgrad, off, n * 2 * f, GUARD_F32, "dgu")?;
             check_close(&ctx, "dgu", &got, &g32, &g64)?;
         }
     }
@@ -986,13 +872,13 @@ fn rope_matches_cpu(gpu: &Gpu) -> Result<()> {
         let t64 = rope_table(s.t, s.dh, 10_000.0);
         let t32: Vec<f32> = t64.iter().map(|&x| x as f32).collect();
         for off in [0usize, 1] {
-            let dtab = upload_guarded(gpu, &t32, off, GUARD_F32)?;
+            let dtab = upload_guarded(&gpu.be, &t32, off, GUARD_F32)?;
             for transpose in [false, true] {
                 let ctx = format!("rope {s:?} offset={off} backward={transpose}");
                 let mut rng =
                     ChaCha8Rng::seed_from_u64(12_000 + (len + off + 2 * transpose as usize) as u64);
                 let x = uniform(&mut rng, len, -2.0, 2.0);
-                let mut dq = upload_guarded(gpu, &x, off, GUARD_F32)?;
+                let mut dq = upload_guarded(&gpu.be, &x, off, GUARD_F32)?;
                 if transpose {
                     k.rope_bwd(
                         &mut dq.slice_mut(off..off + len),
@@ -1006,7 +892,7 @@ fn rope_matches_cpu(gpu: &Gpu) -> Result<()> {
                         s,
                     )?;
                 }
-                let got = download_guarded(gpu, &dq, off, len, GUARD_F32, "qkv")?;
+                let got = download_guarded(&gpu.be, &dq, off, len, GUARD_F32, "qkv")?;
                 let mut w32 = x.clone();
                 cpu_pw::rope(&mut w32, &t32, s, transpose);
                 let mut w64 = to64(&x);
@@ -1023,7 +909,7 @@ fn rope_matches_cpu(gpu: &Gpu) -> Result<()> {
                         &dtab.slice(off..off + s.t * s.dh),
                         s,
                     )?;
-                    let back = download_guarded(gpu, &dq, off, len, GUARD_F32, "qkv")?;
+                    let back = download_guarded(&gpu.be, &dq, off, len, GUARD_F32, "qkv")?;
                     let e = rel_err(&back, &x);
                     ensure!(
                         e < 1e-6,
@@ -1072,9 +958,9 @@ fn cross_entropy_matches_cpu(gpu: &Gpu) -> Result<()> {
                 let mut rng = ChaCha8Rng::seed_from_u64(13_000 + (n * v + off) as u64);
                 let (x, t) = ce_input(&mut rng, n, v);
                 let scale = with_grad.then_some(1.0 / n as f64);
-                let mut dlog = upload_guarded(gpu, &x, off, GUARD_F32)?;
-                let dt = upload_guarded(gpu, &t, off, u32::MAX)?;
-                let mut dloss = upload_guarded(gpu, &nan_vec(n), off, GUARD_F32)?;
+                let mut dlog = upload_guarded(&gpu.be, &x, off, GUARD_F32)?;
+                let dt = upload_guarded(&gpu.be, &t, off, u32::MAX)?;
+                let mut dloss = upload_guarded(&gpu.be, &nan_vec(n), off, GUARD_F32)?;
                 k.forward_backward(
                     &mut dlog.slice_mut(off..off + n * v),
                     &mut dloss.slice_mut(off..off + n),
@@ -1087,9 +973,9 @@ fn cross_entropy_matches_cpu(gpu: &Gpu) -> Result<()> {
                 cpu_loss::cross_entropy(&mut x32, &mut l32, &t, v, scale.map(|s| s as f32))?;
                 let (mut x64, mut l64) = (to64(&x), vec![0f64; n]);
                 cpu_loss::cross_entropy(&mut x64, &mut l64, &t, v, scale)?;
-                let got = download_guarded(gpu, &dloss, off, n, GUARD_F32, "losses")?;
+                let got = download_guarded(&gpu.be, &dloss, off, n, GUARD_F32, "losses")?;
                 check_close(&ctx, "losses", &got, &l32, &l64)?;
-                let got = download_guarded(gpu, &dlog, off, n * v, GUARD_F32, "logits")?;
+                let got = download_guarded(&gpu.be, &dlog, off, n * v, GUARD_F32, "logits")?;
                 if with_grad {
                     check_close(&ctx, "dlogits", &got, &x32, &x64)?;
                 } else {

@@ -16,50 +16,30 @@
 //! must come back untouched; some shapes use views offset by one element (the kernels' scalar
 //! load/store path). Shapes (B, T, H, dh) include T = 1 and T not a multiple of the 64-row tile.
 
-use std::sync::Arc;
-
 use anyhow::{anyhow, ensure, Context, Result};
 use baddata::backend::cpu::attention as cpu_attn;
 use baddata::backend::cuda::attention::AttentionKernels;
 use baddata::backend::cuda::CudaBackend;
 use baddata::backend::AttnShape;
-use cudarc::driver::{CudaSlice, DeviceRepr};
-use half::bf16;
-use libtest_mimic::{Arguments, Trial};
-use rand::{Rng, SeedableRng};
+use cudarc::driver::CudaSlice;
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+
+#[path = "common/gpu.rs"]
+mod gpu_common;
+
+use gpu_common::{
+    bf16_oracle_rounds_to_nearest_even, download_guarded, host_test, rne_bf16_f32, run_gpu_tests,
+    uniform, upload_guarded, GpuTest, GUARD,
+};
 
 struct Gpu {
     be: CudaBackend,
     k: AttentionKernels,
 }
 
-type TestFn = fn(&Gpu) -> Result<()>;
-
 fn main() {
-    let mut args = Arguments::from_args();
-    // One GPU, one stream: run the tests one after another.
-    if args.test_threads.is_none() {
-        args.test_threads = Some(1);
-    }
-    let gpu: Result<Arc<Gpu>, String> = CudaBackend::open(0)
-        .and_then(|be| {
-            let k = AttentionKernels::new(&be)?;
-            Ok(Gpu { be, k })
-        })
-        .map(Arc::new)
-        .map_err(|e| format!("{e:#}"));
-    let required = std::env::var("BADDATA_GPU_REQUIRED").is_ok_and(|v| v == "1");
-    match &gpu {
-        Ok(g) => eprintln!("gpu attention tests on {}", g.be.describe()),
-        Err(reason) if required => {
-            eprintln!("BADDATA_GPU_REQUIRED=1 but no usable GPU: {reason}");
-            std::process::exit(1);
-        }
-        Err(reason) => eprintln!("gpu attention tests ignored: {reason}"),
-    }
-
-    let tests: [(&str, TestFn); 5] = [
+    let tests: [(&str, GpuTest<Gpu>); 5] = [
         ("attention_fwd_matches_cpu", attention_fwd_matches_cpu),
         ("attention_bwd_matches_cpu", attention_bwd_matches_cpu),
         (
@@ -75,18 +55,17 @@ fn main() {
             attention_rejects_bad_dh_and_short_buffers,
         ),
     ];
-    let mut trials = vec![Trial::test("bf16_oracle_rounds_to_nearest_even", || {
-        bf16_oracle_rounds_to_nearest_even().map_err(|e| format!("{e:#}").into())
-    })];
-    trials.extend(tests.into_iter().map(|(name, f)| {
-        let g = gpu.clone();
-        Trial::test(name, move || {
-            let g = g.map_err(|r| format!("no usable GPU: {r}"))?;
-            f(&g).map_err(|e| format!("{e:#}").into())
-        })
-        .with_ignored_flag(gpu.is_err())
-    }));
-    libtest_mimic::run(&args, trials).exit();
+    let host_tests = vec![host_test(
+        "bf16_oracle_rounds_to_nearest_even",
+        bf16_oracle_rounds_to_nearest_even,
+    )];
+    let setup = || {
+        let be = CudaBackend::open(0)?;
+        let k = AttentionKernels::new(&be)?;
+        let device = be.describe();
+        Ok((Gpu { be, k }, device))
+    };
+    run_gpu_tests("gpu attention", setup, host_tests, &tests)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -103,14 +82,9 @@ const SHAPES: [(usize, usize, usize, usize, usize); 7] = [
     (1, 1024, 16, 128, 0),
 ];
 const TOL: f64 = 1e-2;
-const GUARD: f32 = 12345.678;
 
 fn shape(b: usize, t: usize, h: usize, dh: usize) -> AttnShape {
     AttnShape { b, t, h, dh }
-}
-
-fn uniform(rng: &mut ChaCha8Rng, n: usize, a: f32) -> Vec<f32> {
-    (0..n).map(|_| rng.random_range(-a..a)).collect()
 }
 
 /// Fresh inputs for shape `s`: `qkv` `[B, T, 3D]` (q, k in ±√6, v in ±1), `dz` `[B, T, D]` in
@@ -127,99 +101,23 @@ fn inputs(seed: u64, s: AttnShape) -> Inputs {
     let a = 6f32.sqrt();
     let mut qkv = Vec::with_capacity(n * 3 * d);
     for _ in 0..n {
-        qkv.extend(uniform(&mut rng, 2 * d, a));
-        qkv.extend(uniform(&mut rng, d, 1.0));
+        qkv.extend(uniform(&mut rng, 2 * d, -a, a));
+        qkv.extend(uniform(&mut rng, d, -1.0, 1.0));
     }
     Inputs {
         qkv,
-        dz: uniform(&mut rng, n * d, 1.0),
-        shift: uniform(&mut rng, d, 1.0),
+        dz: uniform(&mut rng, n * d, -1.0, 1.0),
+        shift: uniform(&mut rng, d, -1.0, 1.0),
     }
-}
-
-/// fp32 -> bf16 -> fp32, round to nearest, ties to even (finite inputs), written independently
-/// of the kernel and of the `half` crate.
-fn rne_bf16(x: f32) -> f32 {
-    let b = x.to_bits();
-    let lsb = (b >> 16) & 1;
-    f32::from_bits((b.wrapping_add(0x7fff + lsb) >> 16) << 16)
 }
 
 fn to_f64_bf16(x: &[f32]) -> Vec<f64> {
-    x.iter().map(|&v| rne_bf16(v) as f64).collect()
-}
-
-/// The host oracle on its own (runs without a GPU): hand-worked ties and carries, then
-/// agreement with the `half` crate on random values.
-fn bf16_oracle_rounds_to_nearest_even() -> Result<()> {
-    let cases = [
-        (0x3f80_0000u32, 0x3f80_0000u32), // 1.0 exact
-        (0x3f80_8000, 0x3f80_0000),       // tie, even below: down
-        (0x3f81_8000, 0x3f82_0000),       // tie, odd below: up
-        (0x3f80_8001, 0x3f81_0000),       // just above the tie: up
-        (0x3fff_ffff, 0x4000_0000),       // carry into the exponent
-        (0xbf80_c000, 0xbf81_0000),       // negative, above the tie
-    ];
-    for (x, want) in cases {
-        let got = rne_bf16(f32::from_bits(x)).to_bits();
-        ensure!(
-            got == want,
-            "rne_bf16({x:#010x}) = {got:#010x}, expected {want:#010x}"
-        );
-    }
-    let mut rng = ChaCha8Rng::seed_from_u64(3);
-    for _ in 0..100_000 {
-        let x = f32::from_bits(rng.random::<u32>() & 0xbfff_ffff);
-        let want = bf16::from_f32(x).to_f32();
-        ensure!(
-            rne_bf16(x).to_bits() == want.to_bits(),
-            "rne_bf16({x:e}) disagrees with half: {want:e}"
-        );
-    }
-    Ok(())
-}
-
-/// Device buffer holding `off` guard elements, then `data`, then 3 guard elements.
-fn upload_guarded<T: DeviceRepr + Copy>(
-    gpu: &Gpu,
-    data: &[T],
-    off: usize,
-    guard: T,
-) -> Result<CudaSlice<T>> {
-    let mut host = vec![guard; off];
-    host.extend_from_slice(data);
-    host.extend_from_slice(&[guard; 3]);
-    gpu.be
-        .stream()
-        .clone_htod(&host)
-        .map_err(|e| anyhow!("upload: {e}"))
+    x.iter().map(|&v| rne_bf16_f32(v) as f64).collect()
 }
 
 /// A NaN-poisoned output of `n` elements with guards.
 fn poisoned(gpu: &Gpu, n: usize, off: usize) -> Result<CudaSlice<f32>> {
-    upload_guarded(gpu, &vec![f32::NAN; n], off, GUARD)
-}
-
-/// Downloads `buf`, checks its guards are intact and returns the `n` elements after `off`.
-fn download_guarded(
-    gpu: &Gpu,
-    buf: &CudaSlice<f32>,
-    off: usize,
-    n: usize,
-    what: &str,
-) -> Result<Vec<f32>> {
-    let host = gpu
-        .be
-        .stream()
-        .clone_dtoh(buf)
-        .map_err(|e| anyhow!("download: {e}"))?;
-    for (i, &x) in host[..off].iter().chain(&host[off + n..]).enumerate() {
-        ensure!(
-            x.to_bits() == GUARD.to_bits(),
-            "{what}: guard element {i} overwritten: {x:?}"
-        );
-    }
-    Ok(host[off..off + n].to_vec())
+    upload_guarded(&gpu.be, &vec![f32::NAN; n], off, GUARD)
 }
 
 /// ‖a − b‖ / ‖b‖ over the elements `pick` selects, and ‖b‖ (f64).
@@ -264,9 +162,9 @@ fn gpu_fwd(
     off: usize,
 ) -> Result<(Vec<f32>, Vec<f32>)> {
     let (nz, nl, nq) = (s.n() * s.d(), s.b * s.h * s.t, s.n() * 3 * s.d());
-    let dqkv = upload_guarded(gpu, qkv, off, GUARD)?;
+    let dqkv = upload_guarded(&gpu.be, qkv, off, GUARD)?;
     let dshift = match shift {
-        Some(sh) => Some(upload_guarded(gpu, sh, off, GUARD)?),
+        Some(sh) => Some(upload_guarded(&gpu.be, sh, off, GUARD)?),
         None => None,
     };
     let mut z = poisoned(gpu, nz, off)?;
@@ -281,8 +179,8 @@ fn gpu_fwd(
     )?;
     gpu.be.synchronize()?;
     Ok((
-        download_guarded(gpu, &z, off, nz, "z")?,
-        download_guarded(gpu, &lse, off, nl, "lse")?,
+        download_guarded(&gpu.be, &z, off, nz, GUARD, "z")?,
+        download_guarded(&gpu.be, &lse, off, nl, GUARD, "lse")?,
     ))
 }
 
@@ -297,10 +195,10 @@ fn gpu_bwd(
     off: usize,
 ) -> Result<Vec<f32>> {
     let (nz, nl, nq) = (s.n() * s.d(), s.b * s.h * s.t, s.n() * 3 * s.d());
-    let ddz = upload_guarded(gpu, dz, off, GUARD)?;
-    let dzz = upload_guarded(gpu, z, off, GUARD)?;
-    let dqkv_in = upload_guarded(gpu, qkv, off, GUARD)?;
-    let dlse = upload_guarded(gpu, lse, off, GUARD)?;
+    let ddz = upload_guarded(&gpu.be, dz, off, GUARD)?;
+    let dzz = upload_guarded(&gpu.be, z, off, GUARD)?;
+    let dqkv_in = upload_guarded(&gpu.be, qkv, off, GUARD)?;
+    let dlse = upload_guarded(&gpu.be, lse, off, GUARD)?;
     let mut g = poisoned(gpu, nq, off)?;
     gpu.k.backward(
         &mut g.slice_mut(off..off + nq),
@@ -311,7 +209,7 @@ fn gpu_bwd(
         s,
     )?;
     gpu.be.synchronize()?;
-    download_guarded(gpu, &g, off, nq, "dqkv")
+    download_guarded(&gpu.be, &g, off, nq, GUARD, "dqkv")
 }
 
 // ---------------------------------------------------------------------------------------------

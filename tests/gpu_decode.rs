@@ -11,23 +11,18 @@
 //! Without a usable GPU every test is reported as *ignored*; with `BADDATA_GPU_REQUIRED=1` a
 //! missing GPU fails the run instead.
 
-use std::sync::Arc;
-
 use anyhow::{ensure, Context, Result};
 use baddata::backend::cpu::Cpu;
 use baddata::backend::cuda::executor::CudaExecutor;
-use baddata::backend::cuda::{describe_context, open_context, CudaBackend};
 use baddata::backend::{Backend, CacheShape, Span, DECODE_META};
 use baddata::config::ModelConfig;
 use baddata::model::generate::{Chunk, KvCache, SampleOptions, ShiftPositions};
 use baddata::model::transformer::rope_table;
 use baddata::model::{init_params, Model, ParamLayout};
-use cudarc::driver::{CudaContext, CudaSlice};
-use libtest_mimic::{Arguments, Trial};
+use cudarc::driver::CudaSlice;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-type TestFn = fn(&Ctx) -> Result<()>;
 /// Per row, the (position, logits) of every position a decode produced.
 type Decoded = Vec<Vec<(usize, Vec<f32>)>>;
 /// A CPU and a GPU model with the same parameters (host copy, device copy).
@@ -39,31 +34,14 @@ type Pair = (
 );
 /// Applies `(layer, values, is_bias)` settings to both models of a [`Pair`].
 type Setup<'a> = dyn Fn(&mut dyn FnMut(usize, &[f32], bool) -> Result<()>) -> Result<()> + 'a;
-type Ctx = Arc<CudaContext>;
 
-/// A fresh executor on the shared context.
-fn exec(ctx: &Ctx) -> Result<CudaExecutor> {
-    CudaExecutor::new(CudaBackend::new(ctx.clone())?)
-}
+#[path = "common/gpu.rs"]
+mod gpu_common;
+
+use gpu_common::{exec, open_ctx, rel_err, run_gpu_tests, uniform, Ctx, GpuTest, GUARD};
 
 fn main() {
-    let mut args = Arguments::from_args();
-    if args.test_threads.is_none() {
-        args.test_threads = Some(1);
-    }
-    let gpu: Result<Ctx, String> = open_context(0)
-        .and_then(|ctx| exec(&ctx).map(|_| ctx))
-        .map_err(|e| format!("{e:#}"));
-    let required = std::env::var("BADDATA_GPU_REQUIRED").is_ok_and(|v| v == "1");
-    match &gpu {
-        Ok(g) => eprintln!("gpu decode tests on {}", describe_context(g)),
-        Err(reason) if required => {
-            eprintln!("BADDATA_GPU_REQUIRED=1 but no usable GPU: {reason}");
-            std::process::exit(1);
-        }
-        Err(reason) => eprintln!("gpu decode tests ignored: {reason}"),
-    }
-    let tests: [(&str, TestFn); 6] = [
+    let tests: [(&str, GpuTest<Ctx>); 6] = [
         ("decode_ops_match_cpu", decode_ops_match_cpu),
         (
             "decode_meta_out_of_range_is_an_error",
@@ -83,37 +61,7 @@ fn main() {
             generation_is_seeded_and_repeatable,
         ),
     ];
-    let trials = tests
-        .into_iter()
-        .map(|(name, f)| {
-            let g = gpu.clone();
-            Trial::test(name, move || match &g {
-                Ok(g) => f(g).map_err(|e| format!("{e:#}").into()),
-                Err(_) => Ok(()),
-            })
-            .with_ignored_flag(gpu.is_err())
-        })
-        .collect();
-    libtest_mimic::run(&args, trials).exit();
-}
-
-const GUARD: f32 = 12345.678;
-
-fn uniform(rng: &mut ChaCha8Rng, n: usize, lo: f32, hi: f32) -> Vec<f32> {
-    (0..n).map(|_| rng.random_range(lo..hi)).collect()
-}
-
-/// ‖a − b‖ / ‖b‖ in f64 (infinite when `a` holds a non-finite value or the lengths differ).
-fn rel_err(a: &[f32], b: &[f32]) -> f64 {
-    if a.len() != b.len() || a.iter().any(|x| !x.is_finite()) {
-        return f64::INFINITY;
-    }
-    let (mut num, mut den) = (0.0f64, 0.0f64);
-    for (&x, &y) in a.iter().zip(b) {
-        num += (x as f64 - y as f64).powi(2);
-        den += (y as f64).powi(2);
-    }
-    (num / den.max(1e-300)).sqrt()
+    run_gpu_tests("gpu decode", open_ctx, Vec::new(), &tests)
 }
 
 /// Like [`rel_err`], but where the reference is NaN (a cache slot nobody wrote) `a` must be NaN

@@ -17,49 +17,27 @@
 //! outside a view poisons the result; outputs are poisoned with NaN before the launch and carry
 //! guard elements on both sides that must come back untouched.
 
-use std::sync::Arc;
-
 use anyhow::{anyhow, ensure, Result};
 use baddata::backend::cpu::matmul as cpu_mm;
 use baddata::backend::cuda::matmul::MatmulKernels;
 use baddata::backend::cuda::CudaBackend;
 use cudarc::driver::CudaSlice;
 use half::bf16;
-use libtest_mimic::{Arguments, Trial};
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+
+#[path = "common/gpu.rs"]
+mod gpu_common;
+
+use gpu_common::{host_test, run_gpu_tests, uniform, GpuTest, GUARD};
 
 struct Gpu {
     be: CudaBackend,
     mm: MatmulKernels,
 }
 
-type TestFn = fn(&Gpu) -> Result<()>;
-
 fn main() {
-    let mut args = Arguments::from_args();
-    // One GPU, one stream: run the tests one after another.
-    if args.test_threads.is_none() {
-        args.test_threads = Some(1);
-    }
-    let gpu: Result<Arc<Gpu>, String> = CudaBackend::open(0)
-        .and_then(|be| {
-            let mm = MatmulKernels::new(&be)?;
-            Ok(Gpu { be, mm })
-        })
-        .map(Arc::new)
-        .map_err(|e| format!("{e:#}"));
-    let required = std::env::var("BADDATA_GPU_REQUIRED").is_ok_and(|v| v == "1");
-    match &gpu {
-        Ok(g) => eprintln!("gpu matmul tests on {}", g.be.describe()),
-        Err(reason) if required => {
-            eprintln!("BADDATA_GPU_REQUIRED=1 but no usable GPU: {reason}");
-            std::process::exit(1);
-        }
-        Err(reason) => eprintln!("gpu matmul tests ignored: {reason}"),
-    }
-
-    let tests: [(&str, TestFn); 6] = [
+    let tests: [(&str, GpuTest<Gpu>); 6] = [
         ("matmul_fwd_matches_cpu", matmul_fwd_matches_cpu),
         ("matmul_bwd_x_matches_cpu", matmul_bwd_x_matches_cpu),
         ("matmul_bwd_w_matches_cpu", matmul_bwd_w_matches_cpu),
@@ -70,18 +48,17 @@ fn main() {
         ),
         ("matmul_rejects_short_buffers", matmul_rejects_short_buffers),
     ];
-    let mut trials: Vec<Trial> = vec![Trial::test("cpu_reference_matches_naive_loop", || {
-        cpu_reference_matches_naive_loop().map_err(|e| format!("{e:#}").into())
-    })];
-    trials.extend(tests.into_iter().map(|(name, f)| {
-        let g = gpu.clone();
-        Trial::test(name, move || {
-            let g = g.map_err(|r| format!("no usable GPU: {r}"))?;
-            f(&g).map_err(|e| format!("{e:#}").into())
-        })
-        .with_ignored_flag(gpu.is_err())
-    }));
-    libtest_mimic::run(&args, trials).exit();
+    let host_tests = vec![host_test(
+        "cpu_reference_matches_naive_loop",
+        cpu_reference_matches_naive_loop,
+    )];
+    let setup = || {
+        let be = CudaBackend::open(0)?;
+        let mm = MatmulKernels::new(&be)?;
+        let device = be.describe();
+        Ok((Gpu { be, mm }, device))
+    };
+    run_gpu_tests("gpu matmul", setup, host_tests, &tests)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -108,18 +85,12 @@ const SHAPES: [(usize, usize, usize); 9] = [
 /// loads and stores where the row length allows), the odd ones the scalar path.
 const OFFSETS: [(usize, usize); 2] = [(0, 0), (1, 3)];
 
-/// Guard value around outputs (finite, not a plausible result).
-const GUARD: f32 = 12345.678;
 /// Guard elements after every buffer (the leading ones are the view offset, at least
 /// [`MIN_LEAD`]).
 const TAIL: usize = 5;
 /// Leading guard elements before an output view even at offset 0 (a multiple of 4, so the view
 /// stays 16-byte aligned).
 const MIN_LEAD: usize = 4;
-
-fn uniform(rng: &mut ChaCha8Rng, n: usize, lo: f32, hi: f32) -> Vec<f32> {
-    (0..n).map(|_| rng.random_range(lo..hi)).collect()
-}
 
 /// The values the tensor cores multiply: each input rounded to bf16 (RNE), widened to f64.
 fn bf16_f64(x: &[f32]) -> Vec<f64> {

@@ -8,47 +8,22 @@
 //! Without a usable GPU every test is reported as *ignored*; with `BADDATA_GPU_REQUIRED=1` a
 //! missing GPU fails the run instead.
 
-use std::sync::Arc;
-
 use anyhow::{ensure, Context, Result};
 use baddata::backend::cpu::Cpu;
-use baddata::backend::cuda::executor::CudaExecutor;
-use baddata::backend::cuda::{describe_context, open_context, CudaBackend};
 use baddata::backend::{Backend, Span};
 use baddata::config::ModelConfig;
 use baddata::model::{init_params, Model, ParamLayout};
 use baddata::optim::adamw::{clip_scale, AdamWConfig, StepArgs};
-use cudarc::driver::CudaContext;
-use libtest_mimic::{Arguments, Trial};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-type TestFn = fn(&Ctx) -> Result<()>;
-type Ctx = Arc<CudaContext>;
+#[path = "common/gpu.rs"]
+mod gpu_common;
 
-/// A fresh executor on the shared context (modules load in milliseconds).
-fn exec(ctx: &Ctx) -> Result<CudaExecutor> {
-    CudaExecutor::new(CudaBackend::new(ctx.clone())?)
-}
+use gpu_common::{exec, open_ctx, rel_err, run_gpu_tests, uniform, Ctx, GpuTest};
 
 fn main() {
-    let mut args = Arguments::from_args();
-    if args.test_threads.is_none() {
-        args.test_threads = Some(1);
-    }
-    let gpu: Result<Ctx, String> = open_context(0)
-        .and_then(|ctx| exec(&ctx).map(|_| ctx))
-        .map_err(|e| format!("{e:#}"));
-    let required = std::env::var("BADDATA_GPU_REQUIRED").is_ok_and(|v| v == "1");
-    match &gpu {
-        Ok(g) => eprintln!("gpu step tests on {}", describe_context(g)),
-        Err(reason) if required => {
-            eprintln!("BADDATA_GPU_REQUIRED=1 but no usable GPU: {reason}");
-            std::process::exit(1);
-        }
-        Err(reason) => eprintln!("gpu step tests ignored: {reason}"),
-    }
-    let tests: [(&str, TestFn); 7] = [
+    let tests: [(&str, GpuTest<Ctx>); 7] = [
         ("glue_ops_match_cpu", glue_ops_match_cpu),
         ("step_tiny_matches_cpu", step_tiny_matches_cpu),
         ("step_olmo_124m_matches_cpu", step_olmo_124m_matches_cpu),
@@ -63,35 +38,7 @@ fn main() {
         ("head_shift_logits_match_cpu", head_shift_logits_match_cpu),
         ("norm_and_adamw_match_cpu", norm_and_adamw_match_cpu),
     ];
-    let trials = tests
-        .into_iter()
-        .map(|(name, f)| {
-            let g = gpu.clone();
-            Trial::test(name, move || match &g {
-                Ok(g) => f(g).map_err(|e| format!("{e:#}").into()),
-                Err(_) => Ok(()),
-            })
-            .with_ignored_flag(gpu.is_err())
-        })
-        .collect();
-    libtest_mimic::run(&args, trials).exit();
-}
-
-fn uniform(rng: &mut ChaCha8Rng, n: usize, lo: f32, hi: f32) -> Vec<f32> {
-    (0..n).map(|_| rng.random_range(lo..hi)).collect()
-}
-
-/// ‖a − b‖ / ‖b‖ in f64.
-fn rel_err(a: &[f32], b: &[f32]) -> f64 {
-    let (mut num, mut den) = (0.0f64, 0.0f64);
-    for (&x, &y) in a.iter().zip(b) {
-        num += (x as f64 - y as f64).powi(2);
-        den += (y as f64).powi(2);
-    }
-    if a.iter().any(|x| !x.is_finite()) {
-        return f64::INFINITY;
-    }
-    (num / den.max(1e-300)).sqrt()
+    run_gpu_tests("gpu step", open_ctx, Vec::new(), &tests)
 }
 
 /// (cosine, ‖a‖/‖b‖) in f64.

@@ -20,58 +20,25 @@
 //! run after the other harnesses, which share one time budget on the GPU machine. Without a usable GPU every test is reported as *ignored*;
 //! with `BADDATA_GPU_REQUIRED=1` a missing GPU fails the run instead.
 
-use std::sync::Arc;
-
 use anyhow::{ensure, Context, Result};
 use baddata::backend::cuda::executor::CudaExecutor;
-use baddata::backend::cuda::{describe_context, open_context, CudaBackend};
 use baddata::backend::{Backend, Span, SpanMut};
-use cudarc::driver::{CudaContext, CudaSlice};
+use cudarc::driver::CudaSlice;
 use half::bf16;
-use libtest_mimic::{Arguments, Trial};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-type TestFn = fn(&Ctx) -> Result<()>;
-type Ctx = Arc<CudaContext>;
+#[path = "common/gpu.rs"]
+mod gpu_common;
 
-fn exec(ctx: &Ctx) -> Result<CudaExecutor> {
-    CudaExecutor::new(CudaBackend::new(ctx.clone())?)
-}
+use gpu_common::{exec, open_ctx, rel_err64, run_gpu_tests, Ctx, GpuTest};
 
 fn main() {
-    let mut args = Arguments::from_args();
-    if args.test_threads.is_none() {
-        args.test_threads = Some(1);
-    }
-    let gpu: Result<Ctx, String> = open_context(0)
-        .and_then(|ctx| exec(&ctx).map(|_| ctx))
-        .map_err(|e| format!("{e:#}"));
-    let required = std::env::var("BADDATA_GPU_REQUIRED").is_ok_and(|v| v == "1");
-    match &gpu {
-        Ok(g) => eprintln!("gpu wide-index tests on {}", describe_context(g)),
-        Err(reason) if required => {
-            eprintln!("BADDATA_GPU_REQUIRED=1 but no usable GPU: {reason}");
-            std::process::exit(1);
-        }
-        Err(reason) => eprintln!("gpu wide-index tests ignored: {reason}"),
-    }
-    let tests: [(&str, TestFn); 1] = [(
+    let tests: [(&str, GpuTest<Ctx>); 1] = [(
         "olmo_124m_head_at_65536_rows_matches_cpu",
         olmo_124m_head_at_65536_rows,
     )];
-    let trials = tests
-        .into_iter()
-        .map(|(name, f)| {
-            let g = gpu.clone();
-            Trial::test(name, move || match &g {
-                Ok(g) => f(g).map_err(|e| format!("{e:#}").into()),
-                Err(_) => Ok(()),
-            })
-            .with_ignored_flag(gpu.is_err())
-        })
-        .collect();
-    libtest_mimic::run(&args, trials).exit();
+    run_gpu_tests("gpu wide-index", open_ctx, Vec::new(), &tests)
 }
 
 /// The value the tensor cores multiply: `x` rounded to bf16 (nearest, ties to even).
@@ -82,19 +49,6 @@ fn b(x: f32) -> f64 {
 /// Every element of `v` rounded to bf16 (exact in f32).
 fn rounded(v: &[f32]) -> Vec<f32> {
     v.iter().map(|&a| bf16::from_f32(a).to_f32()).collect()
-}
-
-/// ‖a − r‖ / ‖r‖ in f64 (infinite when `a` holds a non-finite value).
-fn rel_err(a: &[f32], r: &[f64]) -> f64 {
-    if a.iter().any(|x| !x.is_finite()) {
-        return f64::INFINITY;
-    }
-    let (mut num, mut den) = (0.0f64, 0.0f64);
-    for (&x, &y) in a.iter().zip(r) {
-        num += (x as f64 - y).powi(2);
-        den += y * y;
-    }
-    (num / den.max(1e-300)).sqrt()
 }
 
 /// Row `r` (`width` elements) of a row-major device buffer, copied to the host.
@@ -154,7 +108,7 @@ fn olmo_124m_head_at_65536_rows(ctx: &Ctx) -> Result<()> {
                         .sum()
                 })
                 .collect();
-            let e = rel_err(&got, &want);
+            let e = rel_err64(&got, &want);
             ensure!(e < 1e-5, "logits row {r}: rel err {e:.2e} ≥ 1e-5");
         }
         rows_logits.push((r, got));
@@ -182,7 +136,7 @@ fn olmo_124m_head_at_65536_rows(ctx: &Ctx) -> Result<()> {
             .map(|(j, &y)| scale * ((y as f64 - m).exp() / s - (j == t) as u8 as f64))
             .collect();
         let got = row(&be, &logits, *r, v)?;
-        let e = rel_err(&got, &want);
+        let e = rel_err64(&got, &want);
         ensure!(e < 1e-5, "dlogits row {r}: rel err {e:.2e} ≥ 1e-5");
         rows_dl.push((*r, got));
     }
@@ -207,7 +161,7 @@ fn olmo_124m_head_at_65536_rows(ctx: &Ctx) -> Result<()> {
                 *acc += g * wb[j * d + c] as f64;
             }
         }
-        let e = rel_err(&row(&be, &dx, *r, d)?, &want);
+        let e = rel_err64(&row(&be, &dx, *r, d)?, &want);
         ensure!(e < 1e-3, "dx row {r}: rel err {e:.2e} ≥ 1e-3");
     }
 
@@ -232,7 +186,7 @@ fn olmo_124m_head_at_65536_rows(ctx: &Ctx) -> Result<()> {
             }
         }
     }
-    let e = rel_err(&got, &want);
+    let e = rel_err64(&got, &want);
     ensure!(e < 1e-5, "dE: rel err {e:.2e} ≥ 1e-5");
     be.matmul_bwd_w(SpanMut::new(&mut dw, 0, v * d), &logits, &gx, n, d, v, true)?;
     let twice = be.download(&dw)?;
