@@ -39,31 +39,18 @@ const GEMM_FLOPS: f64 = 798e12;
 const SDPA_FWD_FLOPS: f64 = 499e12;
 const SDPA_BWD_FLOPS: f64 = 379e12;
 
+mod common;
+
+use common::{best_time, criterion, run_benches};
+
 fn main() {
-    let mut c = Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-        .sample_size(10)
-        .configure_from_args();
-    match CudaBackend::open(0) {
-        Ok(be) => {
-            if let Err(e) = gpu_benches(&mut c, &be) {
-                eprintln!("GPU attention benches failed: {e:#}");
-                std::process::exit(1);
-            }
-        }
-        Err(e) if std::env::var("BADDATA_GPU_REQUIRED").is_ok_and(|v| v == "1") => {
-            eprintln!("BADDATA_GPU_REQUIRED=1 but no usable GPU: {e:#}");
-            std::process::exit(1);
-        }
-        Err(e) => {
-            println!(
-                "GPU attention benches skipped ({e:#}); benchmarking the CPU reference instead"
-            );
-            cpu_benches(&mut c);
-        }
-    }
-    c.final_summary();
+    run_benches(
+        criterion(Duration::from_secs(1), Duration::from_secs(3)),
+        "GPU attention benches",
+        "the CPU reference",
+        gpu_benches,
+        cpu_benches,
+    );
 }
 
 /// Causal forward FLOPs: 4·B·H·T²·dh / 2.
@@ -106,21 +93,6 @@ fn cpu_benches(c: &mut Criterion) {
         b.iter(|| cpu_attn::backward(&mut dqkv, &dz, &z, &qkv, &lse, s))
     });
     group.finish();
-}
-
-/// Best-of-5 seconds per call (10 calls each) of `f`, synchronising around each batch.
-fn best_time(be: &CudaBackend, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
-    let mut best = f64::INFINITY;
-    for _ in 0..5 {
-        be.synchronize()?;
-        let t = Instant::now();
-        for _ in 0..10 {
-            f()?;
-        }
-        be.synchronize()?;
-        best = best.min(t.elapsed().as_secs_f64() / 10.0);
-    }
-    Ok(best)
 }
 
 /// One summary row: name, FLOPs per call, best seconds per call, the SDPA rate to compare with
@@ -192,7 +164,7 @@ fn gpu_benches(c: &mut Criterion, be: &CudaBackend) -> Result<()> {
         rows.push((
             format!("fwd {name}"),
             ff,
-            best_time(be, &mut fwd)?,
+            best_time(be, 10, &mut fwd)?,
             sdpa.then_some(SDPA_FWD_FLOPS),
         ));
 
@@ -222,7 +194,7 @@ fn gpu_benches(c: &mut Criterion, be: &CudaBackend) -> Result<()> {
         rows.push((
             format!("bwd {name}"),
             2.5 * ff,
-            best_time(be, &mut bwd)?,
+            best_time(be, 10, &mut bwd)?,
             sdpa.then_some(SDPA_BWD_FLOPS),
         ));
     }

@@ -46,29 +46,18 @@ use rand_chacha::ChaCha8Rng;
 const H100_COPY_BPS: f64 = 2.84e12;
 const OLMO_1B_PARAMS: usize = 1_176_764_416;
 
+mod common;
+
+use common::{best_time, criterion, fill, run_benches};
+
 fn main() {
-    let mut c = Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-        .sample_size(10)
-        .configure_from_args();
-    match CudaBackend::open(0) {
-        Ok(be) => {
-            if let Err(e) = gpu_benches(&mut c, &be) {
-                eprintln!("GPU benches failed: {e:#}");
-                std::process::exit(1);
-            }
-        }
-        Err(e) if std::env::var("BADDATA_GPU_REQUIRED").is_ok_and(|v| v == "1") => {
-            eprintln!("BADDATA_GPU_REQUIRED=1 but no usable GPU: {e:#}");
-            std::process::exit(1);
-        }
-        Err(e) => {
-            println!("GPU benches skipped ({e:#}); benchmarking the CPU reference AdamW instead");
-            cpu_benches(&mut c);
-        }
-    }
-    c.final_summary();
+    run_benches(
+        criterion(Duration::from_secs(1), Duration::from_secs(3)),
+        "GPU benches",
+        "the CPU reference AdamW",
+        gpu_benches,
+        cpu_benches,
+    );
 }
 
 fn cpu_benches(c: &mut Criterion) {
@@ -98,20 +87,6 @@ struct Buffers {
     partials: CudaSlice<f64>,
 }
 
-/// Fills a device buffer by tiling a random host block over it.
-fn fill(be: &CudaBackend, buf: &mut CudaSlice<f32>, block: &[f32]) -> Result<()> {
-    let n = buf.len();
-    let mut i = 0;
-    while i < n {
-        let k = block.len().min(n - i);
-        be.stream()
-            .memcpy_htod(&block[..k], &mut buf.slice_mut(i..i + k))
-            .map_err(|e| anyhow!("fill: {e}"))?;
-        i += k;
-    }
-    Ok(())
-}
-
 fn alloc(be: &CudaBackend, n: usize) -> Result<Buffers> {
     let s = be.stream();
     let e = |e| anyhow!("allocating benchmark buffers for {n} parameters: {e}");
@@ -136,21 +111,6 @@ fn alloc(be: &CudaBackend, n: usize) -> Result<Buffers> {
     fill(be, &mut b.v, &mk(&mut rng, 1e-6, 1e-2))?;
     be.synchronize()?;
     Ok(b)
-}
-
-/// Best-of-5 seconds per call (10 calls each) of `f`, synchronising around each batch.
-fn best_time(be: &CudaBackend, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
-    let mut best = f64::INFINITY;
-    for _ in 0..5 {
-        be.synchronize()?;
-        let t = Instant::now();
-        for _ in 0..10 {
-            f()?;
-        }
-        be.synchronize()?;
-        best = best.min(t.elapsed().as_secs_f64() / 10.0);
-    }
-    Ok(best)
 }
 
 fn gpu_benches(c: &mut Criterion, be: &CudaBackend) -> Result<()> {
@@ -194,7 +154,7 @@ fn gpu_benches(c: &mut Criterion, be: &CudaBackend) -> Result<()> {
                     t.elapsed()
                 })
             });
-            rows.push(($name, bytes, best_time(be, &mut f)?));
+            rows.push(($name, bytes, best_time(be, 10, &mut f)?));
         }};
     }
 
@@ -250,21 +210,7 @@ fn gpu_benches(c: &mut Criterion, be: &CudaBackend) -> Result<()> {
     let (op_title, op_rows) = op_benches(c, be)?;
     println!();
     println!("summary ({n} parameters, best of 5 x 10 calls):");
-    println!(
-        "{:<28} {:>10} {:>10} {:>12} {:>12}",
-        "kernel", "ms", "TB/s", "vs copy", "vs 2.84TB/s"
-    );
-    for (name, bytes, t) in &rows {
-        let bps = *bytes as f64 / t;
-        println!(
-            "{:<28} {:>10.3} {:>10.3} {:>11.1}% {:>11.1}%",
-            name,
-            t * 1e3,
-            bps / 1e12,
-            100.0 * bps / copy_bps,
-            100.0 * bps / H100_COPY_BPS
-        );
-    }
+    print_rows(&rows, copy_bps);
     println!();
     println!("{op_title}");
     print_rows(&op_rows, copy_bps);
@@ -367,7 +313,7 @@ fn op_benches(c: &mut Criterion, be: &CudaBackend) -> Result<(String, OpRows)> {
                     t.elapsed()
                 })
             });
-            rows.push(($name, bytes, best_time(be, &mut f)?));
+            rows.push(($name, bytes, best_time(be, 10, &mut f)?));
         }};
     }
 

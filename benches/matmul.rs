@@ -51,32 +51,18 @@ const LAYERS: [(&str, usize, usize, f64); 5] = [
     ("logits", 2048, 50304, 664.0),
 ];
 
+mod common;
+
+use common::{best_time, criterion, fill, run_benches};
+
 fn main() {
-    let mut c = Criterion::default()
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(1))
-        .sample_size(10)
-        .configure_from_args();
-    match CudaBackend::open(0) {
-        Ok(be) => {
-            if let Err(e) = gpu_benches(&mut c, &be) {
-                eprintln!("GPU matmul benches failed: {e:#}");
-                std::process::exit(1);
-            }
-        }
-        Err(e) if std::env::var("BADDATA_GPU_REQUIRED").is_ok_and(|v| v == "1") => {
-            eprintln!("BADDATA_GPU_REQUIRED=1 but no usable GPU: {e:#}");
-            std::process::exit(1);
-        }
-        Err(e) => {
-            println!(
-                "GPU benches skipped ({e:#}); benchmarking the CPU reference matmul at 256x256x256 \
-                 instead"
-            );
-            cpu_benches(&mut c);
-        }
-    }
-    c.final_summary();
+    run_benches(
+        criterion(Duration::from_millis(500), Duration::from_secs(1)),
+        "GPU matmul benches",
+        "the CPU reference matmul at 256x256x256",
+        gpu_benches,
+        cpu_benches,
+    );
 }
 
 fn cpu_benches(c: &mut Criterion) {
@@ -91,35 +77,6 @@ fn cpu_benches(c: &mut Criterion) {
         b.iter(|| cpu_mm::forward(&mut y, black_box(&x), black_box(&w), m, k, n))
     });
     group.finish();
-}
-
-/// Fills a device buffer by tiling a random host block over it.
-fn fill(be: &CudaBackend, buf: &mut CudaSlice<f32>, block: &[f32]) -> Result<()> {
-    let n = buf.len();
-    let mut i = 0;
-    while i < n {
-        let k = block.len().min(n - i);
-        be.stream()
-            .memcpy_htod(&block[..k], &mut buf.slice_mut(i..i + k))
-            .map_err(|e| anyhow!("fill: {e}"))?;
-        i += k;
-    }
-    Ok(())
-}
-
-/// Best-of-5 seconds per call (5 calls each) of `f`, synchronising around each batch.
-fn best_time(be: &CudaBackend, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
-    let mut best = f64::INFINITY;
-    for _ in 0..5 {
-        be.synchronize()?;
-        let t = Instant::now();
-        for _ in 0..5 {
-            f()?;
-        }
-        be.synchronize()?;
-        best = best.min(t.elapsed().as_secs_f64() / 5.0);
-    }
-    Ok(best)
 }
 
 /// One summary row: (op, layer, k, n, flops per call, best seconds per call, PyTorch TFLOP/s).
@@ -176,7 +133,7 @@ fn gpu_benches(c: &mut Criterion, be: &CudaBackend) -> Result<()> {
                         t.elapsed()
                     })
                 });
-                rows.push(($op, layer, k, n, flops, best_time(be, &mut f)?, $torch));
+                rows.push(($op, layer, k, n, flops, best_time(be, 5, &mut f)?, $torch));
             }};
         }
         bench!("fwd", Some(torch), || -> Result<()> {
