@@ -212,25 +212,7 @@ impl<B: Backend> Model<B> {
     /// Shifts apply to [`Model::loss`] and [`Model::logits`]; [`Model::forward_backward`] refuses
     /// to run while any is set.
     pub fn set_head_shift(&mut self, layer: usize, shift: Option<&[B::Elem]>) -> Result<()> {
-        ensure!(
-            layer < self.cfg.n_layers,
-            "head shift: layer {layer} out of range (the model has {} layers)",
-            self.cfg.n_layers
-        );
-        self.head_shift[layer] = match shift {
-            None => None,
-            Some(s) => {
-                ensure!(
-                    s.len() == self.cfg.d_model,
-                    "head shift for layer {layer}: expected n_heads·d_head = {} values, got {}",
-                    self.cfg.d_model,
-                    s.len()
-                );
-                let mut buf = self.backend.alloc(s.len())?;
-                self.backend.upload(s, &mut buf)?;
-                Some(buf)
-            }
-        };
+        self.head_shift[layer] = self.layer_vector("head shift", "n_heads·d_head", layer, shift)?;
         Ok(())
     }
 
@@ -251,26 +233,38 @@ impl<B: Backend> Model<B> {
     /// [`Model::loss`], [`Model::logits`] and the KV-cache decode path (every position);
     /// [`Model::forward_backward`] refuses to run while any is set.
     pub fn set_o_bias(&mut self, layer: usize, bias: Option<&[B::Elem]>) -> Result<()> {
+        self.o_bias[layer] = self.layer_vector("o_proj bias", "d_model", layer, bias)?;
+        Ok(())
+    }
+
+    /// The executor copy of a per-layer `[D]` vector for [`Model::set_head_shift`] and
+    /// [`Model::set_o_bias`] (`None` stays `None`), after checking `layer < n_layers` and that
+    /// `values` holds `d_model` values. `what` names the vector in errors, `expected` the meaning
+    /// of its length.
+    fn layer_vector(
+        &self,
+        what: &str,
+        expected: &str,
+        layer: usize,
+        values: Option<&[B::Elem]>,
+    ) -> Result<Option<B::Buf>> {
         ensure!(
             layer < self.cfg.n_layers,
-            "o_proj bias: layer {layer} out of range (the model has {} layers)",
+            "{what}: layer {layer} out of range (the model has {} layers)",
             self.cfg.n_layers
         );
-        self.o_bias[layer] = match bias {
-            None => None,
-            Some(b) => {
-                ensure!(
-                    b.len() == self.cfg.d_model,
-                    "o_proj bias for layer {layer}: expected d_model = {} values, got {}",
-                    self.cfg.d_model,
-                    b.len()
-                );
-                let mut buf = self.backend.alloc(b.len())?;
-                self.backend.upload(b, &mut buf)?;
-                Some(buf)
-            }
+        let Some(v) = values else {
+            return Ok(None);
         };
-        Ok(())
+        ensure!(
+            v.len() == self.cfg.d_model,
+            "{what} for layer {layer}: expected {expected} = {} values, got {}",
+            self.cfg.d_model,
+            v.len()
+        );
+        let mut buf = self.backend.alloc(v.len())?;
+        self.backend.upload(v, &mut buf)?;
+        Ok(Some(buf))
     }
 
     /// The o_proj bias of layer `layer` (`[D]`), if one is set.
