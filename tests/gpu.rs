@@ -22,6 +22,7 @@ use baddata::model::transformer::rope_table;
 use baddata::optim::adamw::{
     adamw_reference, clip_scale, global_norm, AdamW, AdamWConfig, StepArgs,
 };
+use cudarc::driver::CudaSlice;
 use half::bf16;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -675,18 +676,35 @@ fn layernorm_fwd_matches_cpu(gpu: &Gpu) -> Result<()> {
                 d,
                 eps as f32,
             )?;
-            let (mut o32, mut m32, mut r32) = (vec![0f32; n * d], vec![0f32; n], vec![0f32; n]);
-            cpu_norm::layernorm_fwd(&mut o32, &mut m32, &mut r32, &x, d, eps as f32);
-            let (mut o64, mut m64, mut r64) = (vec![0f64; n * d], vec![0f64; n], vec![0f64; n]);
-            cpu_norm::layernorm_fwd(&mut o64, &mut m64, &mut r64, &to64(&x), d, eps);
-            let got = download_guarded(&gpu.be, &dout, off, n * d, GUARD_F32, "out")?;
-            check_close(&ctx, "out", &got, &o32, &o64)?;
-            let got = download_guarded(&gpu.be, &dmean, off, n, GUARD_F32, "mean")?;
-            check_close(&ctx, "mean", &got, &m32, &m64)?;
-            let got = download_guarded(&gpu.be, &drstd, off, n, GUARD_F32, "rstd")?;
-            check_close(&ctx, "rstd", &got, &r32, &r64)?;
+            let outs = [&dout, &dmean, &drstd];
+            check_layernorm_fwd(gpu, &ctx, &x, d, eps, off, outs)?;
         }
     }
+    Ok(())
+}
+
+/// The layernorm forward outputs (out `[n, d]`, mean `[n]`, rstd `[n]`, each guarded at view
+/// offset `off`) of input `x` `[n, d]` against the CPU op in f32 and f64 ([`check_close`]).
+fn check_layernorm_fwd(
+    gpu: &Gpu,
+    ctx: &str,
+    x: &[f32],
+    d: usize,
+    eps: f64,
+    off: usize,
+    [dout, dmean, drstd]: [&CudaSlice<f32>; 3],
+) -> Result<()> {
+    let n = x.len() / d;
+    let (mut o32, mut m32, mut r32) = (vec![0f32; n * d], vec![0f32; n], vec![0f32; n]);
+    cpu_norm::layernorm_fwd(&mut o32, &mut m32, &mut r32, x, d, eps as f32);
+    let (mut o64, mut m64, mut r64) = (vec![0f64; n * d], vec![0f64; n], vec![0f64; n]);
+    cpu_norm::layernorm_fwd(&mut o64, &mut m64, &mut r64, &to64(x), d, eps);
+    let got = download_guarded(&gpu.be, dout, off, n * d, GUARD_F32, "out")?;
+    check_close(ctx, "out", &got, &o32, &o64)?;
+    let got = download_guarded(&gpu.be, dmean, off, n, GUARD_F32, "mean")?;
+    check_close(ctx, "mean", &got, &m32, &m64)?;
+    let got = download_guarded(&gpu.be, drstd, off, n, GUARD_F32, "rstd")?;
+    check_close(ctx, "rstd", &got, &r32, &r64)?;
     Ok(())
 }
 
@@ -722,16 +740,8 @@ fn layernorm_fwd_residual_matches_cpu(gpu: &Gpu) -> Result<()> {
             cpu_pw::add(&mut x, &a, &b);
             let got = download_guarded(&gpu.be, &dsum, off, n * d, GUARD_F32, "xsum")?;
             check_bits(&ctx, "xsum", &got, &x)?;
-            let (mut o32, mut m32, mut r32) = (vec![0f32; n * d], vec![0f32; n], vec![0f32; n]);
-            cpu_norm::layernorm_fwd(&mut o32, &mut m32, &mut r32, &x, d, eps as f32);
-            let (mut o64, mut m64, mut r64) = (vec![0f64; n * d], vec![0f64; n], vec![0f64; n]);
-            cpu_norm::layernorm_fwd(&mut o64, &mut m64, &mut r64, &to64(&x), d, eps);
-            let got = download_guarded(&gpu.be, &dout, off, n * d, GUARD_F32, "out")?;
-            check_close(&ctx, "out", &got, &o32, &o64)?;
-            let got = download_guarded(&gpu.be, &dmean, off, n, GUARD_F32, "mean")?;
-            check_close(&ctx, "mean", &got, &m32, &m64)?;
-            let got = download_guarded(&gpu.be, &drstd, off, n, GUARD_F32, "rstd")?;
-            check_close(&ctx, "rstd", &got, &r32, &r64)?;
+            let outs = [&dout, &dmean, &drstd];
+            check_layernorm_fwd(gpu, &ctx, &x, d, eps, off, outs)?;
         }
     }
     Ok(())
