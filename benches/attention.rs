@@ -19,7 +19,7 @@
 //! (`BADDATA_GPU_REQUIRED=1` makes a missing GPU an error). Settings: warm-up 1 s,
 //! measurement 3 s, 10 samples (override on the command line).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, Result};
 use baddata::backend::cpu::attention as cpu_attn;
@@ -41,7 +41,7 @@ const SDPA_BWD_FLOPS: f64 = 379e12;
 
 mod common;
 
-use common::{best_time, criterion, run_benches};
+use common::{best_time, criterion, run_benches, timed_launches};
 
 fn main() {
     run_benches(
@@ -151,15 +151,7 @@ fn gpu_benches(c: &mut Criterion, be: &CudaBackend) -> Result<()> {
         };
         group.throughput(Throughput::Elements(ff as u64));
         group.bench_function(format!("fwd_{name}"), |bch| {
-            bch.iter_custom(|iters| {
-                be.synchronize().expect("sync");
-                let t = Instant::now();
-                for _ in 0..iters {
-                    fwd().expect("launch");
-                }
-                be.synchronize().expect("sync");
-                t.elapsed()
-            })
+            bch.iter_custom(|iters| timed_launches(be, iters, &mut fwd))
         });
         rows.push((
             format!("fwd {name}"),
@@ -181,15 +173,7 @@ fn gpu_benches(c: &mut Criterion, be: &CudaBackend) -> Result<()> {
         };
         group.throughput(Throughput::Elements((2.5 * ff) as u64));
         group.bench_function(format!("bwd_{name}"), |bch| {
-            bch.iter_custom(|iters| {
-                be.synchronize().expect("sync");
-                let t = Instant::now();
-                for _ in 0..iters {
-                    bwd().expect("launch");
-                }
-                be.synchronize().expect("sync");
-                t.elapsed()
-            })
+            bch.iter_custom(|iters| timed_launches(be, iters, &mut bwd))
         });
         rows.push((
             format!("bwd {name}"),

@@ -30,7 +30,7 @@
 //! `--measurement-time 5`); `BADDATA_BENCH_PARAMS=N` sets the parameter count.
 
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, Result};
 use baddata::backend::cuda::adamw::{grad_norm_partials_len, AdamWKernels, Clip};
@@ -48,7 +48,7 @@ const OLMO_1B_PARAMS: usize = 1_176_764_416;
 
 mod common;
 
-use common::{best_time, criterion, fill, run_benches};
+use common::{best_time, criterion, fill, run_benches, timed_launches};
 
 fn main() {
     run_benches(
@@ -144,15 +144,7 @@ fn gpu_benches(c: &mut Criterion, be: &CudaBackend) -> Result<()> {
             group.throughput(Throughput::BytesDecimal(bytes));
             let mut f = $body;
             group.bench_function($name, |bch| {
-                bch.iter_custom(|iters| {
-                    be.synchronize().expect("sync");
-                    let t = Instant::now();
-                    for _ in 0..iters {
-                        f().expect("launch");
-                    }
-                    be.synchronize().expect("sync");
-                    t.elapsed()
-                })
+                bch.iter_custom(|iters| timed_launches(be, iters, &mut f))
             });
             rows.push(($name, bytes, best_time(be, 10, &mut f)?));
         }};
@@ -303,15 +295,7 @@ fn op_benches(c: &mut Criterion, be: &CudaBackend) -> Result<(String, OpRows)> {
             group.throughput(Throughput::BytesDecimal(bytes));
             let mut f = $body;
             group.bench_function($name, |bch| {
-                bch.iter_custom(|iters| {
-                    be.synchronize().expect("sync");
-                    let t = Instant::now();
-                    for _ in 0..iters {
-                        f().expect("launch");
-                    }
-                    be.synchronize().expect("sync");
-                    t.elapsed()
-                })
+                bch.iter_custom(|iters| timed_launches(be, iters, &mut f))
             });
             rows.push(($name, bytes, best_time(be, 10, &mut f)?));
         }};

@@ -24,7 +24,7 @@
 //! `--measurement-time 5`).
 
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, Result};
 use baddata::backend::cpu::matmul as cpu_mm;
@@ -53,7 +53,7 @@ const LAYERS: [(&str, usize, usize, f64); 5] = [
 
 mod common;
 
-use common::{best_time, criterion, fill, run_benches};
+use common::{best_time, criterion, fill, run_benches, timed_launches};
 
 fn main() {
     run_benches(
@@ -123,15 +123,7 @@ fn gpu_benches(c: &mut Criterion, be: &CudaBackend) -> Result<()> {
             ($op:expr, $torch:expr, $body:expr) => {{
                 let mut f = $body;
                 group.bench_function(format!("{}_{layer}", $op), |bch| {
-                    bch.iter_custom(|iters| {
-                        be.synchronize().expect("sync");
-                        let t = Instant::now();
-                        for _ in 0..iters {
-                            f().expect("launch");
-                        }
-                        be.synchronize().expect("sync");
-                        t.elapsed()
-                    })
+                    bch.iter_custom(|iters| timed_launches(be, iters, &mut f))
                 });
                 rows.push(($op, layer, k, n, flops, best_time(be, 5, &mut f)?, $torch));
             }};

@@ -80,3 +80,19 @@ pub fn best_time(be: &CudaBackend, calls: usize, mut f: impl FnMut() -> Result<(
     }
     Ok(best)
 }
+
+/// Wall time of `iters` calls of `f`, synchronising before and after (criterion's
+/// `iter_custom`); a failed launch or synchronisation panics, as criterion expects a time.
+pub fn timed_launches(
+    be: &CudaBackend,
+    iters: u64,
+    f: &mut impl FnMut() -> Result<()>,
+) -> Duration {
+    be.synchronize().expect("sync");
+    let t = Instant::now();
+    for _ in 0..iters {
+        f().expect("launch");
+    }
+    be.synchronize().expect("sync");
+    t.elapsed()
+}
