@@ -38,7 +38,9 @@ type Setup<'a> = dyn Fn(&mut dyn FnMut(usize, &[f32], bool) -> Result<()>) -> Re
 #[path = "common/gpu.rs"]
 mod gpu_common;
 
-use gpu_common::{exec, open_ctx, rel_err, run_gpu_tests, uniform, Ctx, GpuTest, GUARD};
+use gpu_common::{
+    exec, open_ctx, rel_err, run_gpu_tests, uniform, upload_f32, Ctx, GpuTest, GUARD,
+};
 
 fn main() {
     let tests: [(&str, GpuTest<Ctx>); 6] = [
@@ -169,11 +171,7 @@ fn decode_ops_match_cpu(ctx: &Ctx) -> Result<()> {
         let (mut qkv_c, mut kc_c, mut vc_c) = (qkv0.clone(), kc0.clone(), vc0.clone());
         cpu.kv_append(&mut qkv_c, &mut kc_c, &mut vc_c, &table, &meta, n, c)?;
         // GPU.
-        let up = |host: &[f32]| -> Result<_> {
-            let mut b = gpu.alloc(host.len())?;
-            gpu.upload(host, &mut b)?;
-            Ok(b)
-        };
+        let up = |x: &[f32]| upload_f32(&gpu, x);
         let (mut qkv_g, mut kc_g, mut vc_g, table_g) =
             (up(&qkv0)?, up(&kc0)?, up(&vc0)?, up(&table)?);
         let mut meta_g = gpu.alloc_ids(n * DECODE_META)?;

@@ -20,7 +20,7 @@ use rand_chacha::ChaCha8Rng;
 #[path = "common/gpu.rs"]
 mod gpu_common;
 
-use gpu_common::{exec, open_ctx, rel_err, run_gpu_tests, uniform, Ctx, GpuTest};
+use gpu_common::{exec, open_ctx, rel_err, run_gpu_tests, uniform, upload_f32, Ctx, GpuTest};
 
 fn main() {
     let tests: [(&str, GpuTest<Ctx>); 7] = [
@@ -68,11 +68,7 @@ fn glue_ops_match_cpu(ctx: &Ctx) -> Result<()> {
         let a = uniform(&mut rng, n * d, -2.0, 2.0);
         let b = uniform(&mut rng, n * d, -2.0, 2.0);
         let v = uniform(&mut rng, d + 3, -1.0, 1.0);
-        let up = |x: &[f32]| -> Result<_> {
-            let mut buf = gpu.alloc(x.len())?;
-            gpu.upload(x, &mut buf)?;
-            Ok(buf)
-        };
+        let up = |x: &[f32]| upload_f32(gpu, x);
         let (ga, gb, gv) = (up(&a)?, up(&b)?, up(&v)?);
         // add: exact (one fp32 addition per element)
         let mut gout = up(&vec![f32::NAN; n * d])?;
@@ -311,11 +307,7 @@ fn norm_and_adamw_match_cpu(ctx: &Ctx) -> Result<()> {
     let p = uniform(&mut rng, n, -1.0, 1.0);
     let mv = uniform(&mut rng, n, -0.1, 0.1);
     let vv = uniform(&mut rng, n, 0.0, 0.01);
-    let up = |x: &[f32]| -> Result<_> {
-        let mut b = gpu.alloc(x.len())?;
-        gpu.upload(x, &mut b)?;
-        Ok(b)
-    };
+    let up = |x: &[f32]| upload_f32(gpu, x);
     let gn = gpu.norm_sq(&up(&g)?, n)?;
     let cn = cpu.norm_sq(&g, n)?;
     ensure!(

@@ -31,7 +31,7 @@ use rand_chacha::ChaCha8Rng;
 #[path = "common/gpu.rs"]
 mod gpu_common;
 
-use gpu_common::{exec, open_ctx, rel_err64, run_gpu_tests, Ctx, GpuTest};
+use gpu_common::{exec, open_ctx, rel_err64, run_gpu_tests, upload_f32, Ctx, GpuTest};
 
 fn main() {
     let tests: [(&str, GpuTest<Ctx>); 1] = [(
@@ -78,11 +78,7 @@ fn olmo_124m_head_at_65536_rows(ctx: &Ctx) -> Result<()> {
     let targets: Vec<u32> = (0..n).map(|_| rng.random_range(0..v as u32)).collect();
     let (xb, wb) = (rounded(&x), rounded(&w));
 
-    let up = |h: &[f32]| -> Result<CudaSlice<f32>> {
-        let mut buf = be.alloc(h.len())?;
-        be.upload(h, &mut buf)?;
-        Ok(buf)
-    };
+    let up = |x: &[f32]| upload_f32(&be, x);
     let (gx, gw) = (up(&x)?, up(&w)?);
     let mut ids = be.alloc_ids(n)?;
     be.upload_ids(&targets, &mut ids)?;

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use anyhow::{anyhow, ensure, Result};
 use baddata::backend::cuda::executor::CudaExecutor;
 use baddata::backend::cuda::CudaBackend;
+use baddata::backend::Backend;
 use cudarc::driver::{CudaContext, CudaSlice, DeviceRepr};
 use libtest_mimic::{Arguments, Trial};
 use rand::{Rng, SeedableRng};
@@ -85,6 +86,13 @@ pub fn open_ctx() -> Result<(Ctx, String)> {
 /// A fresh executor on the shared context (modules load in milliseconds).
 pub fn exec(ctx: &Ctx) -> Result<CudaExecutor> {
     CudaExecutor::new(CudaBackend::new(ctx.clone())?)
+}
+
+/// A new executor buffer holding `host`.
+pub fn upload_f32(be: &CudaExecutor, host: &[f32]) -> Result<CudaSlice<f32>> {
+    let mut buf = be.alloc(host.len())?;
+    be.upload(host, &mut buf)?;
+    Ok(buf)
 }
 
 /// Guard value around device buffers (finite, not a plausible result).
