@@ -11,10 +11,11 @@
 #     correctness.sh      every GPU test and parity check (under 4 minutes); short table last
 #     speed.sh            training throughput (ours and PyTorch) and kernel benches (under 6
 #                         minutes); table last
-#     bin/tests/*         stripped test harnesses (need only libc and, at run time, libcuda)
-#     bin/benches/*       stripped bench binaries
-#     bin/train           stripped `train`
-#     bin/dump_logits     stripped example: a checkpoint's logits for hf_parity.py
+#     bin.tar.xz          the binaries below, as one xz archive (unpacked there by unpack.sh)
+#       bin/tests/*       stripped test harnesses (need only libc and, at run time, libcuda)
+#       bin/benches/*     stripped bench binaries
+#       bin/train         stripped `train`
+#       bin/dump_logits   stripped example: a checkpoint's logits for hf_parity.py
 #     demo/demo-data/     the demo's prepared data (tokenizer, shards, manifest), so that the GPU
 #                         run trains on exactly the tokens the CPU reference did
 #     demo/args           the `train` arguments of the reference run (the GPU run adds
@@ -111,7 +112,7 @@ fi
 strip -o "$stage/bin/train" "$train_exe"
 strip -o "$stage/bin/dump_logits" "$dump_exe"
 
-cp tools/gpu/correctness.sh tools/gpu/speed.sh "$stage/"
+cp tools/gpu/correctness.sh tools/gpu/speed.sh tools/gpu/unpack.sh "$stage/"
 chmod +x "$stage"/*.sh
 mkdir -p "$stage/py" "$stage/hf" "$stage/demo/cpu" "$stage/configs"
 cp tools/compare_curves.py tools/torch_baseline.py "$stage/py/"
@@ -154,6 +155,11 @@ nvcc="$(find .cuda/venv/lib -path '*/site-packages/nvidia/cu13/bin/nvcc' 2>/dev/
   echo "files:"
   (cd "$stage" && find . -type f ! -name MANIFEST.txt -printf '  %p %s bytes\n' | sort)
 } >"$stage/MANIFEST.txt"
+
+# The binaries share most of their bytes (the crate and the embedded kernels): carry them as one
+# xz archive; correctness.sh and speed.sh unpack it (tools/gpu/unpack.sh).
+tar -C "$stage" -cf - bin | xz -6 -T2 >"$stage/bin.tar.xz"
+rm -rf "${stage:?}/bin"
 
 size_kib="$(du -sk "$stage" | cut -f1)"
 max_mib="${STAGE_MAX_MIB:-64}"

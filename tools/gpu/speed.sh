@@ -21,6 +21,8 @@
 set -uo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=unpack.sh
+source "$here/unpack.sh"
 out="${OUT:-./gpu-out}"
 mkdir -p "$out"
 out="$(cd "$out" && pwd)"
