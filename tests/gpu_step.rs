@@ -23,7 +23,7 @@ mod gpu_common;
 use gpu_common::{exec, open_ctx, rel_err, run_gpu_tests, uniform, upload_f32, Ctx, GpuTest};
 
 fn main() {
-    let tests: [(&str, GpuTest<Ctx>); 7] = [
+    let tests: [(&str, GpuTest<Ctx>); 8] = [
         ("glue_ops_match_cpu", glue_ops_match_cpu),
         ("step_tiny_matches_cpu", step_tiny_matches_cpu),
         ("step_olmo_124m_matches_cpu", step_olmo_124m_matches_cpu),
@@ -36,6 +36,10 @@ fn main() {
             training_steps_bit_identical_across_runs,
         ),
         ("head_shift_logits_match_cpu", head_shift_logits_match_cpu),
+        (
+            "head_shift_equals_o_proj_bias",
+            head_shift_equals_o_proj_bias,
+        ),
         ("norm_and_adamw_match_cpu", norm_and_adamw_match_cpu),
     ];
     run_gpu_tests("gpu step", open_ctx, Vec::new(), &tests)
@@ -293,6 +297,63 @@ fn head_shift_logits_match_cpu(ctx: &Ctx) -> Result<()> {
     ensure!(
         moved > 10.0 * e,
         "the shift barely moved the logits ({moved:.2e}): test too weak"
+    );
+    Ok(())
+}
+
+/// On the GPU, the ITI shift at every position (fused into the attention kernel) equals the
+/// o_proj bias `b_l = W_o,l · s_l` (computed here in f64 from the parameters): o_proj is linear.
+/// Both paths round o_proj's input to bf16 (z + s versus z), so the bound is DESIGN's bf16 one.
+fn head_shift_equals_o_proj_bias(ctx: &Ctx) -> Result<()> {
+    let cfg = tiny()?;
+    let layout = ParamLayout::new(&cfg);
+    let params = init_params(&cfg, &layout, 15);
+    let mut rng = ChaCha8Rng::seed_from_u64(16);
+    let (b, t) = (2, 40);
+    let ids = tokens(&mut rng, b * t, cfg.vocab_real);
+    let d = cfg.d_model;
+    let mut gm = Model::new(cfg.clone(), exec(ctx)?)?;
+    let be = gm.backend();
+    let mut gp = be.alloc(layout.len())?;
+    be.upload(&params, &mut gp)?;
+    let base = gm.logits(&gp, &ids, b, t)?;
+    let layers = [0, cfg.n_layers - 1];
+    let mut biases = Vec::new();
+    for &l in &layers {
+        // shift two heads of this layer, zero elsewhere
+        let mut s = vec![0.0f32; d];
+        for h in [0, cfg.n_heads - 1] {
+            let dh = cfg.d_head();
+            for x in &mut s[h * dh..(h + 1) * dh] {
+                *x = rng.random_range(-3.0..3.0);
+            }
+        }
+        let wo = &params[layout.layers[l].o..layout.layers[l].o + d * d];
+        let bias: Vec<f32> = (0..d)
+            .map(|i| {
+                (0..d)
+                    .map(|j| wo[i * d + j] as f64 * s[j] as f64)
+                    .sum::<f64>() as f32
+            })
+            .collect();
+        gm.set_head_shift(l, Some(&s))?;
+        biases.push(bias);
+    }
+    let shifted = gm.logits(&gp, &ids, b, t)?;
+    gm.clear_head_shifts();
+    for (&l, bias) in layers.iter().zip(&biases) {
+        gm.set_o_bias(l, Some(bias))?;
+    }
+    let folded = gm.logits(&gp, &ids, b, t)?;
+    let e = rel_err(&shifted, &folded);
+    ensure!(
+        e < 1e-2,
+        "shift vs folded o_proj bias: rel err {e:.2e} ≥ 1e-2"
+    );
+    let moved = rel_err(&base, &folded);
+    ensure!(
+        moved > 10.0 * e,
+        "the shift barely moved the logits ({moved:.2e} vs {e:.2e}): test too weak"
     );
     Ok(())
 }
