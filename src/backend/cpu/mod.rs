@@ -21,13 +21,44 @@ use std::marker::PhantomData;
 /// The CPU executor over scalar type `T` (f32 or f64).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Cpu<T> {
+    /// Round matmul and attention operands to bf16 first, as the GPU's tensor cores see them.
+    bf16_operands: bool,
     _t: PhantomData<T>,
 }
 
 impl<T: Float> Cpu<T> {
     /// A CPU executor (threads come from rayon's global pool, GEMMs included).
     pub fn new() -> Self {
-        Cpu { _t: PhantomData }
+        Cpu {
+            bf16_operands: false,
+            _t: PhantomData,
+        }
+    }
+
+    /// A CPU executor that rounds the operands of matmul (x, W, dy) and attention (q, k, v,
+    /// dz) to bf16 (round to nearest even) before computing in `T`, as the CUDA executor does
+    /// when it stages them for the tensor cores (the GPU also rounds the attention
+    /// probabilities, which this does not). It predicts, on any machine, what that precision
+    /// choice does to training (`tests/precision.rs`).
+    pub fn with_bf16_operands() -> Self {
+        Cpu {
+            bf16_operands: true,
+            _t: PhantomData,
+        }
+    }
+
+    /// `v` as the op computes on it: rounded to bf16 when [`Cpu::with_bf16_operands`], else
+    /// borrowed unchanged.
+    fn operand<'a>(&self, v: &'a [T]) -> std::borrow::Cow<'a, [T]> {
+        if self.bf16_operands {
+            std::borrow::Cow::Owned(
+                v.iter()
+                    .map(|&x| T::of(half::bf16::from_f64(x.f64()).to_f64()))
+                    .collect(),
+            )
+        } else {
+            std::borrow::Cow::Borrowed(v)
+        }
     }
 }
 
@@ -220,7 +251,14 @@ impl<T: Float> Backend for Cpu<T> {
         need("matmul y", y.len(), m * n)?;
         need("matmul x", x.len(), m * k)?;
         let w = span("matmul w", &w, n * k)?;
-        matmul::forward(&mut y[..m * n], &x[..m * k], w, m, k, n);
+        matmul::forward(
+            &mut y[..m * n],
+            &self.operand(&x[..m * k]),
+            &self.operand(w),
+            m,
+            k,
+            n,
+        );
         Ok(())
     }
 
@@ -236,7 +274,14 @@ impl<T: Float> Backend for Cpu<T> {
         need("matmul dx", dx.len(), m * k)?;
         need("matmul dy", dy.len(), m * n)?;
         let w = span("matmul w", &w, n * k)?;
-        matmul::backward_x(&mut dx[..m * k], &dy[..m * n], w, m, k, n);
+        matmul::backward_x(
+            &mut dx[..m * k],
+            &self.operand(&dy[..m * n]),
+            &self.operand(w),
+            m,
+            k,
+            n,
+        );
         Ok(())
     }
 
@@ -253,7 +298,15 @@ impl<T: Float> Backend for Cpu<T> {
         need("matmul dy", dy.len(), m * n)?;
         need("matmul x", x.len(), m * k)?;
         let dw = span_mut("matmul dw", dw, n * k)?;
-        matmul::backward_w(dw, &dy[..m * n], &x[..m * k], m, k, n, accumulate);
+        matmul::backward_w(
+            dw,
+            &self.operand(&dy[..m * n]),
+            &self.operand(&x[..m * k]),
+            m,
+            k,
+            n,
+            accumulate,
+        );
         Ok(())
     }
 
@@ -282,7 +335,7 @@ impl<T: Float> Backend for Cpu<T> {
         need("attention z", z.len(), s.n() * s.d())?;
         need("attention lse", lse.len(), s.n() * s.h)?;
         need("attention qkv", qkv.len(), s.n() * 3 * s.d())?;
-        attention::forward(z, lse, qkv, s);
+        attention::forward(z, lse, &self.operand(qkv), s);
         if let Some(v) = shift {
             let v = span("attention shift", &v, s.d())?;
             pointwise::add_rows(&mut z[..s.n() * s.d()], v);
@@ -304,7 +357,7 @@ impl<T: Float> Backend for Cpu<T> {
         need("attention z", z.len(), s.n() * s.d())?;
         need("attention lse", lse.len(), s.n() * s.h)?;
         need("attention qkv", qkv.len(), s.n() * 3 * s.d())?;
-        attention::backward(dqkv, dz, z, qkv, lse, s);
+        attention::backward(dqkv, &self.operand(dz), z, &self.operand(qkv), lse, s);
         Ok(())
     }
 
