@@ -250,7 +250,8 @@ impl Batches {
 /// The training loop on executor `be`. Parameters, gradients and both Adam moments live in
 /// executor buffers for the whole run; they come to the host only to be checkpointed. Per
 /// micro-batch the pass is queued, the next batch is read from the shards while the executor
-/// runs it, and then the loss is read (the one wait); the gradient norm is the second read-back.
+/// runs it; after the last micro-batch the gradient norm is queued behind it and read back, the
+/// step's one wait, and the losses (by then computed) come back with it.
 fn run<B: Backend<Elem = f32>>(cfg: &TrainConfig, opts: &RunOptions, be: B) -> Result<TrainReport> {
     cfg.validate()?;
     fs::create_dir_all(&cfg.out)
@@ -407,6 +408,7 @@ fn run<B: Backend<Elem = f32>>(cfg: &TrainConfig, opts: &RunOptions, be: B) -> R
         // gradients of the mean loss over the micro-batches: each contributes 1/k
         let k = cfg.grad_accum as f64;
         let mut loss_sum = 0.0f64;
+        let mut norm = f32::NAN;
         for micro in 0..cfg.grad_accum {
             let tokens = next.take().context("no batch read ahead")?;
             model.start_forward_backward(
@@ -421,9 +423,14 @@ fn run<B: Backend<Elem = f32>>(cfg: &TrainConfig, opts: &RunOptions, be: B) -> R
             // read the next batch while the executor runs this one
             // (the checkpoint's data position is always the one before the batch read ahead)
             data_state = batches.state();
-            let last = step + 1 == end && micro + 1 == cfg.grad_accum;
-            if !last {
+            let last_micro = micro + 1 == cfg.grad_accum;
+            if !(last_micro && step + 1 == end) {
                 next = Some(batches.next(cfg.batch, cfg.seq)?);
+            }
+            if last_micro {
+                // The gradient is complete once the last pass is queued: its norm is queued
+                // behind it, so the step waits once, here, and the loss below is already there.
+                norm = model.backend().norm_sq(&grads, n_params)?.sqrt() as f32;
             }
             loss_sum += model.finish_forward_backward()?;
         }
@@ -432,7 +439,6 @@ fn run<B: Backend<Elem = f32>>(cfg: &TrainConfig, opts: &RunOptions, be: B) -> R
         if opts.inject_nan_at == Some(step) {
             loss = f32::NAN;
         }
-        let norm = be.norm_sq(&grads, n_params)?.sqrt() as f32;
         if !loss.is_finite() || !norm.is_finite() {
             bar.abandon();
             let kept = last_ckpt

@@ -7,20 +7,15 @@
 // second forward and backward must reproduce the first bit for bit.
 // Build and run: cuda/emu/run.sh (needs g++ with C++20).
 #include "emu.h"
+#include "check.h"
 #include <cstdio>
 #include <random>
 #include <algorithm>
 #include "../attention.cu"
 
-static std::mt19937 rng(7);
-static int fails = 0;
 static const float GUARD = 12345.678f;
 
 static float bf(float x) { return __bfloat162float(__float2bfloat16_rn(x)); }
-static void report(const char* what, double e, double tol) {
-    printf("%-58s %.3e %s\n", what, e, e < tol ? "ok" : "FAIL");
-    if (!(e < tol)) fails++;
-}
 // ‖a − b‖ / ‖b‖ over n rows of w elements at a[i·stride + off + c], b likewise; where the
 // reference is exactly zero (T = 1: dq = dk = 0), the absolute ‖a‖ instead.
 static double rel(const float* a, const std::vector<double>& b, size_t n, size_t stride, size_t off, size_t w) {
@@ -182,12 +177,12 @@ static_assert(attn_fwd_smem(64) == 71936 && attn_bwd_smem(32) == 74240, "smem la
 static_assert(attn_bwd_smem(128) <= sizeof(att_emu_smem), "emulated shared memory too small");
 
 int main() {
+    rng.seed(7);
     check<64>(1, 1, 1, 0);
     check<32>(2, 7, 3, 1);
     check<64>(2, 70, 2, 0);
     check<64>(1, 129, 1, 1);
     check<128>(1, 65, 2, 0);
     check<128>(1, 130, 1, 1);
-    printf("FAILS %d\n", fails);
-    return fails != 0;
+    return finish();
 }

@@ -10,24 +10,13 @@
 // the others; a second launch must reproduce the first bit for bit.
 // Build and run: cuda/emu/run.sh (needs g++ with C++20).
 #include "emu.h"
+#include "check.h"
 #include <cstdio>
 #include <random>
 #include <algorithm>
 #include "../decode.cu"
 
-static std::mt19937 rng(11);
-static int fails = 0;
 static const float GUARD = 12345.678f;
-static void report(const char* what, double e, double tol) {
-    printf("%-62s %.3e %s\n", what, e, e < tol ? "ok" : "FAIL");
-    if (!(e < tol)) fails++;
-}
-static std::vector<float> uni(size_t n, float lo, float hi) {
-    std::uniform_real_distribution<float> d(lo, hi);
-    std::vector<float> v(n);
-    for (auto& x : v) x = d(rng);
-    return v;
-}
 // ‖a − b‖ / ‖b‖ (1e9 when a holds a non-finite value).
 static double rel(const float* a, const double* b, size_t n) {
     double d = 0, r = 0;
@@ -47,6 +36,7 @@ static size_t bit_diffs(const float* a, const float* b, size_t n) {
 struct Tok { unsigned row, pos, shifted; };
 
 int main() {
+    rng.seed(11);
     char name[160];
     const unsigned H = 3, rows = 4, t_max = 11;
     // Row 0 prefills positions 0..5; row 1 decodes position 0; row 2 position 3 (0..2 cached by
@@ -182,6 +172,5 @@ int main() {
         snprintf(name, 160, "attention_decode dh=%u: shift on flagged tokens only (bit diffs)", dh);
         report(name, flagged > 0 ? (double)bad : 1e9, 0.5);
     }
-    printf(fails ? "%d FAILED\n" : "all ok\n", fails);
-    return fails ? 1 : 0;
+    return finish();
 }

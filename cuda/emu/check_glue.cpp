@@ -8,25 +8,14 @@
 // round-to-nearest intrinsics); the gradient norm is fp64 and must agree to 1e-12.
 // Build and run: cuda/emu/run.sh (needs g++ with C++20).
 #include "emu.h"
+#include "check.h"
 #include <cstdio>
 #include <random>
 #include "../pointwise.cu"
 #include "../adamw.cu"
 
-static std::mt19937 rng(3);
-static int fails = 0;
 static const float GUARD = 12345.678f;
 
-static void report(const char* what, double e, double tol) {
-    printf("%-52s %.3e %s\n", what, e, e < tol ? "ok" : "FAIL");
-    if (!(e < tol)) fails++;
-}
-static std::vector<float> uni(size_t n, float lo, float hi) {
-    std::uniform_real_distribution<float> d(lo, hi);
-    std::vector<float> v(n);
-    for (auto& x : v) x = d(rng);
-    return v;
-}
 // `off` guard elements, the data, 8 guard elements.
 struct Buf {
     std::vector<float> v;
@@ -49,6 +38,7 @@ static double bit_diffs(const float* a, const float* b, size_t n) {
 }
 
 int main() {
+    rng.seed(3);
     char name[160];
     // ---- add_f32: out = a + b, separate output and in place (out aliases a) ----
     for (size_t off : {0, 1}) for (unsigned long long n : {1ull, 4ull, 37ull, 1027ull}) {
@@ -141,6 +131,5 @@ int main() {
         snprintf(name, 160, "grad_norm n=%llu off=%zu", n, off);
         report(name, std::fabs(out - std::sqrt(total)) / std::sqrt(total), 1e-6);
     }
-    printf("FAILS %d\n", fails);
-    return fails != 0;
+    return finish();
 }

@@ -11,22 +11,15 @@
 // far above it (the kernel must round to bf16).
 // Build and run: cuda/emu/run.sh (needs g++ with C++20).
 #include "emu.h"
+#include "check.h"
 #include <cstdio>
 #include <random>
 #include <algorithm>
 #include "../matmul.cu"
 
-static std::mt19937 rng(7);
-static int fails = 0;
 static const float GUARD = 12345.678f;
 static const int NG = 4;  // guard elements on each side of an output (16 bytes: off 0 stays aligned)
 
-static std::vector<float> uni(size_t n, float lo, float hi) {
-    std::uniform_real_distribution<float> d(lo, hi);
-    std::vector<float> v(n);
-    for (auto& x : v) x = d(rng);
-    return v;
-}
 static double bf(float x) { return (double)__bfloat162float(__float2bfloat16_rn(x)); }
 static double rel(const float* a, const std::vector<double>& b) {
     double d = 0, r = 0;
@@ -37,11 +30,6 @@ static double rel(const float* a, const std::vector<double>& b) {
     }
     if (r == 0) return std::sqrt(d);  // zero reference (k = 0): absolute error
     return std::sqrt(d / r);
-}
-static void report(const char* what, double e, double tol, bool above = false) {
-    const bool ok = above ? e > tol : e < tol;
-    printf("%-58s %.3e %s\n", what, e, ok ? "ok" : "FAIL");
-    if (!ok) fails++;
 }
 
 // A device-like buffer: `off` leading pad elements (the view starts there), `len` payload, and
@@ -156,6 +144,7 @@ static void check_empty_reduction() {
 }
 
 int main() {
+    rng.seed(7);
     // (m, k, n)
     const unsigned shapes[][3] = {
         {1, 1, 1}, {7, 13, 5}, {65, 33, 129}, {130, 40, 257}, {128, 64, 256}, {33, 96, 100},
@@ -168,6 +157,5 @@ int main() {
     check_shape(130, 40, 257, 0, 3);  // aligned inputs (float4 loads), unaligned output
     check_shape(130, 40, 257, 2, 0);  // 8-byte-aligned inputs (scalar loads), aligned output
     check_empty_reduction();
-    printf("FAILS %d\n", fails);
-    return fails != 0;
+    return finish();
 }
