@@ -6,16 +6,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use baddata::backend::cpu::Cpu;
-use baddata::checkpoint;
-use baddata::config::{pad_vocab, ModelConfig};
+use baddata::config::ModelConfig;
 use baddata::data::shard::write_shard;
 use baddata::data::tokenizer::Tokenizer;
 use baddata::eval::{evaluate, mean_kl, EvalOptions};
 use baddata::model::generate::{SampleOptions, ShiftPositions};
-use baddata::model::{init_params, Model, ParamLayout};
-use baddata::optim::{AdamW, AdamWConfig};
+use baddata::model::Model;
 use baddata::probe::intervention::{DirectionKind, HeadDirection, Intervention};
 use baddata::score::Scorer;
+
+#[path = "common/fixtures.rs"]
+mod fixtures;
+
+use fixtures::{save_intervention, tiny_checkpoint, two_layer_config};
 
 const TEXTS: &[&str] = &[
     "the garden was quiet in the morning light",
@@ -26,6 +29,8 @@ const TEXTS: &[&str] = &[
     "get lost you stupid ugly loser",
 ];
 
+/// What [`fixture`] wrote below its directory: the run directory, the intervention and the clean
+/// shard, with the tokenizer, config and weights saved in the run.
 struct Fixture {
     run: PathBuf,
     tok: Tokenizer,
@@ -35,47 +40,19 @@ struct Fixture {
     val: PathBuf,
 }
 
-/// A random 2-layer model saved as a checkpoint (with a BPE trained on `TEXTS`), an intervention
-/// on two heads made for it, and a clean shard of the texts' tokens.
+/// A random 2-layer model with a context of 32 saved as a checkpoint (with a BPE trained on
+/// `TEXTS`), an intervention on two heads made for it, and a clean shard of the texts' tokens.
 fn fixture(dir: &Path) -> Fixture {
     let corpus: Vec<String> = (0..4)
         .flat_map(|k| TEXTS.iter().map(move |s| format!("{s} {k}")))
         .collect();
-    let tok = Tokenizer::train_bpe(&corpus, 300).unwrap();
-    let tok_path = dir.join("tokenizer.json");
-    tok.save(&tok_path).unwrap();
-    let real = tok.vocab_size();
-    let cfg = ModelConfig {
-        n_layers: 2,
-        d_model: 32,
-        n_heads: 2,
-        d_ff: 48,
-        vocab_size: pad_vocab(real),
-        vocab_real: real,
-        context: 32,
-        rope_theta: 10_000.0,
-        layer_norm_eps: 1e-5,
-        eos_token_id: 0,
-    }
-    .with_vocab(real, tok.eos_id().unwrap());
-    let layout = ParamLayout::new(&cfg);
-    let params = init_params(&cfg, &layout, 5);
-    let opt = AdamW::new(
-        AdamWConfig::default(),
-        params.len(),
-        cfg.vocab_size * cfg.d_model,
-    );
-    let run = dir.join("run");
-    checkpoint::save(
-        &run,
-        3,
-        &cfg,
-        &params,
-        &opt,
-        &serde_json::json!({}),
-        Some(&tok_path),
-    )
-    .unwrap();
+    let fixtures::TinyCheckpoint {
+        run,
+        tok,
+        cfg,
+        params,
+        ..
+    } = tiny_checkpoint(dir, &corpus, 300, two_layer_config(32), 5, 1.0);
     let dh = cfg.d_model / cfg.n_heads;
     let unit = |k: usize| -> Vec<f32> {
         let v: Vec<f32> = (0..dh).map(|i| ((i * 7 + k) % 5) as f32 - 2.0).collect();
@@ -98,15 +75,7 @@ fn fixture(dir: &Path) -> Fixture {
             probe_accuracy: 0.8,
         },
     ];
-    let iv = Intervention::new(
-        &cfg,
-        &params,
-        DirectionKind::MassMean,
-        heads,
-        serde_json::json!({}),
-    );
-    let iv_path = dir.join("iv.json");
-    iv.save(&iv_path).unwrap();
+    let iv_path = save_intervention(dir.join("iv.json"), &cfg, &params, heads);
     let mut ids = Vec::new();
     for s in corpus.iter().chain(&corpus) {
         ids.extend(tok.encode(s).unwrap());

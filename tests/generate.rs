@@ -2,15 +2,18 @@
 //! context limits, and the `generate` command end to end.
 
 use baddata::backend::cpu::Cpu;
-use baddata::checkpoint;
 use baddata::config::ModelConfig;
 use baddata::data::tokenizer::Tokenizer;
 use baddata::model::generate::{sample_token, Chunk, KvCache, SampleOptions, ShiftPositions};
 use baddata::model::{init_params, Model, ParamLayout};
-use baddata::optim::{AdamW, AdamWConfig};
-use baddata::probe::intervention::{DirectionKind, HeadDirection, Intervention};
+use baddata::probe::intervention::HeadDirection;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+
+#[path = "common/fixtures.rs"]
+mod fixtures;
+
+use fixtures::{save_intervention, two_row_steps};
 
 fn small() -> ModelConfig {
     ModelConfig {
@@ -67,55 +70,18 @@ fn check_kv_matches_full(model: &mut Model<Cpu<f32>>, params: &Vec<f32>, what: &
         .map(|s| model.logits(params, s, 1, t).unwrap())
         .collect();
     let mut cache = KvCache::<f32>::new(&model.cfg, 2);
-    let pre = 5;
-    let out = model
-        .decode(
-            params,
-            &mut cache,
-            &[
-                Chunk {
-                    row: 0,
-                    tokens: &seqs[0][..1],
-                    shift_from: 0,
-                },
-                Chunk {
-                    row: 1,
-                    tokens: &seqs[1][..pre],
-                    shift_from: 0,
-                },
-            ],
-        )
-        .unwrap();
-    assert_close(&out[0], &full[0][..v], &format!("{what}: row 0 pos 0"));
-    assert_close(
-        &out[1],
-        &full[1][(pre - 1) * v..pre * v],
-        &format!("{what}: row 1 prefill"),
-    );
-    for p in 1..t {
-        let mut chunks = vec![Chunk {
-            row: 0,
-            tokens: &seqs[0][p..p + 1],
-            shift_from: 0,
-        }];
-        if p >= pre {
-            chunks.push(Chunk {
-                row: 1,
-                tokens: &seqs[1][p..p + 1],
-                shift_from: 0,
-            });
-        }
+    // Tokens fed so far per row, counted here (not read from the cache).
+    let mut fed = [0usize; 2];
+    for chunks in two_row_steps([&seqs[0], &seqs[1]], 1, 5) {
         let out = model.decode(params, &mut cache, &chunks).unwrap();
-        assert_close(
-            &out[0],
-            &full[0][p * v..(p + 1) * v],
-            &format!("{what}: row 0 pos {p}"),
-        );
-        if p >= pre {
+        assert_eq!(out.len(), chunks.len());
+        for (o, c) in out.iter().zip(&chunks) {
+            fed[c.row] += c.tokens.len();
+            let p = fed[c.row] - 1;
             assert_close(
-                &out[1],
-                &full[1][p * v..(p + 1) * v],
-                &format!("{what}: row 1 pos {p}"),
+                o,
+                &full[c.row][p * v..(p + 1) * v],
+                &format!("{what}: row {} pos {p}", c.row),
             );
         }
     }
@@ -375,7 +341,8 @@ fn prompt_longer_than_context_is_an_error() {
     );
 }
 
-/// Writes a checkpoint of a small model with a trained BPE tokenizer; returns its directory.
+/// A checkpoint of `small()` with a context of 24 and weights 8× the initialisation, with a BPE
+/// trained on 200 numbered sentences about a cat; returns its directory, config and weights.
 fn tiny_checkpoint(dir: &std::path::Path) -> (std::path::PathBuf, ModelConfig, Vec<f32>) {
     let texts: Vec<String> = (0..200)
         .map(|i| {
@@ -385,32 +352,12 @@ fn tiny_checkpoint(dir: &std::path::Path) -> (std::path::PathBuf, ModelConfig, V
             )
         })
         .collect();
-    let tok = Tokenizer::train_bpe(&texts, 300).unwrap();
-    let tok_path = dir.join("tokenizer.json");
-    tok.save(&tok_path).unwrap();
-    let cfg = ModelConfig {
+    let base = ModelConfig {
         context: 24,
         ..small()
-    }
-    .with_vocab(tok.vocab_size(), tok.eos_id().unwrap());
-    let layout = ParamLayout::new(&cfg);
-    let params: Vec<f32> = init_params(&cfg, &layout, 3)
-        .into_iter()
-        .map(|x| 8.0 * x)
-        .collect();
-    let opt = AdamW::new(AdamWConfig::default(), params.len(), 0);
-    let run = dir.join("run");
-    let ck = checkpoint::save(
-        &run,
-        1,
-        &cfg,
-        &params,
-        &opt,
-        &serde_json::json!({}),
-        Some(&tok_path),
-    )
-    .unwrap();
-    (ck, cfg, params)
+    };
+    let ck = fixtures::tiny_checkpoint(dir, &texts, 300, base, 3, 8.0);
+    (ck.dir, ck.cfg, ck.params)
 }
 
 fn run_bin(args: &[&str]) -> std::process::Output {
@@ -483,15 +430,12 @@ fn generate_command_end_to_end() {
         sigma: 1.0,
         probe_accuracy: 0.9,
     }];
-    let iv = Intervention::new(
+    let iv_path = save_intervention(
+        dir.path().join("intervention.json"),
         &cfg,
         &params,
-        DirectionKind::MassMean,
         heads.clone(),
-        serde_json::json!({}),
     );
-    let iv_path = dir.path().join("intervention.json");
-    iv.save(&iv_path).unwrap();
     let o = run_bin(&[
         "--checkpoint",
         ck_s,
@@ -517,15 +461,7 @@ fn generate_command_end_to_end() {
 
     // An intervention made for other weights is refused.
     let other: Vec<f32> = params.iter().map(|x| x * 0.5).collect();
-    let iv2 = Intervention::new(
-        &cfg,
-        &other,
-        DirectionKind::MassMean,
-        heads,
-        serde_json::json!({}),
-    );
-    let iv2_path = dir.path().join("other.json");
-    iv2.save(&iv2_path).unwrap();
+    let iv2_path = save_intervention(dir.path().join("other.json"), &cfg, &other, heads);
     let o = run_bin(&[
         "--checkpoint",
         ck_s,

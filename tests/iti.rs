@@ -7,10 +7,15 @@
 use baddata::backend::cpu::Cpu;
 use baddata::backend::Float;
 use baddata::config::ModelConfig;
-use baddata::model::generate::{Chunk, KvCache};
+use baddata::model::generate::KvCache;
 use baddata::model::{init_params, Model, ParamLayout};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+
+#[path = "common/fixtures.rs"]
+mod fixtures;
+
+use fixtures::two_row_steps;
 
 fn cfg() -> ModelConfig {
     ModelConfig {
@@ -131,34 +136,7 @@ fn shift_equals_bias<T: Float>(tol: f64, what: &str) {
         KvCache::<T>::new(&cfg, b),
     ];
     let models = [&shift_model, &bias_model, &plain_model];
-    let pre = 5;
-    let mut steps: Vec<Vec<Chunk>> = vec![vec![
-        Chunk {
-            row: 0,
-            tokens: &rows[0][..pre],
-            shift_from: 0,
-        },
-        Chunk {
-            row: 1,
-            tokens: &rows[1][..1],
-            shift_from: 0,
-        },
-    ]];
-    for p in 1..t {
-        let mut c = vec![Chunk {
-            row: 1,
-            tokens: &rows[1][p..p + 1],
-            shift_from: 0,
-        }];
-        if p >= pre {
-            c.push(Chunk {
-                row: 0,
-                tokens: &rows[0][p..p + 1],
-                shift_from: 0,
-            });
-        }
-        steps.push(c);
-    }
+    let steps = two_row_steps([rows[0], rows[1]], 0, 5);
     let mut max_err = 0f64;
     let mut max_moved = 0f64;
     for (k, chunks) in steps.iter().enumerate() {

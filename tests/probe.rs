@@ -6,16 +6,20 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use baddata::checkpoint;
-use baddata::config::{pad_vocab, ModelConfig};
+use baddata::config::ModelConfig;
 use baddata::data::tokenizer::Tokenizer;
-use baddata::model::{init_params, Model, ParamLayout};
-use baddata::optim::{AdamW, AdamWConfig};
+use baddata::model::Model;
 use baddata::probe::labels::{check_classes, read_labelled};
 use baddata::probe::{
     analyse, collect, run_probe, Activations, Capture, CaptureShape, CaptureWriter, CollectOptions,
     DirectionKind, HeadRows, Intervention, LabelFormat, LabelledText, Logistic, LogisticConfig,
     ProbeConfig, ProbeJob,
 };
+
+#[path = "common/fixtures.rs"]
+mod fixtures;
+
+use fixtures::{save_intervention, tiny_checkpoint, two_layer_config};
 
 /// Deterministic standard normals (xorshift + Box–Muller), independent of the code under test.
 struct Gauss(u64);
@@ -216,40 +220,41 @@ fn write(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
 }
 
+/// Writes `text` to `path` and returns the error, with its context, that `read_labelled` gives
+/// for it as `format` with the ToxiGen threshold 2.5 (reading it without an error fails the test).
+fn refused(path: &Path, text: &str, format: LabelFormat) -> String {
+    write(path, text);
+    format!("{:#}", read_labelled(path, format, 2.5).unwrap_err())
+}
+
 #[test]
 fn bad_labels_and_single_class_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("bad.jsonl");
-    write(
+    let err = refused(
         &p,
         "{\"text\": \"a\", \"label\": 0}\n\n{\"text\": \"b\", \"label\": 2}\n",
-    );
-    let err = format!(
-        "{:#}",
-        read_labelled(&p, LabelFormat::Jsonl, 2.5).unwrap_err()
+        LabelFormat::Jsonl,
     );
     assert!(
         err.contains("bad.jsonl:3") && err.contains("label 2"),
         "{err}"
     );
 
-    write(&p, "{\"text\": \"a\", \"label\": \"1\"}\n");
-    let err = format!(
-        "{:#}",
-        read_labelled(&p, LabelFormat::Jsonl, 2.5).unwrap_err()
+    let err = refused(
+        &p,
+        "{\"text\": \"a\", \"label\": \"1\"}\n",
+        LabelFormat::Jsonl,
     );
     assert!(
         err.contains("bad.jsonl:1") && err.contains("not 0 or 1"),
         "{err}"
     );
 
-    write(
+    let err = refused(
         &p,
         "{\"text\": \"a\", \"label\": 1}\n{\"text\": \"b\", \"label\": 1}\n",
-    );
-    let err = format!(
-        "{:#}",
-        read_labelled(&p, LabelFormat::Jsonl, 2.5).unwrap_err()
+        LabelFormat::Jsonl,
     );
     assert!(err.contains("only one class"), "{err}");
 
@@ -282,10 +287,10 @@ fn bad_labels_and_single_class_are_refused() {
     assert_eq!(got, vec![0, 0, 1, 1]);
     let stricter = read_labelled(&t, LabelFormat::Toxigen, 3.5);
     assert!(format!("{:#}", stricter.unwrap_err()).contains("at least 2 of each"));
-    write(&t, "{\"text\": \"p\", \"toxicity_human\": 7}\n");
-    let err = format!(
-        "{:#}",
-        read_labelled(&t, LabelFormat::Toxigen, 2.5).unwrap_err()
+    let err = refused(
+        &t,
+        "{\"text\": \"p\", \"toxicity_human\": 7}\n",
+        LabelFormat::Toxigen,
     );
     assert!(
         err.contains("toxigen.jsonl:1") && err.contains("1 to 5"),
@@ -295,21 +300,6 @@ fn bad_labels_and_single_class_are_refused() {
 
 /// Context of the small model: longer than every fixture text but the joined one.
 const CONTEXT: usize = 64;
-
-fn small_config(vocab_real: usize) -> ModelConfig {
-    ModelConfig {
-        n_layers: 2,
-        d_model: 32,
-        n_heads: 2,
-        d_ff: 48,
-        vocab_size: pad_vocab(vocab_real),
-        vocab_real,
-        context: CONTEXT,
-        rope_theta: 10_000.0,
-        layer_norm_eps: 1e-5,
-        eos_token_id: 0,
-    }
-}
 
 const CLEAN: &[&str] = &[
     "the garden was quiet in the morning light",
@@ -328,35 +318,15 @@ const TOXIC: &[&str] = &[
     "you disgusting creep, shut your stupid mouth",
 ];
 
-/// A checkpoint of a random 2-layer model with a BPE trained on the probe texts, and a JSONL file
-/// of labelled texts (one of them longer than the context).
+/// A checkpoint of a random 2-layer model with a context of `CONTEXT` and a BPE trained on the
+/// probe texts, and a JSONL file of labelled texts (one of them longer than the context); returns
+/// the run directory, the JSONL file, the config and the weights.
 fn fixture(dir: &Path) -> (PathBuf, PathBuf, ModelConfig, Vec<f32>) {
     let mut corpus: Vec<String> = Vec::new();
     for k in 0..4 {
         corpus.extend(CLEAN.iter().chain(TOXIC).map(|s| format!("{s} {k}")));
     }
-    let tok = Tokenizer::train_bpe(&corpus, 320).unwrap();
-    let tok_path = dir.join("tokenizer.json");
-    tok.save(&tok_path).unwrap();
-    let cfg = small_config(tok.vocab_size()).with_vocab(tok.vocab_size(), tok.eos_id().unwrap());
-    let layout = ParamLayout::new(&cfg);
-    let params = init_params(&cfg, &layout, 11);
-    let opt = AdamW::new(
-        AdamWConfig::default(),
-        params.len(),
-        cfg.vocab_size * cfg.d_model,
-    );
-    let run = dir.join("run");
-    checkpoint::save(
-        &run,
-        5,
-        &cfg,
-        &params,
-        &opt,
-        &serde_json::json!({}),
-        Some(&tok_path),
-    )
-    .unwrap();
+    let ck = tiny_checkpoint(dir, &corpus, 320, two_layer_config(CONTEXT), 11, 1.0);
     let mut lines = String::new();
     for (i, s) in CLEAN.iter().enumerate() {
         for k in 0..3 {
@@ -372,7 +342,7 @@ fn fixture(dir: &Path) -> (PathBuf, PathBuf, ModelConfig, Vec<f32>) {
     lines += &format!("{{\"text\": \"{long}\", \"label\": 0}}\n");
     let data = dir.join("texts.jsonl");
     write(&data, &lines);
-    (run, data, cfg, params)
+    (ck.run, data, ck.cfg, ck.params)
 }
 
 #[test]
@@ -532,15 +502,7 @@ fn intervention_for_another_model_is_refused() {
         },
     )
     .unwrap();
-    let iv = Intervention::new(
-        &cfg,
-        &params,
-        DirectionKind::MassMean,
-        an.heads,
-        serde_json::json!({}),
-    );
-    let path = dir.path().join("iv.json");
-    iv.save(&path).unwrap();
+    let path = save_intervention(dir.path().join("iv.json"), &cfg, &params, an.heads);
     let iv = Intervention::load(&path).unwrap();
     iv.check_model(&cfg, &params).unwrap();
 
