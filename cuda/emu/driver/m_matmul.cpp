@@ -1,0 +1,5 @@
+// The kernels of cuda/matmul.cu, registered with the emulated driver (see module.h).
+#define EMU_MODULE_NAME "matmul"
+#include "../../matmul.cu"
+#include "module.h"
+EMU_MODULE(EMU_KERNEL(matmul_fwd), EMU_KERNEL(matmul_bwd_x), EMU_KERNEL(matmul_bwd_w))
