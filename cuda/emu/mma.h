@@ -1,12 +1,17 @@
 // Stand-in for CUDA's <mma.h> (nvcuda::wmma) when cuda/emu compiles kernels for the host.
 //
 // On the GPU a fragment is spread over the 32 lanes of a warp in an unspecified layout. Here
-// every lane holds the WHOLE tile (num_elements = rows·cols), computed redundantly, so a kernel
-// passes the emulation only if it treats fragments as opaque: element-wise loops over
-// `x[0..num_elements)` that do the same thing to every element are fine; anything that assumes
-// which element a lane holds is not (read tiles back through shared memory instead).
-// store_matrix_sync writes from lane 0 only, so a lane that reads the stored tile before a
-// __syncwarp()/__syncthreads() sees stale data, as it may on the GPU.
+// lane 0 of each warp holds the WHOLE tile (num_elements = rows·cols) and does all of the
+// warp's tensor-core work: load_matrix_sync and mma_sync compute on lane 0 only, and
+// store_matrix_sync writes from lane 0 only. The other lanes' fragments keep whatever
+// fill_fragment (which every lane runs) last put there. So a kernel passes the emulation only
+// if it treats fragments as opaque: element-wise loops over `x[0..num_elements)` that do the
+// same thing to every element are fine, and results leave a fragment through
+// store_matrix_sync; a lane that uses a fragment's elements for anything else computes with
+// stale values here, as it would compute with the wrong elements on the GPU. A lane that
+// reads a stored tile before a __syncwarp()/__syncthreads() sees stale data, as it may on the
+// GPU. (One lane instead of 32 doing the arithmetic also makes the emulated products 32 times
+// cheaper, which whole training steps through the emulated driver need.)
 // Supported: bf16 (and float accumulators) 16x16x16, row/col-major a and b.
 #pragma once
 #include "cuda_bf16.h"
@@ -39,12 +44,14 @@ inline void fill_fragment(fragment<Use, M, N, K, T, L>& f, V v) {
 template <class Use, int M, int N, int K, class T, class L>
 inline void load_matrix_sync(fragment<Use, M, N, K, T, L>& f, const T* p, unsigned ldm) {
     using F = fragment<Use, M, N, K, T, L>;
+    if ((threadIdx.x & 31) != 0) return;
     for (int r = 0; r < F::rows; ++r)
         for (int c = 0; c < F::cols; ++c)
             f.x[r * F::cols + c] = std::is_same_v<L, col_major> ? p[c * ldm + r] : p[r * ldm + c];
 }
 template <int M, int N, int K, class T>
 inline void load_matrix_sync(fragment<accumulator, M, N, K, T, void>& f, const T* p, unsigned ldm, layout_t l) {
+    if ((threadIdx.x & 31) != 0) return;
     for (int r = 0; r < M; ++r)
         for (int c = 0; c < N; ++c) f.x[r * N + c] = l == mem_col_major ? p[c * ldm + r] : p[r * ldm + c];
 }
@@ -61,6 +68,7 @@ inline void mma_sync(fragment<accumulator, M, N, K, float, void>& d,
                      const fragment<matrix_a, M, N, K, __nv_bfloat16, LA>& a,
                      const fragment<matrix_b, M, N, K, __nv_bfloat16, LB>& b,
                      const fragment<accumulator, M, N, K, float, void>& c) {
+    if ((threadIdx.x & 31) != 0) return;
     float out[M * N];
     for (int i = 0; i < M; ++i)
         for (int j = 0; j < N; ++j) {
