@@ -8,7 +8,7 @@
 //                     h·dh .. (h+1)·dh of each third (D = H·dh)
 //   z, dz [B, T, D]   (= [B, T, H, dh]) attention output per head, and its gradient
 //   lse   [B, H, T]   lse_i = log Σ_{j≤i} exp(s_ij), s_ij = q_i·k_j / √dh (natural log)
-//   delta [B, H, T]   Δ_i = dz_i·z_i (backward scratch)
+//   delta [B, H, T]   Δ_i = bf16(dz_i)·z_i (backward scratch)
 //   dqkv  [B, T, 3D]  gradient of qkv, all three thirds overwritten
 //   shift [D]         optional ITI head shift added to every row of z (inference only)
 // CPU reference: src/backend/cpu/attention.rs (`forward`, `backward`).
@@ -259,7 +259,7 @@ __device__ __forceinline__ void attention_fwd_impl(float* __restrict__ z, float*
 }
 
 // ---------------------------------------------------------------------------------------------
-// Backward preprocessing: Δ[b, h, t] = Σ_c dz[b, t, h, c] · z[b, t, h, c] (fp32), one warp per
+// Backward preprocessing: Δ[b, h, t] = Σ_c bf16(dz[b, t, h, c]) · z[b, t, h, c] (fp32), one warp per
 // (b, t, h) row: lane l sums c = l, l + 32, ... in order, then warp_sum (fixed butterfly).
 __device__ __forceinline__ void attention_bwd_delta_impl(float* __restrict__ delta, const float* __restrict__ dz,
                                                          const float* __restrict__ z, unsigned B, unsigned T,
@@ -270,7 +270,10 @@ __device__ __forceinline__ void attention_bwd_delta_impl(float* __restrict__ del
     const float* a = dz + row * dh;
     const float* c = z + row * dh;
     float s = 0.f;
-    for (unsigned k = lane; k < dh; k += 32) s += a[k] * c[k];
+    // dz is rounded to bf16 here as the dP product stages it, so that Δ_i = Σ_j P_ij·dP_ij
+    // holds for the same dz and each row of dS = P ⊙ (dP − Δ) sums to (nearly) zero; with the
+    // fp32 dz, T = 1 gave dq = dk ≈ 1e-3·‖dqkv‖ where the exact answer is 0.
+    for (unsigned k = lane; k < dh; k += 32) s += bf16_to_f32(f32_to_bf16(a[k])) * c[k];
     s = warp_sum(s);
     if (lane == 0) {
         const size_t h = row % H, bt = row / H, t = bt % T, b = bt / T;

@@ -7,6 +7,8 @@
 #   LD_LIBRARY_PATH=target/emu-driver cargo test --release --test gpu_step -- tiny
 #
 # Objects are rebuilt only when their sources changed (make-style timestamps, by hand).
+# EMU_ASAN=1 adds AddressSanitizer (use a separate OUT_DIR; the library then needs libasan
+# preloaded: run-tests.sh does that).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 emu="$(dirname "$here")"
@@ -19,6 +21,11 @@ out="$(cd "$out" && pwd)"
 # through a misaligned pointer (a buffer view at an odd offset) aborts, as it faults on the GPU.
 flags=(-std=c++20 -O2 -fPIC -ffp-contract=off -w -pthread -fsanitize=alignment
        -fno-sanitize-recover=alignment -I"$emu")
+link=(-fsanitize=alignment)
+if [[ "${EMU_ASAN:-0}" == 1 ]]; then
+  flags+=(-fsanitize=address -fno-omit-frame-pointer -g)
+  link+=(-fsanitize=address)
+fi
 objs=()
 for src in "$here"/m_*.cpp "$here"/driver.cpp; do
   name="$(basename "$src" .cpp)"
@@ -39,6 +46,6 @@ for src in "$here"/m_*.cpp "$here"/driver.cpp; do
   fi
   objs+=("$obj")
 done
-g++ -shared -pthread -fsanitize=alignment -o "$out/libcuda.so.1" -Wl,-soname,libcuda.so.1 "${objs[@]}"
+g++ -shared -pthread "${link[@]}" -o "$out/libcuda.so.1" -Wl,-soname,libcuda.so.1 "${objs[@]}"
 ln -sf libcuda.so.1 "$out/libcuda.so"
 echo "cuda/emu/driver: built $out/libcuda.so.1"

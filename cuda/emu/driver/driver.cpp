@@ -127,7 +127,9 @@ CUresult alloc(void** out, size_t bytes, bool device) {
     if (bytes == 0) return INVALID_VALUE;
     if (device && device_bytes + bytes > TOTAL_MEM) return OUT_OF_MEMORY;
     void* p = nullptr;
-    if (posix_memalign(&p, 256, (bytes + 255) / 256 * 256) != 0) return OUT_OF_MEMORY;
+    // Exactly `bytes` (no rounding up), so that under AddressSanitizer (EMU_ASAN=1) a kernel
+    // touching the first byte past a buffer is caught.
+    if (posix_memalign(&p, 256, bytes) != 0) return OUT_OF_MEMORY;
     allocations()[uintptr_t(p)] = bytes;
     if (device) device_bytes += bytes;
     *out = p;
