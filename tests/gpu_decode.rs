@@ -4,9 +4,16 @@
 //! shift modes) and with an o_proj bias; generation with a fixed seed twice.
 //!
 //! Tolerances: the ops are fp32 on both executors (relative error 1e-5, the GPU may contract
-//! into FMAs); the model-level logits 1e-2 relative (norm-wise per logits vector), since the
-//! GPU's linear layers round their operands to bf16 in both its decode and its full forward
-//! pass (and its flash attention rounds q, k, v, P to bf16 where decode attention stays fp32).
+//! into FMAs); the model-level logits [`TOL`] = 4e-2 relative (norm-wise per logits vector),
+//! since the GPU's linear layers round their operands to bf16 in both its decode and its full
+//! forward pass (and its flash attention rounds q, k, v, P to bf16 where decode attention stays
+//! fp32). That noise grows with the weights' scale: on this model at the initialisation's scale
+//! the worst position measured 1.1e-2 (GPU decode vs CPU decode), 9.7e-3 (GPU decode vs GPU full
+//! forward) and 1.2e-2 (GPU vs CPU full forward), against 2.6e-2 at twice and 6.5e-2 at four
+//! times that scale (kernels run on the host by cuda/emu/driver, which rounds to bf16 exactly as
+//! the GPU does). Every comparison also checks the tolerance is meaningful: decode logits set
+//! against the reference one position earlier must differ by more than 3·TOL (measured: 0.25 or
+//! more).
 //!
 //! Without a usable GPU every test is reported as *ignored*; with `BADDATA_GPU_REQUIRED=1` a
 //! missing GPU fails the run instead.
@@ -285,12 +292,13 @@ fn tiny() -> Result<ModelConfig> {
     Ok(ModelConfig::preset("tiny")?.with_vocab(2048, 0))
 }
 
-/// Random parameters 4× the initialisation, so that logits vary by several units.
+/// Limit on ‖gpu − ref‖ / ‖ref‖ for a position's logits (see the module comment).
+const TOL: f64 = 4e-2;
+
+/// Random parameters at the initialisation's scale (larger weights amplify the bf16 noise; see
+/// the module comment).
 fn params(cfg: &ModelConfig, seed: u64) -> Vec<f32> {
     init_params(cfg, &ParamLayout::new(cfg), seed)
-        .into_iter()
-        .map(|x| 4.0 * x)
-        .collect()
 }
 
 /// Three rows of different lengths, each prefilled at its own step and then decoded one token
@@ -398,8 +406,11 @@ fn both_models(ctx: &Ctx, cfg: &ModelConfig, host: &[f32], setup: &Setup) -> Res
 }
 
 /// Decodes the schedule on both executors and checks every produced position: GPU decode
-/// against the GPU full forward (when `full` is true: shifts everywhere or none) and against
-/// CPU decode, relative error 1e-2; returns the GPU decode logits.
+/// against the GPU full forward (unless `generated_only`: shifts everywhere or none) and against
+/// CPU decode, relative error [`TOL`]; and that the GPU decode logits of every position but a
+/// row's first differ from the CPU decode logits one position earlier by more than 3·TOL (so
+/// the tolerance would catch a decode that reads the wrong position). Returns the GPU decode
+/// logits.
 fn check_decode(
     what: &str,
     cpu: &mut Model<Cpu<f32>>,
@@ -412,7 +423,7 @@ fn check_decode(
     let v = gpu.cfg.vocab_size;
     let dec_g = sched.run(gpu, gp, generated_only)?;
     let dec_c = sched.run(cpu, cp, generated_only)?;
-    let mut worst = (0.0f64, 0.0f64);
+    let mut worst = (0.0f64, 0.0f64, f64::INFINITY);
     for (r, s) in sched.seqs.iter().enumerate() {
         let full = (!generated_only)
             .then(|| gpu.logits(gp, s, 1, s.len()))
@@ -431,23 +442,34 @@ fn check_decode(
             );
             let e = rel_err(lg, lc);
             ensure!(
-                e < 1e-2,
-                "{what}: row {r} pos {p}: GPU decode vs CPU decode rel err {e:.2e} ≥ 1e-2"
+                e < TOL,
+                "{what}: row {r} pos {p}: GPU decode vs CPU decode rel err {e:.2e} ≥ {TOL:.0e}"
             );
             worst.0 = worst.0.max(e);
             if let Some(f) = &full {
                 let e = rel_err(lg, &f[p * v..(p + 1) * v]);
                 ensure!(
-                    e < 1e-2,
-                    "{what}: row {r} pos {p}: GPU decode vs GPU full forward rel err {e:.2e} ≥ 1e-2"
+                    e < TOL,
+                    "{what}: row {r} pos {p}: GPU decode vs GPU full forward rel err {e:.2e} ≥ \
+                     {TOL:.0e}"
                 );
                 worst.1 = worst.1.max(e);
             }
         }
+        for ((p, lg), (pc, lc)) in dec_g[r].iter().skip(1).zip(&dec_c[r]) {
+            let e = rel_err(lg, lc);
+            ensure!(
+                e > 3.0 * TOL,
+                "{what}: row {r}: GPU decode at position {p} vs CPU decode at {pc} differ by only \
+                 {e:.2e}: the tolerance {TOL:.0e} would not catch a position mistake"
+            );
+            worst.2 = worst.2.min(e);
+        }
     }
     eprintln!(
-        "{what}: worst rel err GPU decode vs CPU decode {:.2e}, vs GPU full forward {:.2e}",
-        worst.0, worst.1
+        "{what}: worst rel err GPU decode vs CPU decode {:.2e}, vs GPU full forward {:.2e}; \
+         least against the position before {:.2e}",
+        worst.0, worst.1, worst.2
     );
     Ok(dec_g)
 }
