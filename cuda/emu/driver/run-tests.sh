@@ -9,7 +9,8 @@
 #            sizes: step_olmo_124m_matches_cpu, the 3.3e9-element wide-index head)
 #   --all    those too (an hour or more on two cores)
 # EMU_ASAN=1 builds the kernels with AddressSanitizer as well: a kernel that reads or writes
-# past the end of a device buffer then aborts with the faulting line.
+# past the end of a device buffer then aborts with the faulting line (slow: CUDA threads run as
+# OS threads then; pick tests with a filter, e.g. `EMU_ASAN=1 run-tests.sh step_tiny`).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
 cd "$root"
