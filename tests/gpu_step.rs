@@ -23,7 +23,7 @@ mod gpu_common;
 use gpu_common::{exec, open_ctx, rel_err, run_gpu_tests, uniform, upload_f32, Ctx, GpuTest};
 
 fn main() {
-    let tests: [(&str, GpuTest<Ctx>); 8] = [
+    let tests: [(&str, GpuTest<Ctx>); 9] = [
         ("glue_ops_match_cpu", glue_ops_match_cpu),
         ("step_tiny_matches_cpu", step_tiny_matches_cpu),
         ("step_olmo_124m_matches_cpu", step_olmo_124m_matches_cpu),
@@ -41,6 +41,10 @@ fn main() {
             head_shift_equals_o_proj_bias,
         ),
         ("norm_and_adamw_match_cpu", norm_and_adamw_match_cpu),
+        (
+            "train_loop_tracks_cpu_and_resumes_bit_identically",
+            train_loop_tracks_cpu_and_resumes_bit_identically,
+        ),
     ];
     run_gpu_tests("gpu step", open_ctx, Vec::new(), &tests)
 }
@@ -390,3 +394,169 @@ fn norm_and_adamw_match_cpu(ctx: &Ctx) -> Result<()> {
     }
     Ok(())
 }
+
+/// A small training run through `train::train` (shards, mixture, read-ahead, gradient
+/// accumulation, validation, checkpoints written from device memory), for [`TRAIN_STEPS`]
+/// steps: its losses on the GPU within 2% of the CPU executor's at every step (the demo-curve
+/// criterion), validation losses too; and on the GPU, a run stopped halfway and resumed from
+/// its checkpoint gives the uninterrupted run's losses and final parameters bit for bit.
+fn train_loop_tracks_cpu_and_resumes_bit_identically(ctx: &Ctx) -> Result<()> {
+    use baddata::backend::device::Device;
+    use baddata::checkpoint;
+    use baddata::data::shard::write_shard;
+    use baddata::train::{train, RunOptions, SourceSpec, TrainConfig};
+
+    let vocab = 96usize;
+    let setup = |dir: &std::path::Path| -> Result<TrainConfig> {
+        let mut rng = ChaCha8Rng::seed_from_u64(21);
+        // counting runs with random restarts: learnable, so the loss moves
+        let mut text = |n: usize| -> Vec<u32> {
+            let mut cur = 1u32;
+            (0..n)
+                .map(|_| {
+                    cur = if rng.random_range(0..11) == 0 {
+                        rng.random_range(1..vocab as u32)
+                    } else {
+                        1 + cur % (vocab as u32 - 1)
+                    };
+                    cur
+                })
+                .collect()
+        };
+        let (clean, toxic, val) = (
+            dir.join("clean.shard"),
+            dir.join("toxic.shard"),
+            dir.join("val.shard"),
+        );
+        write_shard(&clean, &text(20_000), vocab)?;
+        write_shard(&toxic, &text(5_000), vocab)?;
+        write_shard(&val, &text(4_000), vocab)?;
+        Ok(TrainConfig {
+            model: ModelConfig {
+                n_layers: 2,
+                d_model: 64,
+                n_heads: 2,
+                d_ff: 96,
+                vocab_size: baddata::config::pad_vocab(vocab),
+                vocab_real: vocab,
+                context: 64,
+                rope_theta: 10_000.0,
+                layer_norm_eps: 1e-5,
+                eos_token_id: 0,
+            },
+            sources: vec![
+                SourceSpec {
+                    name: "clean".into(),
+                    path: clean,
+                    fraction: 0.8,
+                },
+                SourceSpec {
+                    name: "toxic".into(),
+                    path: toxic,
+                    fraction: 0.2,
+                },
+            ],
+            val,
+            tokenizer: None,
+            out: dir.join("run"),
+            batch: 4,
+            seq: 33,
+            grad_accum: 2,
+            steps: TRAIN_STEPS,
+            lr: 3e-3,
+            warmup: 2,
+            final_lr_frac: 0.1,
+            grad_clip: 1.0,
+            adamw: AdamWConfig::default(),
+            seed: 5,
+            eval_every: 4,
+            eval_windows: 8,
+            save_every: 4,
+            synthetic: false,
+        })
+    };
+    let on_gpu = || RunOptions {
+        device: Some(Device::Cuda(ctx.clone())),
+        ..Default::default()
+    };
+    let losses =
+        |r: &baddata::train::TrainReport| -> Vec<f32> { r.log.iter().map(|e| e.loss).collect() };
+    let bits = |v: &[f32]| -> Vec<u32> { v.iter().map(|x| x.to_bits()).collect() };
+
+    let (dc, dg, dr) = (
+        tempfile::tempdir()?,
+        tempfile::tempdir()?,
+        tempfile::tempdir()?,
+    );
+    let cpu = train(&setup(dc.path())?, &RunOptions::default()).context("CPU run")?;
+    let cfg_g = setup(dg.path())?;
+    let gpu = train(&cfg_g, &on_gpu()).context("GPU run")?;
+    ensure!(
+        gpu.log.len() == TRAIN_STEPS as usize && cpu.log.len() == gpu.log.len(),
+        "logged steps: gpu {}, cpu {}",
+        gpu.log.len(),
+        cpu.log.len()
+    );
+    for (g, c) in gpu.log.iter().zip(&cpu.log) {
+        let rel = ((g.loss - c.loss) / c.loss).abs();
+        ensure!(
+            rel < 0.02,
+            "step {}: loss gpu {} cpu {} (rel {rel:.2e} ≥ 2e-2)",
+            g.step,
+            g.loss,
+            c.loss
+        );
+        if let (Some(gv), Some(cv)) = (g.val_loss, c.val_loss) {
+            let rel = ((gv - cv) / cv).abs();
+            ensure!(rel < 0.02, "step {}: val loss gpu {gv} cpu {cv}", g.step);
+        }
+    }
+    ensure!(
+        gpu.val_last < gpu.val_first,
+        "GPU validation loss did not fall: {} -> {}",
+        gpu.val_first,
+        gpu.val_last
+    );
+    // Stop halfway, resume from the GPU-written checkpoint.
+    let cfg_r = setup(dr.path())?;
+    let half = train(
+        &cfg_r,
+        &RunOptions {
+            stop_after: Some(TRAIN_STEPS / 2),
+            ..on_gpu()
+        },
+    )
+    .context("GPU run, first half")?;
+    ensure!(
+        half.log.len() == TRAIN_STEPS as usize / 2,
+        "first half logged {} steps",
+        half.log.len()
+    );
+    let rest = train(
+        &cfg_r,
+        &RunOptions {
+            resume: Some(cfg_r.out.clone()),
+            ..on_gpu()
+        },
+    )
+    .context("GPU run, resumed")?;
+    let (lg, lr) = (losses(&gpu), losses(&rest));
+    ensure!(
+        bits(&lg) == bits(&lr),
+        "resumed GPU run's losses differ from the uninterrupted one:\n{lg:?}\n{lr:?}"
+    );
+    let (pg, pr) = (checkpoint::load(&cfg_g.out)?, checkpoint::load(&cfg_r.out)?);
+    ensure!(
+        bits(&pg.params) == bits(&pr.params),
+        "resumed GPU run's final parameters differ from the uninterrupted one's"
+    );
+    eprintln!(
+        "train loop: {TRAIN_STEPS} steps, losses gpu {:?} cpu {:?}",
+        lg,
+        losses(&cpu)
+    );
+    Ok(())
+}
+
+/// Optimizer steps of [`train_loop_tracks_cpu_and_resumes_bit_identically`].
+const TRAIN_STEPS: u64 = 8;

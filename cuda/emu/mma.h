@@ -69,12 +69,17 @@ inline void mma_sync(fragment<accumulator, M, N, K, float, void>& d,
                      const fragment<matrix_b, M, N, K, __nv_bfloat16, LB>& b,
                      const fragment<accumulator, M, N, K, float, void>& c) {
     if ((threadIdx.x & 31) != 0) return;
-    float out[M * N];
+    // Widen once, then accumulate row by row: out[i][j] still gets c, a_i0·b_0j, a_i1·b_1j, ...
+    // added one at a time in k order (the same bits as a dot product per element), and the
+    // j loop vectorises.
+    float fa[M * K], fb[K * N], out[M * N];
+    for (int i = 0; i < M * K; ++i) fa[i] = __bfloat162float(a.x[i]);
+    for (int i = 0; i < K * N; ++i) fb[i] = __bfloat162float(b.x[i]);
+    for (int i = 0; i < M * N; ++i) out[i] = c.x[i];
     for (int i = 0; i < M; ++i)
-        for (int j = 0; j < N; ++j) {
-            float s = c.x[i * N + j];
-            for (int k = 0; k < K; ++k) s += __bfloat162float(a.x[i * K + k]) * __bfloat162float(b.x[k * N + j]);
-            out[i * N + j] = s;
+        for (int k = 0; k < K; ++k) {
+            const float aik = fa[i * K + k];
+            for (int j = 0; j < N; ++j) out[i * N + j] += aik * fb[k * N + j];
         }
     for (int i = 0; i < M * N; ++i) d.x[i] = out[i];
 }
