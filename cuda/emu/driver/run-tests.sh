@@ -10,9 +10,10 @@
 #   --all    those too (an hour or more on two cores)
 # EMU_ASAN=1 builds the kernels with AddressSanitizer as well (into target/emu-driver-asan): a
 # kernel that reads or writes past the end of a device buffer (each allocation is exactly its
-# requested size) or of a __shared__ array then aborts with the faulting line and the launch's
-# backtrace. CUDA threads still run as fibers: the default set (also without the OLMo-1B-shaped
-# product, below) takes about 25 minutes on two busy cores, against about 9 without ASan.
+# requested size) or of a __shared__ array then aborts with the kernel's faulting line (the
+# fiber's backtrace ends at emu.h's fiber_main, not at the launch) and the allocating call.
+# CUDA threads still run as fibers: the default set (also without the OLMo-1B-shaped product,
+# below) takes about 25 minutes on two busy cores, against about 9 without ASan.
 # The harness binaries then run directly (not through cargo) with libasan preloaded, one after
 # another; the exit status is non-zero if any of them fails.
 set -euo pipefail
