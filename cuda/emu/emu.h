@@ -29,8 +29,18 @@
 //   Setting EMU_FIBER_ORDER=reverse in the environment (read once, at the first launch) starts
 //   each block and releases each barrier in descending thread order instead, which exposes the
 //   other half of such missing-barrier bugs; run.sh runs every check both ways. For a real race
-//   hunt (ThreadSanitizer, AddressSanitizer, which does not know about fiber stacks) compile
-//   with -DEMU_OS_THREADS.
+//   hunt (ThreadSanitizer) compile with -DEMU_OS_THREADS.
+//   AddressSanitizer works with the fibers: built with -fsanitize=address, every switch is
+//   announced to it (__sanitizer_start_switch_fiber / __sanitizer_finish_switch_fiber: the
+//   scheduler before and after it resumes a fiber, a fiber at its first entry, before and after
+//   each suspension, and before its last switch, which passes a null fake-stack save so ASan
+//   drops that fiber's fake stack), so it knows the current stack's bounds and fake stack: an
+//   out-of-bounds access to a heap buffer, a `__shared__` array or a kernel's local array is
+//   reported with the fiber's backtrace (run.sh --asan). With
+//   ASAN_OPTIONS=detect_stack_use_after_return=1 (off by default in GCC's libasan) each fiber
+//   gets a fresh fake stack per block, an mmap and munmap each: much slower. The ucontext
+//   fallback below is annotated too, but ASan's swapcontext interceptor clears the shadow of the
+//   stack it switches to, so there a local array's overflow after a barrier goes unseen.
 //   threadIdx, blockIdx, my_warp and my_block are plain globals: the scheduler sets them before
 //   it resumes a fiber, so each fiber sees its own (every barrier goes through an opaque call,
 //   so the compiler reloads them after it; a copy in a local lives on the fiber's own stack).
@@ -76,6 +86,19 @@
 #endif
 #ifdef EMU_FIBER_UCONTEXT
 #include <ucontext.h>
+#endif
+// AddressSanitizer (GCC defines __SANITIZE_ADDRESS__, Clang has the feature test): every switch
+// is announced to it, so that it knows which stack (and which fake stack, for
+// detect_stack_use_after_return) is current. See "AddressSanitizer" in the header comment.
+#if defined(__SANITIZE_ADDRESS__)
+#define EMU_FIBER_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define EMU_FIBER_ASAN 1
+#endif
+#endif
+#ifdef EMU_FIBER_ASAN
+#include <sanitizer/common_interface_defs.h>
 #endif
 #endif
 #define __global__
@@ -213,6 +236,9 @@ struct Fiber {
 #else
     void* sp = nullptr;  // saved stack pointer while suspended
 #endif
+#ifdef EMU_FIBER_ASAN
+    void* fake_stack = nullptr;  // ASan's fake stack of this fiber while it is suspended
+#endif
     FiberState state = FiberState::Returned;
 };
 }  // namespace emu_detail
@@ -251,6 +277,31 @@ inline ucontext_t scheduler_ctx;
 inline void* scheduler_sp;             // the scheduler's stack pointer while a fiber runs
 #endif
 
+#ifdef EMU_FIBER_ASAN
+// AddressSanitizer's fiber protocol: __sanitizer_start_switch_fiber(&save, bottom, size) just
+// before a switch (it stores the leaving context's fake stack in `save`, or destroys it when
+// `save` is null: the context is leaving for good, and names the stack being entered);
+// __sanitizer_finish_switch_fiber(save, &old_bottom, &old_size) first thing after the switch,
+// on the stack entered (it reinstates that context's fake stack, null on a first entry, and
+// reports the stack left). Fibers are only ever entered from the scheduler, so the stack a fiber
+// reports leaving is the scheduler's: kept here for the fiber's switch back.
+inline void* scheduler_fake_stack;     // the scheduler's fake stack while a fiber runs
+inline const void* scheduler_stack_bottom;
+inline size_t scheduler_stack_size;
+inline void asan_enter_fiber(const Fiber& f) {          // scheduler, before it switches to f
+    __sanitizer_start_switch_fiber(&scheduler_fake_stack, f.lo, size_t(f.hi - f.lo));
+}
+inline void asan_back_in_scheduler() {                  // scheduler, after a fiber switched back
+    __sanitizer_finish_switch_fiber(scheduler_fake_stack, nullptr, nullptr);
+}
+inline void asan_leave_fiber(void** fake_stack_save) {  // fiber, before it switches back (null: for good)
+    __sanitizer_start_switch_fiber(fake_stack_save, scheduler_stack_bottom, scheduler_stack_size);
+}
+inline void asan_in_fiber(void* fake_stack) {           // fiber, after it was entered (null: first entry)
+    __sanitizer_finish_switch_fiber(fake_stack, &scheduler_stack_bottom, &scheduler_stack_size);
+}
+#endif
+
 inline void push_ready(unsigned t) {
     ready[(ready_head + ready_count++) & 1023] = t;
 }
@@ -264,22 +315,34 @@ inline void release(unsigned first, unsigned n) {
 }
 
 // Saves the running fiber and resumes the scheduler; returns when the scheduler resumes it.
-inline void suspend() {
+// `last`: the fiber has returned from the kernel and will never be resumed.
+inline void suspend(bool last = false) {
     Fiber& f = fibers[current];
+#ifdef EMU_FIBER_ASAN
+    asan_leave_fiber(last ? nullptr : &f.fake_stack);
+#else
+    (void)last;
+#endif
 #ifdef EMU_FIBER_UCONTEXT
     swapcontext(&f.ctx, &scheduler_ctx);
 #else
     emu_fiber_switch(&f.sp, scheduler_sp);
+#endif
+#ifdef EMU_FIBER_ASAN
+    asan_in_fiber(f.fake_stack);
 #endif
 }
 
 // Body of every fiber: the kernel, then a final switch away (a returned fiber is never resumed;
 // its next use starts again from a fresh frame). noexcept: a throwing kernel terminates.
 [[noreturn]] inline void fiber_main() noexcept {
+#ifdef EMU_FIBER_ASAN
+    asan_in_fiber(nullptr);  // first entry: no fake stack yet
+#endif
     kernel_call(kernel_arg);
     fibers[current].state = FiberState::Returned;
     block.returned++;
-    suspend();
+    suspend(true);
     __builtin_trap();
 }
 
@@ -393,10 +456,16 @@ inline void run_block(unsigned n, const std::source_location& at) {
         current = t;
         threadIdx = {t, 0, 0};
         my_warp = &warps[t >> 5];
+#ifdef EMU_FIBER_ASAN
+        asan_enter_fiber(fibers[t]);
+#endif
 #ifdef EMU_FIBER_UCONTEXT
         swapcontext(&scheduler_ctx, &fibers[t].ctx);
 #else
         emu_fiber_switch(&scheduler_sp, fibers[t].sp);
+#endif
+#ifdef EMU_FIBER_ASAN
+        asan_back_in_scheduler();
 #endif
     }
     if (block.returned != n) report_deadlock(at);

@@ -11,14 +11,19 @@
 # that must abort (a deadlocked block, a nested launch, a misaligned float4). `run.sh --os-threads` also builds
 # and runs every check with -DEMU_OS_THREADS (one std::thread per CUDA thread, the OS's
 # interleaving); that adds more than a minute on two cores, most of it thread switches, so it
-# is not part of the default run.
+# is not part of the default run. `run.sh --asan` also builds every check with AddressSanitizer
+# (fiber mode: emu.h announces each stack switch to it) and runs it once, ascending order, so an
+# out-of-bounds access to a buffer, a __shared__ array or a local array aborts the check; that
+# adds about 25 s on two cores.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 os_threads=0
+asan=0
 for arg in "$@"; do
   case "$arg" in
     --os-threads) os_threads=1 ;;
-    *) echo "usage: $0 [--os-threads]" >&2; exit 2 ;;
+    --asan) asan=1 ;;
+    *) echo "usage: $0 [--os-threads] [--asan]" >&2; exit 2 ;;
   esac
 done
 out="$(mktemp -d)"
@@ -48,6 +53,15 @@ for src in "$here"/check*.cpp; do
     must_abort "$out/$name" deadlock "emu: deadlock in the kernel launched at"
     must_abort "$out/$name" nested "from inside a kernel"
     must_abort "$out/$name" misaligned "misaligned address"
+  fi
+  if [ "$asan" = 1 ]; then
+    g++ "${flags[@]}" -fsanitize=address -fno-omit-frame-pointer -g "$src" -o "$out/$name-asan"
+    echo "== $name (fibers, AddressSanitizer)"
+    ASAN_OPTIONS="abort_on_error=1${ASAN_OPTIONS:+:$ASAN_OPTIONS}" "$out/$name-asan" || status=1
+    if [ "$name" = check_emu ]; then
+      must_abort "$out/$name-asan" deadlock "emu: deadlock in the kernel launched at"
+      must_abort "$out/$name-asan" misaligned "misaligned address"
+    fi
   fi
   if [ "$os_threads" = 1 ]; then
     g++ "${flags[@]}" -DEMU_OS_THREADS "$src" -o "$out/$name-os"

@@ -7,8 +7,9 @@
 #   LD_LIBRARY_PATH=target/emu-driver cargo test --release --test gpu_step -- tiny
 #
 # Objects are rebuilt only when their sources changed (make-style timestamps, by hand).
-# EMU_ASAN=1 adds AddressSanitizer and runs CUDA threads as OS threads (use a separate OUT_DIR;
-# the library then needs libasan preloaded: run-tests.sh does that).
+# EMU_ASAN=1 adds AddressSanitizer (use a separate OUT_DIR; the library then needs libasan
+# preloaded: run-tests.sh does that). CUDA threads still run as fibers: emu.h announces every
+# stack switch to ASan.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 emu="$(dirname "$here")"
@@ -23,9 +24,7 @@ flags=(-std=c++20 -O2 -fPIC -ffp-contract=off -w -pthread -fsanitize=alignment
        -fno-sanitize-recover=alignment -I"$emu")
 link=(-fsanitize=alignment)
 if [[ "${EMU_ASAN:-0}" == 1 ]]; then
-  # AddressSanitizer does not know the fibers' stacks: one OS thread per CUDA thread instead
-  # (emu.h's EMU_OS_THREADS mode, many times slower).
-  flags+=(-fsanitize=address -fno-omit-frame-pointer -g -DEMU_OS_THREADS)
+  flags+=(-fsanitize=address -fno-omit-frame-pointer -g)
   link+=(-fsanitize=address)
 fi
 objs=()

@@ -11,9 +11,14 @@
 #            bit-identity test: on the host it proves nothing, the emulator's schedule being
 #            fixed)
 #   --all    those too (an hour or more on two cores)
-# EMU_ASAN=1 builds the kernels with AddressSanitizer as well: a kernel that reads or writes
-# past the end of a device buffer then aborts with the faulting line (slow: CUDA threads run as
-# OS threads then; pick tests with a filter, e.g. `EMU_ASAN=1 run-tests.sh step_tiny`).
+# EMU_ASAN=1 builds the kernels with AddressSanitizer as well (into target/emu-driver-asan): a
+# kernel that reads or writes past the end of a device buffer (each allocation is exactly its
+# requested size) or of a __shared__ array then aborts with the kernel's faulting line (the
+# fiber's backtrace ends at emu.h's fiber_main, not at the launch) and the allocating call.
+# CUDA threads still run as fibers: the default set (also without the OLMo-1B-shaped product,
+# below) takes about 25 minutes on two busy cores, against about 9 without ASan.
+# The harness binaries then run directly (not through cargo) with libasan preloaded, one after
+# another; the exit status is non-zero if any of them fails.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
 cd "$root"
@@ -32,8 +37,25 @@ cargo test --release --no-run "${harnesses[@]}" 2>&1 | grep -v '^ *Executable' |
 export LD_LIBRARY_PATH="$out${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 # An ignored test would mean the harness did not find the emulated device: make that a failure.
 export BADDATA_GPU_REQUIRED=1
-if [[ "${EMU_ASAN:-0}" == 1 ]]; then
-  export LD_PRELOAD="$(g++ -print-file-name=libasan.so)"
-  export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1"
+if [[ "${EMU_ASAN:-0}" != 1 ]]; then
+  cargo test --release "${harnesses[@]}" -- "${skip[@]}" "$@"
+  exit
 fi
-cargo test --release "${harnesses[@]}" -- "${skip[@]}" "$@"
+# ASan: also without matmul_olmo_1b_qkv_matches_cpu (three 2048 x 2048 x 6144 products at two
+# offsets and their fp64 references: over nine minutes under ASan, unfinished when stopped);
+# matmul_two_launches_bit_identical still runs the three products at that shape.
+# (--all emptied the list: then it runs too.)
+[[ ${#skip[@]} -eq 0 ]] || skip+=(--skip matmul_olmo_1b_qkv_matches_cpu)
+# ASan: the runtime must be loaded first, so it is preloaded into the harnesses only (not into
+# cargo and rustc). Leak checking is off: this hunts out-of-bounds accesses.
+mapfile -t exes < <(cargo test --release --no-run --message-format=json "${harnesses[@]}" 2>/dev/null |
+  grep '"kind":\["test"\]' | grep -o '"executable":"[^"]*"' | sed 's/^"executable":"//; s/"$//')
+[[ ${#exes[@]} -gt 0 ]] || { echo "run-tests.sh: cargo listed no harness executables" >&2; exit 1; }
+asan_lib="$(g++ -print-file-name=libasan.so)"
+status=0
+for exe in "${exes[@]}"; do
+  echo "== $(basename "$exe") (AddressSanitizer)"
+  LD_PRELOAD="$asan_lib${LD_PRELOAD:+:$LD_PRELOAD}" ASAN_OPTIONS="detect_leaks=0:abort_on_error=1${ASAN_OPTIONS:+:$ASAN_OPTIONS}" \
+    "$exe" "${skip[@]}" "$@" || { echo "== $(basename "$exe"): FAILED (exit $?)"; status=1; }
+done
+exit $status
