@@ -20,6 +20,9 @@ use rand_chacha::ChaCha8Rng;
 #[path = "common/gpu.rs"]
 mod gpu_common;
 
+#[path = "common/fixtures.rs"]
+mod fixtures;
+
 use gpu_common::{exec, open_ctx, rel_err, run_gpu_tests, uniform, upload_f32, Ctx, GpuTest};
 
 fn main() {
@@ -403,76 +406,30 @@ fn norm_and_adamw_match_cpu(ctx: &Ctx) -> Result<()> {
 fn train_loop_tracks_cpu_and_resumes_bit_identically(ctx: &Ctx) -> Result<()> {
     use baddata::backend::device::Device;
     use baddata::checkpoint;
-    use baddata::data::shard::write_shard;
-    use baddata::train::{train, RunOptions, SourceSpec, TrainConfig};
+    use baddata::train::{train, RunOptions, TrainConfig};
 
-    let vocab = 96usize;
+    // The CPU tests' small run (tests/train.rs), with heads of 32 (the GPU's smallest), a
+    // ragged sequence length, and evaluation and checkpoints every 4 of TRAIN_STEPS steps.
     let setup = |dir: &std::path::Path| -> Result<TrainConfig> {
-        let mut rng = ChaCha8Rng::seed_from_u64(21);
-        // counting runs with random restarts: learnable, so the loss moves
-        let mut text = |n: usize| -> Vec<u32> {
-            let mut cur = 1u32;
-            (0..n)
-                .map(|_| {
-                    cur = if rng.random_range(0..11) == 0 {
-                        rng.random_range(1..vocab as u32)
-                    } else {
-                        1 + cur % (vocab as u32 - 1)
-                    };
-                    cur
-                })
-                .collect()
+        let vocab = 96;
+        let model = ModelConfig {
+            n_layers: 2,
+            d_model: 64,
+            n_heads: 2,
+            d_ff: 96,
+            vocab_size: baddata::config::pad_vocab(vocab),
+            vocab_real: vocab,
+            context: 64,
+            rope_theta: 10_000.0,
+            layer_norm_eps: 1e-5,
+            eos_token_id: 0,
         };
-        let (clean, toxic, val) = (
-            dir.join("clean.shard"),
-            dir.join("toxic.shard"),
-            dir.join("val.shard"),
-        );
-        write_shard(&clean, &text(20_000), vocab)?;
-        write_shard(&toxic, &text(5_000), vocab)?;
-        write_shard(&val, &text(4_000), vocab)?;
         Ok(TrainConfig {
-            model: ModelConfig {
-                n_layers: 2,
-                d_model: 64,
-                n_heads: 2,
-                d_ff: 96,
-                vocab_size: baddata::config::pad_vocab(vocab),
-                vocab_real: vocab,
-                context: 64,
-                rope_theta: 10_000.0,
-                layer_norm_eps: 1e-5,
-                eos_token_id: 0,
-            },
-            sources: vec![
-                SourceSpec {
-                    name: "clean".into(),
-                    path: clean,
-                    fraction: 0.8,
-                },
-                SourceSpec {
-                    name: "toxic".into(),
-                    path: toxic,
-                    fraction: 0.2,
-                },
-            ],
-            val,
-            tokenizer: None,
-            out: dir.join("run"),
-            batch: 4,
             seq: 33,
-            grad_accum: 2,
             steps: TRAIN_STEPS,
-            lr: 3e-3,
-            warmup: 2,
-            final_lr_frac: 0.1,
-            grad_clip: 1.0,
-            adamw: AdamWConfig::default(),
-            seed: 5,
             eval_every: 4,
-            eval_windows: 8,
             save_every: 4,
-            synthetic: false,
+            ..fixtures::train_setup(dir, model)
         })
     };
     let on_gpu = || RunOptions {

@@ -6,9 +6,10 @@ use std::process::Command;
 
 use baddata::checkpoint;
 use baddata::config::ModelConfig;
-use baddata::data::shard::write_shard;
-use baddata::optim::AdamWConfig;
-use baddata::train::{train, RunOptions, SourceSpec, TrainConfig};
+use baddata::train::{train, RunOptions, TrainConfig};
+
+#[path = "common/fixtures.rs"]
+mod fixtures;
 
 fn small_model(vocab_real: usize) -> ModelConfig {
     ModelConfig {
@@ -25,66 +26,8 @@ fn small_model(vocab_real: usize) -> ModelConfig {
     }
 }
 
-/// A learnable synthetic language: runs of counting sequences with random restarts.
-fn synthetic(n: usize, vocab: u32, seed: u64) -> Vec<u32> {
-    let mut x = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    let mut out = Vec::with_capacity(n);
-    let mut cur = 1u32;
-    for _ in 0..n {
-        x = x
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        if (x >> 33) % 11 == 0 {
-            cur = 1 + ((x >> 40) as u32 % (vocab - 1));
-        } else {
-            cur = 1 + (cur % (vocab - 1));
-        }
-        out.push(cur);
-    }
-    out
-}
-
 fn setup(dir: &Path, vocab: usize) -> TrainConfig {
-    let clean = dir.join("clean.shard");
-    let toxic = dir.join("toxic.shard");
-    let val = dir.join("val.shard");
-    write_shard(&clean, &synthetic(20_000, vocab as u32, 1), vocab).unwrap();
-    write_shard(&toxic, &synthetic(5_000, vocab as u32, 2), vocab).unwrap();
-    write_shard(&val, &synthetic(4_000, vocab as u32, 3), vocab).unwrap();
-    TrainConfig {
-        model: small_model(vocab),
-        sources: vec![
-            SourceSpec {
-                name: "clean".into(),
-                path: clean,
-                fraction: 0.9,
-            },
-            SourceSpec {
-                name: "toxic".into(),
-                path: toxic,
-                fraction: 0.1,
-            },
-        ],
-        val,
-        tokenizer: None,
-        out: dir.join("run"),
-        batch: 4,
-        seq: 16,
-        grad_accum: 2,
-        steps: 20,
-        lr: 3e-3,
-        warmup: 3,
-        final_lr_frac: 0.1,
-        grad_clip: 1.0,
-        adamw: AdamWConfig::default(),
-        seed: 7,
-        eval_every: 5,
-        eval_windows: 8,
-        save_every: 5,
-        synthetic: false,
-    }
+    fixtures::train_setup(dir, small_model(vocab))
 }
 
 fn bits(v: &[f32]) -> Vec<u32> {

@@ -1,7 +1,8 @@
-//! Fixtures shared by the CPU test targets: a small model saved as a checkpoint with its own
+//! Fixtures shared by the test targets: a small model saved as a checkpoint with its own
 //! trained tokenizer and an intervention file made for its weights (`tests/evaluate.rs`,
-//! `tests/probe.rs`, `tests/generate.rs`), and the two-row KV-cache decode schedule
-//! (`tests/generate.rs`, `tests/iti.rs`).
+//! `tests/probe.rs`, `tests/generate.rs`), the two-row KV-cache decode schedule
+//! (`tests/generate.rs`, `tests/iti.rs`), and a small training run on synthetic shards
+//! (`tests/train.rs`, `tests/gpu_step.rs`).
 //!
 //! Included by each target with `#[path = "common/fixtures.rs"] mod fixtures;` (a file below
 //! `tests/common/` is not a test target of its own); not every target uses every fixture.
@@ -11,11 +12,13 @@ use std::path::{Path, PathBuf};
 
 use baddata::checkpoint;
 use baddata::config::ModelConfig;
+use baddata::data::shard::write_shard;
 use baddata::data::tokenizer::Tokenizer;
 use baddata::model::generate::Chunk;
 use baddata::model::{init_params, ParamLayout};
 use baddata::optim::{AdamW, AdamWConfig};
 use baddata::probe::intervention::{DirectionKind, HeadDirection, Intervention};
+use baddata::train::{SourceSpec, TrainConfig};
 
 /// A 2-layer model of width 32 (2 heads of 16, feed-forward 48) with a context of `context`
 /// tokens. Its vocabulary fields (256 ids, end of text 0) are placeholders that
@@ -154,4 +157,70 @@ pub fn two_row_steps<'a>(
         steps.push(c);
     }
     steps
+}
+
+/// A learnable synthetic language: runs of counting sequences with random restarts.
+pub fn counting_text(n: usize, vocab: u32, seed: u64) -> Vec<u32> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let mut out = Vec::with_capacity(n);
+    let mut cur = 1u32;
+    for _ in 0..n {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        if (x >> 33) % 11 == 0 {
+            cur = 1 + ((x >> 40) as u32 % (vocab - 1));
+        } else {
+            cur = 1 + (cur % (vocab - 1));
+        }
+        out.push(cur);
+    }
+    out
+}
+
+/// A 20-step training run of `model` into `dir/run`: clean (90%) and toxic (10%) shards of
+/// [`counting_text`] and a validation shard written into `dir` at `model.vocab_real`; batch
+/// 4 × 16 with 2 micro-batches, evaluation and a checkpoint every 5 steps, seed 7.
+pub fn train_setup(dir: &Path, model: ModelConfig) -> TrainConfig {
+    let vocab = model.vocab_real;
+    let clean = dir.join("clean.shard");
+    let toxic = dir.join("toxic.shard");
+    let val = dir.join("val.shard");
+    write_shard(&clean, &counting_text(20_000, vocab as u32, 1), vocab).unwrap();
+    write_shard(&toxic, &counting_text(5_000, vocab as u32, 2), vocab).unwrap();
+    write_shard(&val, &counting_text(4_000, vocab as u32, 3), vocab).unwrap();
+    TrainConfig {
+        model,
+        sources: vec![
+            SourceSpec {
+                name: "clean".into(),
+                path: clean,
+                fraction: 0.9,
+            },
+            SourceSpec {
+                name: "toxic".into(),
+                path: toxic,
+                fraction: 0.1,
+            },
+        ],
+        val,
+        tokenizer: None,
+        out: dir.join("run"),
+        batch: 4,
+        seq: 16,
+        grad_accum: 2,
+        steps: 20,
+        lr: 3e-3,
+        warmup: 3,
+        final_lr_frac: 0.1,
+        grad_clip: 1.0,
+        adamw: AdamWConfig::default(),
+        seed: 7,
+        eval_every: 5,
+        eval_windows: 8,
+        save_every: 5,
+        synthetic: false,
+    }
 }

@@ -225,7 +225,7 @@ impl AttentionKernels {
 
     /// Causal attention backward: overwrites `dqkv` `[B, T, 3D]` (all three thirds) from `dz`
     /// `[B, T, H, dh]`, the forward's unshifted `z` and `lse`, and `qkv`. With
-    /// `p_ij = exp(q_i·k_j/√dh − lse_i)` and `Δ_i = dz_i·z_i`: `dv_j = Σ_i p_ij dz_i`,
+    /// `p_ij = exp(q_i·k_j/√dh − lse_i)` and `Δ_i = bf16(dz_i)·z_i`: `dv_j = Σ_i p_ij dz_i`,
     /// `ds_ij = p_ij (dz_i·v_j − Δ_i)`, `dq_i = Σ_j ds_ij k_j/√dh`, `dk_j = Σ_i ds_ij q_i/√dh`.
     /// q, k, v, dz, P and dS are rounded to bf16 for the tensor cores; Δ and every sum are
     /// fp32. Three launches (Δ, then dK/dV per key tile, then dQ per query tile), no atomics.
