@@ -10,7 +10,8 @@
 //! | logits  | 2048   | 50304   |
 //!
 //! each as forward (`y = x·Wᵀ`), input gradient (`dx = dy·W`) and weight gradient
-//! (`dW += dyᵀ·x`, accumulate on, as in training). Every product counts 2·N·n·k flops. A summary
+//! (`dW += dyᵀ·x`, accumulate on, as in training). As in training, the logits layer's `y` and
+//! `dy` are bf16 (the `_bf16` kernel variants); every other operand is fp32. Every product counts 2·N·n·k flops. A summary
 //! table (after a line starting with "summary") gives the best-of-5 time per call and TFLOP/s
 //! against the 798 TFLOP/s measured for cuBLAS bf16 (PyTorch, 8192³) and the 989 TFLOP/s
 //! datasheet peak of the H100, and for forward rows PyTorch 2.11's own rate on that layer
@@ -28,9 +29,10 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Result};
 use baddata::backend::cpu::matmul as cpu_mm;
-use baddata::backend::cuda::matmul::MatmulKernels;
+use baddata::backend::cuda::matmul::{MatmulKernels, MmElem};
 use baddata::backend::cuda::CudaBackend;
-use criterion::{Criterion, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion, Throughput};
 use cudarc::driver::CudaSlice;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -90,6 +92,80 @@ type Row = (
     Option<f64>,
 );
 
+/// One linear layer's shape and buffers.
+struct Layer {
+    name: &'static str,
+    m: usize,
+    k: usize,
+    n: usize,
+    torch: f64,
+    x: CudaSlice<f32>,
+    w: CudaSlice<f32>,
+    dx: CudaSlice<f32>,
+    dw: CudaSlice<f32>,
+}
+
+/// Benchmarks one layer's three products, with `y` / `dy` of element type `Y`; the forward
+/// writes the `y` that the two backward products then read as `dy`.
+fn bench_layer<Y: MmElem + cudarc::driver::ValidAsZeroBits>(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    rows: &mut Vec<Row>,
+    be: &CudaBackend,
+    mm: &MatmulKernels,
+    mut l: Layer,
+) -> Result<()> {
+    let (m, k, n) = (l.m, l.k, l.n);
+    let mut y = be
+        .stream()
+        .alloc_zeros::<Y>(m * n)
+        .map_err(|e| anyhow!("allocating y: {e}"))?;
+    be.synchronize()?;
+    let flops = 2.0 * m as f64 * n as f64 * k as f64;
+    group.throughput(Throughput::Elements(flops as u64));
+    let layer = l.name;
+    macro_rules! bench {
+        ($op:expr, $torch:expr, $body:expr) => {{
+            let mut f = $body;
+            group.bench_function(format!("{}_{layer}", $op), |bch| {
+                bch.iter_custom(|iters| timed_launches(be, iters, &mut f))
+            });
+            rows.push(($op, layer, k, n, flops, best_time(be, 5, &mut f)?, $torch));
+        }};
+    }
+    bench!("fwd", Some(l.torch), || -> Result<()> {
+        mm.forward(
+            &mut y.as_view_mut(),
+            &l.x.as_view(),
+            &l.w.as_view(),
+            m,
+            k,
+            n,
+        )
+    });
+    bench!("bwd_x", None, || -> Result<()> {
+        mm.backward_x(
+            &mut l.dx.as_view_mut(),
+            &y.as_view(),
+            &l.w.as_view(),
+            m,
+            k,
+            n,
+        )
+    });
+    bench!("bwd_w", None, || -> Result<()> {
+        mm.backward_w(
+            &mut l.dw.as_view_mut(),
+            &y.as_view(),
+            &l.x.as_view(),
+            m,
+            k,
+            n,
+            true,
+        )
+    });
+    Ok(())
+}
+
 fn gpu_benches(c: &mut Criterion, be: &CudaBackend) -> Result<()> {
     println!("GPU matmul benches on {}", be.describe());
     let mm = MatmulKernels::new(be)?;
@@ -110,48 +186,31 @@ fn gpu_benches(c: &mut Criterion, be: &CudaBackend) -> Result<()> {
     let mut group = c.benchmark_group("gpu_matmul");
     group.sample_size(10);
     for &(layer, k, n, torch) in &LAYERS {
-        // Per layer: x [m, k], W [n, k], y = dy [m, n], dx [m, k], dW [n, k].
-        let x = filled(m * k)?;
-        let w = filled(n * k)?;
-        let mut y = filled(m * n)?;
-        let mut dx = filled(m * k)?;
-        let mut dw = filled(n * k)?;
-        be.synchronize()?;
-        let flops = 2.0 * m as f64 * n as f64 * k as f64;
-        group.throughput(Throughput::Elements(flops as u64));
-        macro_rules! bench {
-            ($op:expr, $torch:expr, $body:expr) => {{
-                let mut f = $body;
-                group.bench_function(format!("{}_{layer}", $op), |bch| {
-                    bch.iter_custom(|iters| timed_launches(be, iters, &mut f))
-                });
-                rows.push(($op, layer, k, n, flops, best_time(be, 5, &mut f)?, $torch));
-            }};
+        // Per layer: x [m, k], W [n, k], y = dy [m, n] (bf16 for the logits), dx [m, k],
+        // dW [n, k].
+        let l = Layer {
+            name: layer,
+            m,
+            k,
+            n,
+            torch,
+            x: filled(m * k)?,
+            w: filled(n * k)?,
+            dx: filled(m * k)?,
+            dw: filled(n * k)?,
+        };
+        if layer == "logits" {
+            bench_layer::<half::bf16>(&mut group, &mut rows, be, &mm, l)?;
+        } else {
+            bench_layer::<f32>(&mut group, &mut rows, be, &mm, l)?;
         }
-        bench!("fwd", Some(torch), || -> Result<()> {
-            mm.forward(&mut y.as_view_mut(), &x.as_view(), &w.as_view(), m, k, n)
-        });
-        // y now holds a forward output: use it as dy.
-        bench!("bwd_x", None, || -> Result<()> {
-            mm.backward_x(&mut dx.as_view_mut(), &y.as_view(), &w.as_view(), m, k, n)
-        });
-        bench!("bwd_w", None, || -> Result<()> {
-            mm.backward_w(
-                &mut dw.as_view_mut(),
-                &y.as_view(),
-                &x.as_view(),
-                m,
-                k,
-                n,
-                true,
-            )
-        });
     }
     group.finish();
 
     println!();
     println!(
-        "summary (N = {m} token rows, best of 5 x 5 calls; fp32 in memory, bf16 tensor cores):"
+        "summary (N = {m} token rows, best of 5 x 5 calls; fp32 in memory except the bf16 \
+         logits, bf16 tensor cores):"
     );
     println!(
         "{:<7} {:<8} {:>6} {:>6} {:>9} {:>9} {:>9} {:>9} {:>13}",

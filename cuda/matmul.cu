@@ -2,8 +2,14 @@
 // (round to nearest, ties to even) as they are staged into shared memory, products and sums in
 // fp32 (nvcuda::wmma bf16 16x16x16, fp32 accumulators), fp32 output.
 //
-// Layouts (fp32 row-major, caller-owned; the output aliases no input; any element offset):
+// Layouts (row-major, caller-owned; the output aliases no input; any element offset):
 //   x, dx [m, k]    W, dW [n, k]    y, dy [m, n]
+// all fp32, except in the output layer's variants (the `_bf16` kernels at the end), where y or
+// dy are the logits, stored in bf16: matmul_fwd_bf16 rounds y to bf16 (RNE) as it writes it,
+// and matmul_bwd_x_bf16 / matmul_bwd_w_bf16 read a bf16 dy (the logits' gradient). A bf16
+// operand is widened to fp32 on load and rounded back on staging, which is exact, so a bf16
+// variant gives bit for bit what its fp32 twin gives on the same values widened to fp32 (the
+// GPU tests check exactly that).
 // CPU references: src/backend/cpu/matmul.rs `forward`, `backward_x`, `backward_w`.
 //
 // All three are one product C[M, N] (+)= Σ_r A(i, r) · B(r, j), r over the reduction length K,
@@ -30,9 +36,10 @@
 // Pipeline: while the warps multiply stage s, each thread already holds the next K-tile's
 // 16 + 16 fp32 values in registers (issued before the multiply); after it they are
 // rounded to bf16 and stored into stage s^1; one __syncthreads per K-step.
-// Global loads: each thread loads 4 groups of 4 consecutive floats per operand per K-step, one
-// float4 each when the operand's leading dimension and contiguous extent are multiples of 4 and
-// its base is 16-byte aligned, else 4 scalar loads; anything outside [0, M|N) x [0, K) is zero.
+// Global loads: each thread loads 4 groups of 4 consecutive elements per operand per K-step, one
+// vector load each (float4, or 8 bytes of bf16) when the operand's leading dimension and
+// contiguous extent are multiples of 4 and its base is aligned to the vector (16 or 8 bytes),
+// else 4 scalar loads; anything outside [0, M|N) x [0, K) is zero.
 // Blocks are rastered in groups of 8 tile-rows (all tile-columns of a group before the next),
 // so the blocks running at one time share A and B tiles in L2.
 // Resources (ptxas, sm_80 and sm_90): about 170 registers a thread (64 accumulator floats, 32
@@ -71,14 +78,28 @@ struct MmTileRegs {
     float4 v[MM_GROUPS];
 };
 
+// One element and four consecutive elements of an fp32 or bf16 operand, widened to fp32
+// (exact). mm_load4 needs p aligned to 4 elements (16 bytes fp32, 8 bytes bf16).
+__device__ __forceinline__ float mm_load1(const float* p) { return *p; }
+__device__ __forceinline__ float mm_load1(const __nv_bfloat16* p) { return bf16_to_f32(*p); }
+__device__ __forceinline__ float4 mm_load4(const float* p) {
+    return *reinterpret_cast<const float4*>(p);
+}
+__device__ __forceinline__ float4 mm_load4(const __nv_bfloat16* p) {
+    const uint2 u = *reinterpret_cast<const uint2*>(p);
+    // bf16 -> fp32 is a 16-bit shift: element 0 is the low half of u.x.
+    return make_float4(__uint_as_float(u.x << 16), __uint_as_float(u.x & 0xffff0000u),
+                       __uint_as_float(u.y << 16), __uint_as_float(u.y & 0xffff0000u));
+}
+
 // Loads this thread's 4 groups of the operand tile covering rows mn0..mn0+127 (i or j) and
 // r = k0..k0+31. KC: element (mn, r) is at src[mn·ld + r] (group = 4 consecutive r; thread
 // group g = tid + 256·it is row g / 8, r-offset (g % 8)·4); otherwise at src[r·ld + mn]
 // (group = 4 consecutive mn; g is r-row g / 32, mn-offset (g % 32)·4). Out-of-range elements
-// are 0. vec: float4 loads (ld and the contiguous extent multiples of 4, src 16-byte aligned,
-// so a group is entirely in or out of range).
-template <bool KC>
-__device__ __forceinline__ void mm_load_tile(MmTileRegs& t, const float* __restrict__ src,
+// are 0. vec: vector loads (ld and the contiguous extent multiples of 4, src aligned to 4
+// elements, so a group is entirely in or out of range). T: float or __nv_bfloat16.
+template <bool KC, class T>
+__device__ __forceinline__ void mm_load_tile(MmTileRegs& t, const T* __restrict__ src,
                                              unsigned ld, unsigned mn_ext, unsigned k_ext,
                                              unsigned mn0, unsigned k0, bool vec) {
 #pragma unroll
@@ -98,14 +119,14 @@ __device__ __forceinline__ void mm_load_tile(MmTileRegs& t, const float* __restr
         }
         float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         if (outer < outer_ext) {
-            const float* p = src + (size_t)outer * ld;
+            const T* p = src + (size_t)outer * ld;
             if (vec) {
-                if (inner < inner_ext) v = *reinterpret_cast<const float4*>(p + inner);
+                if (inner < inner_ext) v = mm_load4(p + inner);
             } else {
-                if (inner + 0 < inner_ext) v.x = p[inner + 0];
-                if (inner + 1 < inner_ext) v.y = p[inner + 1];
-                if (inner + 2 < inner_ext) v.z = p[inner + 2];
-                if (inner + 3 < inner_ext) v.w = p[inner + 3];
+                if (inner + 0 < inner_ext) v.x = mm_load1(p + inner + 0);
+                if (inner + 1 < inner_ext) v.y = mm_load1(p + inner + 1);
+                if (inner + 2 < inner_ext) v.z = mm_load1(p + inner + 2);
+                if (inner + 3 < inner_ext) v.w = mm_load1(p + inner + 3);
             }
         }
         t.v[it] = v;
@@ -180,11 +201,54 @@ __device__ __forceinline__ void mm_multiply(typename MmFrags<A_KC, B_KC>::C (&ac
     }
 }
 
+// Writes 8 consecutive fp32 results sv[0..8) of one output row to out[0..8) (columns col..col+7
+// of N), adding the old values first when `accumulate`: one pair of float4 stores when `vec`
+// and all 8 are inside the row, else element by element up to N.
+__device__ __forceinline__ void mm_store8(float* out, const float* sv, unsigned col, unsigned N,
+                                          bool vec, int accumulate) {
+    if (vec && col + 8 <= N) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            float4 v = make_float4(sv[4 * h], sv[4 * h + 1], sv[4 * h + 2], sv[4 * h + 3]);
+            if (accumulate) {
+                const float4 o = reinterpret_cast<const float4*>(out)[h];
+                v.x = o.x + v.x;
+                v.y = o.y + v.y;
+                v.z = o.z + v.z;
+                v.w = o.w + v.w;
+            }
+            reinterpret_cast<float4*>(out)[h] = v;
+        }
+    } else {
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+            if (col + e < N) out[e] = accumulate ? out[e] + sv[e] : sv[e];
+        }
+    }
+}
+
+// The same into a bf16 output, each value rounded (RNE): one 16-byte store when `vec` and all 8
+// are inside the row. A bf16 output is never accumulated into (only the logits use it).
+__device__ __forceinline__ void mm_store8(__nv_bfloat16* out, const float* sv, unsigned col,
+                                          unsigned N, bool vec, int /*accumulate*/) {
+    if (vec && col + 8 <= N) {
+        const uint2 lo = pack_bf16x4(sv[0], sv[1], sv[2], sv[3]);
+        const uint2 hi = pack_bf16x4(sv[4], sv[5], sv[6], sv[7]);
+        *reinterpret_cast<uint4*>(out) = make_uint4(lo.x, lo.y, hi.x, hi.y);
+    } else {
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+            if (col + e < N) out[e] = f32_to_bf16(sv[e]);
+        }
+    }
+}
+
 // The block's 128x128 tile of C[M, N] (+)= A · B (see the file comment for A_KC / B_KC, lda,
-// ldb). ldc = N. M, N >= 1; K may be 0.
-template <bool A_KC, bool B_KC>
-__device__ __forceinline__ void mm_gemm(float* __restrict__ C, const float* __restrict__ A,
-                                        const float* __restrict__ B, unsigned M, unsigned N,
+// ldb). ldc = N. M, N >= 1; K may be 0. TA, TB, TC: float or __nv_bfloat16 (accumulate only
+// with a float C).
+template <bool A_KC, bool B_KC, class TA, class TB, class TC>
+__device__ __forceinline__ void mm_gemm(TC* __restrict__ C, const TA* __restrict__ A,
+                                        const TB* __restrict__ B, unsigned M, unsigned N,
                                         unsigned K, unsigned lda, unsigned ldb, int accumulate) {
     using F = MmFrags<A_KC, B_KC>;
     // Two stages of (A tile, B tile); after the K loop, reused as 8 warps x 16x16 fp32 scratch.
@@ -205,8 +269,8 @@ __device__ __forceinline__ void mm_gemm(float* __restrict__ C, const float* __re
     const unsigned warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const unsigned wm = warp >> 2, wn = warp & 3;
 
-    const bool vec_a = lda % 4 == 0 && (A_KC ? K : M) % 4 == 0 && is_aligned(A, 16);
-    const bool vec_b = ldb % 4 == 0 && (B_KC ? K : N) % 4 == 0 && is_aligned(B, 16);
+    const bool vec_a = lda % 4 == 0 && (A_KC ? K : M) % 4 == 0 && is_aligned(A, 4 * sizeof(TA));
+    const bool vec_b = ldb % 4 == 0 && (B_KC ? K : N) % 4 == 0 && is_aligned(B, 4 * sizeof(TB));
 
     typename F::C acc[4][2];
 #pragma unroll
@@ -217,8 +281,8 @@ __device__ __forceinline__ void mm_gemm(float* __restrict__ C, const float* __re
     const unsigned ktiles = (K + MM_BK - 1) / MM_BK;
     MmTileRegs ra, rb;
     if (ktiles > 0) {
-        mm_load_tile<A_KC>(ra, A, lda, M, K, m0, 0, vec_a);
-        mm_load_tile<B_KC>(rb, B, ldb, N, K, n0, 0, vec_b);
+        mm_load_tile<A_KC, TA>(ra, A, lda, M, K, m0, 0, vec_a);
+        mm_load_tile<B_KC, TB>(rb, B, ldb, N, K, n0, 0, vec_b);
         mm_store_tile<A_KC>(ra, smem);
         mm_store_tile<B_KC>(rb, smem + MM_TILE_ELEMS);
         __syncthreads();
@@ -228,8 +292,8 @@ __device__ __forceinline__ void mm_gemm(float* __restrict__ C, const float* __re
         const bool more = t + 1 < ktiles;
         // Issue the next K-tile's global loads before multiplying this one.
         if (more) {
-            mm_load_tile<A_KC>(ra, A, lda, M, K, m0, (t + 1) * MM_BK, vec_a);
-            mm_load_tile<B_KC>(rb, B, ldb, N, K, n0, (t + 1) * MM_BK, vec_b);
+            mm_load_tile<A_KC, TA>(ra, A, lda, M, K, m0, (t + 1) * MM_BK, vec_a);
+            mm_load_tile<B_KC, TB>(rb, B, ldb, N, K, n0, (t + 1) * MM_BK, vec_b);
         }
         const __nv_bfloat16* cur = smem + s * 2 * MM_TILE_ELEMS;
         mm_multiply<A_KC, B_KC>(acc, cur, cur + MM_TILE_ELEMS, wm, wn);
@@ -245,7 +309,9 @@ __device__ __forceinline__ void mm_gemm(float* __restrict__ C, const float* __re
     // Epilogue: each accumulator goes through this warp's 16x16 fp32 scratch (fragment layouts
     // are opaque); lane l writes row l / 2, columns (l % 2)·8 .. +8 of it, bounds-checked.
     float* scratch = reinterpret_cast<float*>(smem_raw) + warp * 256;
-    const bool vec_c = N % 4 == 0 && is_aligned(C, 16);
+    // Vector stores need every row start 16-byte aligned: N a multiple of 16 bytes' worth of
+    // elements (4 fp32, 8 bf16); col is a multiple of 8.
+    const bool vec_c = N % (16 / sizeof(TC)) == 0 && is_aligned(C, 16);
     const unsigned r = lane >> 1, c0 = (lane & 1) * 8;
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
@@ -256,28 +322,7 @@ __device__ __forceinline__ void mm_gemm(float* __restrict__ C, const float* __re
             const unsigned row = m0 + wm * 64 + i * 16 + r;
             const unsigned col = n0 + wn * 32 + j * 16 + c0;
             const float* sv = scratch + r * 16 + c0;
-            if (row < M) {
-                float* out = C + (size_t)row * N + col;
-                if (vec_c && col + 8 <= N) {
-#pragma unroll
-                    for (int h = 0; h < 2; ++h) {
-                        float4 v = make_float4(sv[4 * h], sv[4 * h + 1], sv[4 * h + 2], sv[4 * h + 3]);
-                        if (accumulate) {
-                            const float4 o = reinterpret_cast<const float4*>(out)[h];
-                            v.x = o.x + v.x;
-                            v.y = o.y + v.y;
-                            v.z = o.z + v.z;
-                            v.w = o.w + v.w;
-                        }
-                        reinterpret_cast<float4*>(out)[h] = v;
-                    }
-                } else {
-#pragma unroll
-                    for (int e = 0; e < 8; ++e) {
-                        if (col + e < N) out[e] = accumulate ? out[e] + sv[e] : sv[e];
-                    }
-                }
-            }
+            if (row < M) mm_store8(C + (size_t)row * N + col, sv, col, N, vec_c, accumulate);
             __syncwarp();  // the next store_matrix_sync overwrites the scratch
         }
     }
@@ -302,5 +347,28 @@ matmul_bwd_x(float* __restrict__ dx, const float* __restrict__ dy, const float* 
 extern "C" __global__ void __launch_bounds__(MM_THREADS)
 matmul_bwd_w(float* __restrict__ dw, const float* __restrict__ dy, const float* __restrict__ x,
              unsigned int m, unsigned int k, unsigned int n, int accumulate) {
+    mm_gemm<false, false>(dw, dy, x, n, k, m, n, k, accumulate);
+}
+
+// The output layer's variants, where y / dy are the logits [m, n] in bf16 (n = V).
+// matmul_fwd with y rounded to bf16 (RNE) as it is written.
+extern "C" __global__ void __launch_bounds__(MM_THREADS)
+matmul_fwd_bf16(__nv_bfloat16* __restrict__ y, const float* __restrict__ x,
+                const float* __restrict__ w, unsigned int m, unsigned int k, unsigned int n) {
+    mm_gemm<true, true>(y, x, w, m, n, k, k, k, 0);
+}
+
+// matmul_bwd_x reading a bf16 dy.
+extern "C" __global__ void __launch_bounds__(MM_THREADS)
+matmul_bwd_x_bf16(float* __restrict__ dx, const __nv_bfloat16* __restrict__ dy,
+                  const float* __restrict__ w, unsigned int m, unsigned int k, unsigned int n) {
+    mm_gemm<true, false>(dx, dy, w, m, k, n, n, k, 0);
+}
+
+// matmul_bwd_w reading a bf16 dy.
+extern "C" __global__ void __launch_bounds__(MM_THREADS)
+matmul_bwd_w_bf16(float* __restrict__ dw, const __nv_bfloat16* __restrict__ dy,
+                  const float* __restrict__ x, unsigned int m, unsigned int k, unsigned int n,
+                  int accumulate) {
     mm_gemm<false, false>(dw, dy, x, n, k, m, n, k, accumulate);
 }

@@ -16,6 +16,10 @@
 //! and stores) and at odd element offsets (scalar path). Inputs are surrounded by NaN, so a read
 //! outside a view poisons the result; outputs are poisoned with NaN before the launch and carry
 //! guard elements on both sides that must come back untouched.
+//!
+//! The output layer's variants (bf16 `y` forward, bf16 `dy` backward: the logits) are held to
+//! their fp32 twins bit for bit: a bf16 `y` must be the fp32 `y` rounded to nearest even, and a
+//! bf16 `dy` must give exactly what the same values widened to fp32 give.
 
 use anyhow::{anyhow, ensure, Result};
 use baddata::backend::cpu::matmul as cpu_mm;
@@ -29,7 +33,9 @@ use rand_chacha::ChaCha8Rng;
 #[path = "common/gpu.rs"]
 mod gpu_common;
 
-use gpu_common::{host_test, run_gpu_tests, uniform, GpuTest, GUARD};
+use gpu_common::{
+    download_guarded, host_test, rne_bf16, run_gpu_tests, uniform, upload_guarded, GpuTest, GUARD,
+};
 
 struct Gpu {
     be: CudaBackend,
@@ -37,7 +43,7 @@ struct Gpu {
 }
 
 fn main() {
-    let tests: [(&str, GpuTest<Gpu>); 7] = [
+    let tests: [(&str, GpuTest<Gpu>); 8] = [
         ("matmul_fwd_matches_cpu", matmul_fwd_matches_cpu),
         ("matmul_bwd_x_matches_cpu", matmul_bwd_x_matches_cpu),
         ("matmul_bwd_w_matches_cpu", matmul_bwd_w_matches_cpu),
@@ -51,6 +57,10 @@ fn main() {
             matmul_two_launches_bit_identical,
         ),
         ("matmul_rejects_short_buffers", matmul_rejects_short_buffers),
+        (
+            "matmul_bf16_logit_variants_equal_fp32_twins",
+            matmul_bf16_logit_variants_equal_fp32_twins,
+        ),
     ];
     let host_tests = vec![host_test(
         "cpu_reference_matches_naive_loop",
@@ -606,4 +616,115 @@ fn matmul_rejects_short_buffers(gpu: &Gpu) -> Result<()> {
     mm.backward_x(&mut dx.as_view_mut(), &dyv, &wv, m, k, n)?;
     mm.backward_w(&mut dw.as_view_mut(), &dyv, &xv, m, k, n, true)?;
     gpu.be.synchronize()
+}
+
+/// The bf16 variants against their fp32 twins, bit for bit, on ragged and aligned shapes with
+/// the bf16 views at element offset 0 (16-byte vector path), 4 (8-byte aligned: vector loads,
+/// scalar stores) and 1 (scalar path); guards around every bf16 output must stay untouched.
+fn matmul_bf16_logit_variants_equal_fp32_twins(gpu: &Gpu) -> Result<()> {
+    let s = gpu.be.stream();
+    let e = |e| anyhow!("{e}");
+    let guard = bf16::from_f32(GUARD);
+    let cases = [
+        ((130usize, 40usize, 264usize), 0usize),
+        ((130, 40, 264), 4),
+        ((130, 40, 264), 1),
+        ((65, 33, 129), 0),
+        ((512, 768, 2304), 0),
+        ((300, 77, 131), 1),
+    ];
+    for (ci, &((m, k, n), off)) in cases.iter().enumerate() {
+        let ctx = format!("bf16 variants m={m} k={k} n={n} bf16 offset={off}");
+        let inp = inputs(900 + ci as u64, m, k, n);
+        let x = s.clone_htod(&inp.x).map_err(e)?;
+        let w = s.clone_htod(&inp.w).map_err(e)?;
+        // Forward: bf16 y == rne(fp32 y).
+        let mut y32 = s.alloc_zeros::<f32>(m * n).map_err(e)?;
+        gpu.mm
+            .forward(&mut y32.as_view_mut(), &x.as_view(), &w.as_view(), m, k, n)?;
+        let mut y16 = upload_guarded(&gpu.be, &vec![bf16::NAN; m * n], off, guard)?;
+        gpu.mm.forward(
+            &mut y16.slice_mut(off..off + m * n),
+            &x.as_view(),
+            &w.as_view(),
+            m,
+            k,
+            n,
+        )?;
+        let y32 = s.clone_dtoh(&y32).map_err(e)?;
+        let y16 = download_guarded(&gpu.be, &y16, off, m * n, guard, &ctx)?;
+        let bad = y16
+            .iter()
+            .zip(&y32)
+            .filter(|(a, b)| a.to_bits() != rne_bf16(**b))
+            .count();
+        ensure!(
+            bad == 0,
+            "{ctx}: fwd: {bad} of {} elements are not rne(fp32 y)",
+            m * n
+        );
+
+        // Backward: a bf16 dy and its fp32 widening give the same bits.
+        let dyb: Vec<bf16> = inp.dy.iter().map(|&a| bf16::from_f32(a)).collect();
+        let dyw: Vec<f32> = dyb.iter().map(|a| a.to_f32()).collect();
+        let dy16 = upload_guarded(&gpu.be, &dyb, off, guard)?;
+        let dy16 = dy16.slice(off..off + m * n);
+        let dy32 = s.clone_htod(&dyw).map_err(e)?;
+        let mut a = s.alloc_zeros::<f32>(m * k).map_err(e)?;
+        let mut b = s.alloc_zeros::<f32>(m * k).map_err(e)?;
+        gpu.mm
+            .backward_x(&mut a.as_view_mut(), &dy32.as_view(), &w.as_view(), m, k, n)?;
+        gpu.mm
+            .backward_x(&mut b.as_view_mut(), &dy16, &w.as_view(), m, k, n)?;
+        same_bits(
+            &ctx,
+            "bwd_x",
+            &s.clone_dtoh(&a).map_err(e)?,
+            &s.clone_dtoh(&b).map_err(e)?,
+        )?;
+        let prior = uniform(
+            &mut ChaCha8Rng::seed_from_u64(950 + ci as u64),
+            n * k,
+            -1.0,
+            1.0,
+        );
+        for acc in [false, true] {
+            let mut a = s.clone_htod(&prior).map_err(e)?;
+            let mut b = s.clone_htod(&prior).map_err(e)?;
+            gpu.mm.backward_w(
+                &mut a.as_view_mut(),
+                &dy32.as_view(),
+                &x.as_view(),
+                m,
+                k,
+                n,
+                acc,
+            )?;
+            gpu.mm
+                .backward_w(&mut b.as_view_mut(), &dy16, &x.as_view(), m, k, n, acc)?;
+            let what = format!("bwd_w accumulate={acc}");
+            same_bits(
+                &ctx,
+                &what,
+                &s.clone_dtoh(&a).map_err(e)?,
+                &s.clone_dtoh(&b).map_err(e)?,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// `got` and `want` hold the same bits.
+fn same_bits(ctx: &str, what: &str, want: &[f32], got: &[f32]) -> Result<()> {
+    let bad = got
+        .iter()
+        .zip(want)
+        .filter(|(a, b)| a.to_bits() != b.to_bits())
+        .count();
+    ensure!(
+        bad == 0 && got.len() == want.len(),
+        "{ctx}: {what}: {bad} of {} elements differ from the fp32 twin",
+        want.len()
+    );
+    Ok(())
 }

@@ -1,9 +1,10 @@
-//! What the GPU's precision choice (bf16 operands into the tensor cores, fp32 everywhere else)
-//! does to training, predicted on the CPU: the CPU executor with `with_bf16_operands` rounds the
-//! operands of matmul and attention to bf16 as the CUDA executor stages them. The GPU's whole-step
-//! checks (`tests/gpu_step.rs`, the correctness script's 50-step curve) hold it to DESIGN's
-//! tolerances against the fp32 CPU; this shows those tolerances are reachable by that precision
-//! alone, so a GPU failure points at a bug, not at bf16.
+//! What the GPU's precision choice (bf16 operands into the tensor cores, bf16 logits, fp32
+//! elsewhere) does to training, predicted on the CPU: the CPU executor with `with_bf16_operands`
+//! rounds the operands of matmul and attention to bf16 as the CUDA executor stages them, and
+//! stores the logits in bf16 as it does. The GPU's whole-step checks (`tests/gpu_step.rs`, the
+//! correctness script's 50-step curve) hold it to DESIGN's tolerances against the fp32 CPU; this
+//! shows those tolerances are reachable by that precision alone, so a GPU failure points at a
+//! bug, not at bf16.
 
 use anyhow::Result;
 use baddata::backend::cpu::Cpu;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Result};
 use baddata::backend::cuda::CudaBackend;
 use criterion::Criterion;
-use cudarc::driver::CudaSlice;
+use cudarc::driver::{CudaSlice, DeviceRepr};
 
 /// Criterion with `warm_up` warm-up, `measurement` measurement time and 10 samples, overridable
 /// on the command line (e.g. `--measurement-time 5`).
@@ -53,7 +53,7 @@ pub fn run_benches(
 }
 
 /// Fills a device buffer by tiling a random host block over it.
-pub fn fill(be: &CudaBackend, buf: &mut CudaSlice<f32>, block: &[f32]) -> Result<()> {
+pub fn fill<T: DeviceRepr>(be: &CudaBackend, buf: &mut CudaSlice<T>, block: &[T]) -> Result<()> {
     let n = buf.len();
     let mut i = 0;
     while i < n {

@@ -4,7 +4,8 @@
 // than one tile in each, more than 8 tile-rows so the grouped raster wraps), aligned ones
 // (float4 path) and views offset by one element (scalar path); outputs poisoned with NaN, guard
 // elements around every output must come back untouched; bwd_w with accumulate adds to a random
-// prior dW; k = 0 gives zeros (or the prior unchanged).
+// prior dW; k = 0 gives zeros (or the prior unchanged). The bf16-logit variants must equal their
+// fp32 twins bit for bit (check_bf16_twins).
 // Relative error ‖out − ref‖/‖ref‖ limit 1e-5: the emulated products are exact in fp32 (bf16 x
 // bf16) and only the fp32 summation order differs from the double reference. To show the limit
 // bites, each fwd case also reports the error against the unrounded fp32 inputs, which must be
@@ -123,6 +124,69 @@ static void check_shape(unsigned m, unsigned k, unsigned n, size_t off_in, size_
     }
 }
 
+// The output layer's bf16 variants against their fp32 twins on the same values, bit for bit:
+// matmul_fwd_bf16 must write bf16 (RNE) of matmul_fwd's fp32 y; matmul_bwd_x_bf16 and
+// matmul_bwd_w_bf16 on a bf16 dy must give exactly what matmul_bwd_x / matmul_bwd_w give on that
+// dy widened to fp32 (widening is exact and the kernels round operands to bf16 anyway). Guard
+// elements around every bf16 output must stay untouched. `off_h`: leading pad of the bf16
+// buffers in elements (0: 16-byte aligned, vector path; 4: 8-byte aligned; 1: scalar path).
+static const unsigned short GUARD_BF16 = 0x7777;
+static size_t bf16_diffs(const __nv_bfloat16* a, const __nv_bfloat16* b, size_t n) {
+    size_t bad = 0;
+    for (size_t i = 0; i < n; ++i) bad += a[i].x != b[i].x;
+    return bad;
+}
+static size_t float_diffs(const float* a, const float* b, size_t n) {
+    size_t bad = 0;
+    for (size_t i = 0; i < n; ++i) bad += memcmp(a + i, b + i, 4) != 0;
+    return bad;
+}
+static void check_bf16_twins(unsigned m, unsigned k, unsigned n, size_t off_f, size_t off_h) {
+    char name[160];
+    const size_t mn = (size_t)m * n;
+    Buf x = input((size_t)m * k, off_f), w = input((size_t)n * k, off_f);
+    // fwd: y16 (guards around it) against bf16 of the fp32 y.
+    {
+        Buf y = output(mn, 0, nullptr);
+        launch({blocks(m, n)}, {256}, [&] { matmul_fwd(y.p(), x.p(), w.p(), m, k, n); });
+        std::vector<__nv_bfloat16> y16(mn + off_h + 2 * 8, __nv_bfloat16{GUARD_BF16});
+        __nv_bfloat16* Y = y16.data() + off_h + 8;
+        for (size_t i = 0; i < mn; ++i) Y[i] = __float2bfloat16_rn(NAN);
+        launch({blocks(m, n)}, {256}, [&] { matmul_fwd_bf16(Y, x.p(), w.p(), m, k, n); });
+        std::vector<__nv_bfloat16> want(mn);
+        for (size_t i = 0; i < mn; ++i) want[i] = __float2bfloat16_rn(y.p()[i]);
+        size_t guards = 0;
+        for (size_t i = 0; i < y16.size(); ++i)
+            if (i < off_h + 8 || i >= off_h + 8 + mn) guards += y16[i].x != GUARD_BF16;
+        snprintf(name, 160, "fwd_bf16   m=%u k=%u n=%u off=%zu/%zu (bit diffs)", m, k, n, off_f, off_h);
+        report(name, (double)(bf16_diffs(Y, want.data(), mn) + guards), 0.5);
+    }
+    // dy in bf16 (off_h leading pad), and the same values in fp32 (aligned).
+    std::vector<float> dyf = uni(mn, -1, 1);
+    std::vector<__nv_bfloat16> dy16(mn + off_h + 4);
+    __nv_bfloat16* DY = dy16.data() + off_h;
+    for (size_t i = 0; i < mn; ++i) {
+        DY[i] = __float2bfloat16_rn(dyf[i]);
+        dyf[i] = __bfloat162float(DY[i]);
+    }
+    {
+        Buf a = output((size_t)m * k, 0, nullptr), b = output((size_t)m * k, off_f, nullptr);
+        launch({blocks(m, k)}, {256}, [&] { matmul_bwd_x(a.p(), dyf.data(), w.p(), m, k, n); });
+        launch({blocks(m, k)}, {256}, [&] { matmul_bwd_x_bf16(b.p(), DY, w.p(), m, k, n); });
+        snprintf(name, 160, "bwd_x_bf16 m=%u k=%u n=%u off=%zu/%zu (bit diffs)", m, k, n, off_f, off_h);
+        report(name, (double)(float_diffs(a.p(), b.p(), (size_t)m * k) + guards_touched(b, (size_t)m * k)), 0.5);
+    }
+    for (int acc : {0, 1}) {
+        std::vector<float> prior = uni((size_t)n * k, -2, 2);
+        Buf a = output((size_t)n * k, 0, acc ? &prior : nullptr);
+        Buf b = output((size_t)n * k, off_f, acc ? &prior : nullptr);
+        launch({blocks(n, k)}, {256}, [&] { matmul_bwd_w(a.p(), dyf.data(), x.p(), m, k, n, acc); });
+        launch({blocks(n, k)}, {256}, [&] { matmul_bwd_w_bf16(b.p(), DY, x.p(), m, k, n, acc); });
+        snprintf(name, 160, "bwd_w_bf16 m=%u k=%u n=%u off=%zu/%zu acc=%d (bit diffs)", m, k, n, off_f, off_h, acc);
+        report(name, (double)(float_diffs(a.p(), b.p(), (size_t)n * k) + guards_touched(b, (size_t)n * k)), 0.5);
+    }
+}
+
 // k = 0: y and dW (overwrite) are zeros, dW with accumulate keeps its prior values exactly; m = 0
 // for bwd_w is the same empty reduction.
 static void check_empty_reduction() {
@@ -157,5 +221,12 @@ int main() {
     check_shape(130, 40, 257, 0, 3);  // aligned inputs (float4 loads), unaligned output
     check_shape(130, 40, 257, 2, 0);  // 8-byte-aligned inputs (scalar loads), aligned output
     check_empty_reduction();
+    // (m, k, n, fp32 offset, bf16 offset): vector paths, 8-byte-aligned bf16, scalar paths, and
+    // n not a multiple of 8 (bf16 rows not 16-byte aligned: scalar stores and loads).
+    const unsigned twins[][5] = {
+        {130, 40, 264, 0, 0}, {130, 40, 264, 0, 4}, {130, 40, 264, 1, 1}, {65, 33, 129, 0, 0},
+        {7, 13, 5, 1, 0}, {1100, 12, 260, 0, 0},
+    };
+    for (auto& t : twins) check_bf16_twins(t[0], t[1], t[2], t[3], t[4]);
     return finish();
 }

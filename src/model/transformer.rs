@@ -7,7 +7,8 @@
 //!   res[2l+1] = res[2l] + z·W_oᵀ (+ o_proj bias)
 //!   m = LN(res[2l+1]); gu = m·W_guᵀ; h = silu(gate)·up
 //!   res[2l+2] = res[2l+1] + h·W_downᵀ
-//! logits = LN(res[2L])·Eᵀ                        [N, V] (all V rows, padding included)
+//! logits = LN(res[2L])·Eᵀ                        [N, V] (all V rows, padding included;
+//!                                                 bf16 on the GPU: Backend::Logits)
 //! loss = mean over N of CE(logits, targets)
 //! ```
 //! `N = B·T`. A batch of training tokens is `B` rows of `T + 1` ids: inputs `row[..T]`, targets
@@ -60,8 +61,8 @@ struct Workspace<B: Backend> {
     lnf: B::Buf,
     meanf: B::Buf,
     rstdf: B::Buf,
-    /// `[N, V]` logits, overwritten by their gradient in a backward pass.
-    logits: B::Buf,
+    /// `[N, V]` logits (bf16 on the GPU), overwritten by their gradient in a backward pass.
+    logits: B::Logits,
     /// `[N]` per-position losses.
     losses: B::Buf,
     grad: Option<GradScratch<B>>,
@@ -129,7 +130,7 @@ impl<B: Backend> Workspace<B> {
             lnf: be.alloc(n * d)?,
             meanf: be.alloc(n)?,
             rstdf: be.alloc(n)?,
-            logits: be.alloc(n * v)?,
+            logits: be.alloc_logits(n * v)?,
             losses: be.alloc(n)?,
             grad: None,
         })
@@ -454,7 +455,7 @@ impl<B: Backend> Model<B> {
         }
         let last = &ws.res[2 * cfg.n_layers];
         be.layernorm_fwd(&mut ws.lnf, &mut ws.meanf, &mut ws.rstdf, last, n, d, eps)?;
-        be.matmul_fwd(&mut ws.logits, &ws.lnf, wte, n, d, v)?;
+        be.logits_fwd(&mut ws.logits, &ws.lnf, wte, n, d, v)?;
         Ok(())
     }
 
@@ -516,7 +517,7 @@ impl<B: Backend> Model<B> {
         self.forward(params)?;
         let ws = self.workspaces.last().context("no workspace")?;
         let n = batch * seq * self.cfg.vocab_size;
-        let mut all = self.backend.download(&ws.logits)?;
+        let mut all = self.backend.download_logits(&ws.logits)?;
         all.truncate(n);
         Ok(all)
     }
@@ -611,12 +612,12 @@ impl<B: Backend> Model<B> {
         )?;
 
         // Head (tied): dlnf = dlogits·E, dE (+)= dlogitsᵀ·lnf.
-        let wte = Span::new(params, lay.embed, v * d);
-        be.matmul_bwd_x(&mut g.dln, &ws.logits, wte, n, d, v)?;
-        be.matmul_bwd_w(
+        be.logits_bwd(
+            &mut g.dln,
             SpanMut::new(grads, lay.embed, v * d),
             &ws.logits,
             &ws.lnf,
+            Span::new(params, lay.embed, v * d),
             n,
             d,
             v,

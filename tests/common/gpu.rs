@@ -13,6 +13,7 @@ use baddata::backend::cuda::executor::CudaExecutor;
 use baddata::backend::cuda::CudaBackend;
 use baddata::backend::Backend;
 use cudarc::driver::{CudaContext, CudaSlice, DeviceRepr};
+use half::bf16;
 use libtest_mimic::{Arguments, Trial};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -215,4 +216,30 @@ pub fn download_guarded<T: DeviceRepr + bytemuck::Pod + std::fmt::Debug>(
         );
     }
     Ok(host[off..off + n].to_vec())
+}
+
+/// Norm-wise limit for a bf16 output computed in fp32 and rounded once: rounding to nearest
+/// moves each element by at most 2^-9 of itself, so ‖got − want‖/‖want‖ ≤ 2^-9 plus the fp32
+/// math's own error (about 1e-5 here); 2^-8 leaves room for that and nothing more.
+pub const BF16_STORE_TOL: f64 = 1.0 / 256.0;
+
+/// `got` (bf16) is finite and within [`BF16_STORE_TOL`] of the f64 reference `want`.
+pub fn check_bf16_close(ctx: &str, what: &str, got: &[bf16], want: &[f64]) -> Result<()> {
+    ensure!(
+        got.len() == want.len(),
+        "{ctx}: {what}: lengths {} / {}",
+        got.len(),
+        want.len()
+    );
+    let g: Vec<f32> = got.iter().map(|v| v.to_f32()).collect();
+    if let Some(i) = g.iter().position(|x| !x.is_finite()) {
+        ensure!(false, "{ctx}: {what}[{i}] = {} is not finite", g[i]);
+    }
+    let e = rel_err64(&g, want);
+    ensure!(
+        e < BF16_STORE_TOL,
+        "{ctx}: {what}: relative error {e:.3e} vs the f64 reference (limit {BF16_STORE_TOL:.3e}: \
+         one bf16 rounding)"
+    );
+    Ok(())
 }

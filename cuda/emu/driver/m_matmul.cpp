@@ -2,4 +2,5 @@
 #define EMU_MODULE_NAME "matmul"
 #include "../../matmul.cu"
 #include "module.h"
-EMU_MODULE(EMU_KERNEL(matmul_fwd), EMU_KERNEL(matmul_bwd_x), EMU_KERNEL(matmul_bwd_w))
+EMU_MODULE(EMU_KERNEL(matmul_fwd), EMU_KERNEL(matmul_bwd_x), EMU_KERNEL(matmul_bwd_w),
+           EMU_KERNEL(matmul_fwd_bf16), EMU_KERNEL(matmul_bwd_x_bf16), EMU_KERNEL(matmul_bwd_w_bf16))

@@ -38,7 +38,8 @@ impl<T: Float> Cpu<T> {
     /// A CPU executor that rounds the operands of matmul (x, W, dy) and attention (q, k, v,
     /// dz) to bf16 (round to nearest even) before computing in `T`, as the CUDA executor does
     /// when it stages them for the tensor cores (the GPU also rounds the attention
-    /// probabilities, which this does not). It predicts, on any machine, what that precision
+    /// probabilities, which this does not), and stores the logits in bf16 as the CUDA executor
+    /// does. It predicts, on any machine, what that precision
     /// choice does to training (`tests/precision.rs`).
     pub fn with_bf16_operands() -> Self {
         Cpu {
@@ -102,6 +103,8 @@ impl<T: Float> Backend for Cpu<T> {
     type Elem = T;
     type Buf = Vec<T>;
     type Ids = Vec<u32>;
+    /// The CPU keeps logits at its own precision, in an ordinary buffer.
+    type Logits = Vec<T>;
 
     fn name(&self) -> String {
         format!("cpu-{}", std::any::type_name::<T>())
@@ -138,6 +141,14 @@ impl<T: Float> Backend for Cpu<T> {
         need("ids destination", dst.len(), host.len())?;
         dst[..host.len()].copy_from_slice(host);
         Ok(())
+    }
+
+    fn alloc_logits(&self, len: usize) -> Result<Vec<T>> {
+        self.alloc(len)
+    }
+
+    fn download_logits(&self, src: &Vec<T>) -> Result<Vec<T>> {
+        self.download(src)
     }
 
     fn sum(&self, x: &Vec<T>, n: usize) -> Result<f64> {
@@ -308,6 +319,41 @@ impl<T: Float> Backend for Cpu<T> {
             accumulate,
         );
         Ok(())
+    }
+
+    fn logits_fwd(
+        &self,
+        logits: &mut Vec<T>,
+        x: &Vec<T>,
+        wte: Span<Vec<T>>,
+        m: usize,
+        d: usize,
+        v: usize,
+    ) -> Result<()> {
+        self.matmul_fwd(logits, x, wte, m, d, v)?;
+        if self.bf16_operands {
+            // Stored in bf16, as the CUDA executor stores them (the backward rounds dlogits as
+            // a matmul operand anyway).
+            let rounded = self.operand(&logits[..m * v]).into_owned();
+            logits[..m * v].copy_from_slice(&rounded);
+        }
+        Ok(())
+    }
+
+    fn logits_bwd(
+        &self,
+        dx: &mut Vec<T>,
+        dwte: SpanMut<Vec<T>>,
+        dlogits: &Vec<T>,
+        x: &Vec<T>,
+        wte: Span<Vec<T>>,
+        m: usize,
+        d: usize,
+        v: usize,
+        accumulate: bool,
+    ) -> Result<()> {
+        self.matmul_bwd_x(dx, dlogits, wte, m, d, v)?;
+        self.matmul_bwd_w(dwte, dlogits, x, m, d, v, accumulate)
     }
 
     fn rope_fwd(&self, qkv: &mut Vec<T>, table: &Vec<T>, s: AttnShape) -> Result<()> {

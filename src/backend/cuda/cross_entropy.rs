@@ -1,9 +1,9 @@
 //! Launcher for `cuda/cross_entropy.cu`: fused softmax cross-entropy, one block per row, the
 //! gradient written over the logits (no probability tensor). The math is
-//! [`crate::backend::cpu::loss::cross_entropy`].
+//! [`crate::backend::cpu::loss::cross_entropy`] on the same bf16 values, in fp32.
 //!
-//! Buffers (caller-owned): `logits` `[n, V]` fp32 (overwritten by the gradient when a grad
-//! scale is given, untouched otherwise), `targets` `[n]` u32, `losses` `[n]` fp32.
+//! Buffers (caller-owned): `logits` `[n, V]` bf16 (overwritten by the gradient, rounded to bf16,
+//! when a grad scale is given; untouched otherwise), `targets` `[n]` u32, `losses` `[n]` fp32.
 
 use std::sync::Arc;
 
@@ -32,12 +32,13 @@ impl CrossEntropyKernels {
     }
 
     /// Per row `i < n` of `logits` `[n, v]`: `losses[i] = logsumexp(logits_i) − logits_i[t_i]`;
-    /// with `grad_scale = Some(s)` the row is overwritten by `s·(softmax(logits_i) − onehot(t_i))`.
+    /// with `grad_scale = Some(s)` the row is overwritten by `s·(softmax(logits_i) − onehot(t_i))`
+    /// rounded to bf16 (computed in fp32).
     /// Targets must be below `v` (checked by the caller on the host; a target that is not gives
     /// a NaN loss).
     pub fn forward_backward(
         &self,
-        logits: &mut CudaViewMut<'_, f32>,
+        logits: &mut CudaViewMut<'_, half::bf16>,
         losses: &mut CudaViewMut<'_, f32>,
         targets: &CudaView<'_, u32>,
         n: usize,
@@ -69,7 +70,7 @@ impl CrossEntropyKernels {
             .arg(&v32)
             .arg(&scale)
             .arg(&has_grad);
-        // SAFETY: matches `cross_entropy_fwd_bwd(float*, float*, const u32*, u32, u32, float,
+        // SAFETY: matches `cross_entropy_fwd_bwd(__nv_bfloat16*, float*, const u32*, u32, u32, float,
         // int)`; logits hold n·V, losses and targets n elements (checked above); one block per
         // row.
         unsafe { b.launch(cfg) }.map_err(|e| anyhow!("cross_entropy launch failed: {e}"))?;

@@ -3,9 +3,11 @@
 //! `cuda/*.cu`.
 //!
 //! Memory: every float buffer is an fp32 `CudaSlice<f32>` (parameters, gradients, Adam moments,
-//! the residual stream and the saved activations); matmul and attention round their operands to
-//! bf16 as they stage them into shared memory and accumulate in fp32 on the tensor cores (see
-//! `cuda/matmul.cu`, `cuda/attention.cu`). Token ids live on the device with a host copy, from
+//! the residual stream and the saved activations), except the logits, which are bf16
+//! (`CudaSlice<bf16>`: the output-layer matmul rounds them as it writes them, the fused
+//! cross-entropy reads them in fp32 and writes their gradient back in bf16); matmul and attention
+//! round their operands to bf16 as they stage them into shared memory and accumulate in fp32 on
+//! the tensor cores (see `cuda/matmul.cu`, `cuda/attention.cu`). Token ids live on the device with a host copy, from
 //! which the embedding backward's bucket plan is built (deterministic: no atomics).
 //!
 //! Synchronisation: every op is queued on the backend's one stream and returns at once. Only
@@ -19,6 +21,7 @@ use std::cell::RefCell;
 
 use anyhow::{anyhow, bail, Result};
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
+use half::bf16;
 
 use super::adamw::{grad_norm_partials_len, AdamWKernels, Clip};
 use super::attention::AttentionKernels;
@@ -91,7 +94,7 @@ fn view_mut<'a>(what: &str, s: SpanMut<'a, CudaSlice<f32>>) -> Result<CudaViewMu
 }
 
 /// The first `n` elements of `buf` as a view, or an error.
-fn prefix<'a>(what: &str, buf: &'a CudaSlice<f32>, n: usize) -> Result<CudaView<'a, f32>> {
+fn prefix<'a, T>(what: &str, buf: &'a CudaSlice<T>, n: usize) -> Result<CudaView<'a, T>> {
     buf.try_slice(0..n).ok_or_else(|| {
         anyhow!(
             "cuda executor: buffer {what} holds {} elements, the op needs {n}",
@@ -101,11 +104,11 @@ fn prefix<'a>(what: &str, buf: &'a CudaSlice<f32>, n: usize) -> Result<CudaView<
 }
 
 /// The first `n` elements of `buf` as a mutable view, or an error.
-fn prefix_mut<'a>(
+fn prefix_mut<'a, T>(
     what: &str,
-    buf: &'a mut CudaSlice<f32>,
+    buf: &'a mut CudaSlice<T>,
     n: usize,
-) -> Result<CudaViewMut<'a, f32>> {
+) -> Result<CudaViewMut<'a, T>> {
     let have = buf.len();
     buf.try_slice_mut(0..n).ok_or_else(|| {
         anyhow!("cuda executor: buffer {what} holds {have} elements, the op needs {n}")
@@ -148,6 +151,8 @@ impl Backend for CudaExecutor {
     type Elem = f32;
     type Buf = CudaSlice<f32>;
     type Ids = DeviceIds;
+    /// bf16 logits (see `cuda/cross_entropy.cu`).
+    type Logits = CudaSlice<bf16>;
 
     fn name(&self) -> String {
         format!("cuda-f32/bf16-tensor-cores ({})", self.gpu.describe())
@@ -236,6 +241,30 @@ impl Backend for CudaExecutor {
             .stream()
             .memcpy_htod(host, &mut d)
             .map_err(|e| Self::err("upload ids", e))
+    }
+
+    fn alloc_logits(&self, len: usize) -> Result<CudaSlice<bf16>> {
+        self.gpu
+            .stream()
+            .alloc_zeros::<bf16>(len.max(1))
+            .map_err(|e| {
+                Self::err(
+                    &format!(
+                        "cannot allocate {len} bf16 logits ({} MiB)",
+                        (len * 2) >> 20
+                    ),
+                    e,
+                )
+            })
+    }
+
+    fn download_logits(&self, src: &CudaSlice<bf16>) -> Result<Vec<f32>> {
+        let v = self
+            .gpu
+            .stream()
+            .clone_dtoh(src)
+            .map_err(|e| Self::err("download logits", e))?;
+        Ok(v.into_iter().map(f32::from).collect())
     }
 
     fn sum(&self, x: &CudaSlice<f32>, n: usize) -> Result<f64> {
@@ -462,6 +491,57 @@ impl Backend for CudaExecutor {
         )
     }
 
+    fn logits_fwd(
+        &self,
+        logits: &mut CudaSlice<bf16>,
+        x: &CudaSlice<f32>,
+        wte: Span<CudaSlice<f32>>,
+        m: usize,
+        d: usize,
+        v: usize,
+    ) -> Result<()> {
+        self.mm.forward(
+            &mut prefix_mut("logits_fwd logits", logits, m * v)?,
+            &prefix("logits_fwd x", x, m * d)?,
+            &view("logits_fwd wte", &wte)?,
+            m,
+            d,
+            v,
+        )
+    }
+
+    fn logits_bwd(
+        &self,
+        dx: &mut CudaSlice<f32>,
+        dwte: SpanMut<CudaSlice<f32>>,
+        dlogits: &CudaSlice<bf16>,
+        x: &CudaSlice<f32>,
+        wte: Span<CudaSlice<f32>>,
+        m: usize,
+        d: usize,
+        v: usize,
+        accumulate: bool,
+    ) -> Result<()> {
+        let dl = prefix("logits_bwd dlogits", dlogits, m * v)?;
+        self.mm.backward_x(
+            &mut prefix_mut("logits_bwd dx", dx, m * d)?,
+            &dl,
+            &view("logits_bwd wte", &wte)?,
+            m,
+            d,
+            v,
+        )?;
+        self.mm.backward_w(
+            &mut view_mut("logits_bwd dwte", dwte)?,
+            &dl,
+            &prefix("logits_bwd x", x, m * d)?,
+            m,
+            d,
+            v,
+            accumulate,
+        )
+    }
+
     fn rope_fwd(
         &self,
         qkv: &mut CudaSlice<f32>,
@@ -561,7 +641,7 @@ impl Backend for CudaExecutor {
 
     fn cross_entropy(
         &self,
-        logits: &mut CudaSlice<f32>,
+        logits: &mut CudaSlice<bf16>,
         losses: &mut CudaSlice<f32>,
         targets: &DeviceIds,
         n: usize,
