@@ -166,17 +166,21 @@ fn olmo_124m_head_at_65536_rows(ctx: &Ctx) -> Result<()> {
     // dx = dlogits · E and dE = dlogitsᵀ · x (overwrite), then again accumulating into dE.
     let mut dx = up(&vec![f32::NAN; n * d])?;
     let mut dw = up(&vec![f32::NAN; v * d])?;
-    be.logits_bwd(
-        &mut dx,
-        SpanMut::new(&mut dw, 0, v * d),
-        &logits,
-        &gx,
-        Span::new(&gw, 0, v * d),
-        n,
-        d,
-        v,
-        false,
-    )?;
+    let head_bwd = |dx: &mut CudaSlice<f32>, dw: &mut CudaSlice<f32>, accumulate| {
+        let dwte = SpanMut::new(dw, 0, v * d);
+        be.logits_bwd(
+            dx,
+            dwte,
+            &logits,
+            &gx,
+            Span::new(&gw, 0, v * d),
+            n,
+            d,
+            v,
+            accumulate,
+        )
+    };
+    head_bwd(&mut dx, &mut dw, false)?;
     for (r, dl) in &rows_dl {
         let mut want = vec![0.0f64; d];
         for (j, &g) in dl.iter().enumerate() {
@@ -200,17 +204,7 @@ fn olmo_124m_head_at_65536_rows(ctx: &Ctx) -> Result<()> {
     }
     let e = rel_err64(&got, &want);
     ensure!(e < 1e-5, "dE: rel err {e:.2e} ≥ 1e-5");
-    be.logits_bwd(
-        &mut dx,
-        SpanMut::new(&mut dw, 0, v * d),
-        &logits,
-        &gx,
-        Span::new(&gw, 0, v * d),
-        n,
-        d,
-        v,
-        true,
-    )?;
+    head_bwd(&mut dx, &mut dw, true)?;
     let twice = be.download(&dw)?;
     let bad = got
         .iter()
