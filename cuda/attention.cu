@@ -336,6 +336,35 @@ __device__ __forceinline__ void att_write_rows(float* __restrict__ dst, size_t r
 }
 
 // ---------------------------------------------------------------------------------------------
+// The two products both backward kernels start a tile with, for this warp's 16 staged rows
+// (X0 and X1 rows 16w ..) against the 16-row strips n0 <= n < n1 of the other tile (X2, X3):
+//   S0[16w.., 16n..] = X0_w · X2_nᵀ,   S1[16w.., 16n..] = X1_w · X3_nᵀ   (fp32, [64, ATT_LDS]).
+// dK/dV: X0 = K, X1 = V, X2 = Q, X3 = dZ gives Sᵀ and dPᵀ; dQ: X0 = Q, X1 = dZ, X2 = K, X3 = V
+// gives S and dP. B fragments are col_major: (kk, nn) = X[n·16 + nn][k·16 + kk].
+template <int DH>
+__device__ __forceinline__ void att_bwd_two_products(const AttBwdSmem<DH>& sm, int warp, int n0, int n1) {
+    constexpr int LDH = DH + 8, NT = DH / 16;
+#pragma unroll
+    for (int n = n0; n < n1; ++n) {
+        FragC s, dp;
+        wm::fill_fragment(s, 0.f);
+        wm::fill_fragment(dp, 0.f);
+#pragma unroll
+        for (int k = 0; k < NT; ++k) {
+            FragA a;
+            FragBCol b;
+            wm::load_matrix_sync(a, sm.X0 + warp * 16 * LDH + k * 16, LDH);
+            wm::load_matrix_sync(b, sm.X2 + n * 16 * LDH + k * 16, LDH);
+            wm::mma_sync(s, a, b, s);
+            wm::load_matrix_sync(a, sm.X1 + warp * 16 * LDH + k * 16, LDH);
+            wm::load_matrix_sync(b, sm.X3 + n * 16 * LDH + k * 16, LDH);
+            wm::mma_sync(dp, a, b, dp);
+        }
+        wm::store_matrix_sync(sm.S0 + warp * 16 * ATT_LDS + n * 16, s, ATT_LDS, wm::mem_row_major);
+        wm::store_matrix_sync(sm.S1 + warp * 16 * ATT_LDS + n * 16, dp, ATT_LDS, wm::mem_row_major);
+    }
+}
+
 // Backward, dK and dV. Block (kt, h, b) owns keys k0 = 64·kt .. k0+63 (warp w: keys k0+16w ..);
 // K and V stay staged; for each query tile qt = kt .. last (the earlier ones are fully masked):
 //   Sᵀ_w = K_w·Qᵀ, dPᵀ_w = V_w·dZᵀ (fp32, shared memory);
@@ -392,25 +421,7 @@ __device__ __forceinline__ void attention_bwd_dkdv_impl(float* __restrict__ dqkv
         // Query strips this warp needs: on the diagonal, strips warp .. 3 (earlier ones have
         // i < j for all of the warp's keys).
         const int n0 = diag ? warp : 0;
-#pragma unroll
-        for (int n = n0; n < ATT_BQ / 16; ++n) {
-            FragC s, dp;
-            wm::fill_fragment(s, 0.f);
-            wm::fill_fragment(dp, 0.f);
-#pragma unroll
-            for (int k = 0; k < NT; ++k) {
-                FragA a;
-                FragBCol bq;  // (kk, nn) = Q[n·16 + nn][k·16 + kk]
-                wm::load_matrix_sync(a, sm.X0 + warp * 16 * LDH + k * 16, LDH);
-                wm::load_matrix_sync(bq, sm.X2 + n * 16 * LDH + k * 16, LDH);
-                wm::mma_sync(s, a, bq, s);
-                wm::load_matrix_sync(a, sm.X1 + warp * 16 * LDH + k * 16, LDH);
-                wm::load_matrix_sync(bq, sm.X3 + n * 16 * LDH + k * 16, LDH);
-                wm::mma_sync(dp, a, bq, dp);
-            }
-            wm::store_matrix_sync(sm.S0 + warp * 16 * ATT_LDS + n * 16, s, ATT_LDS, wm::mem_row_major);
-            wm::store_matrix_sync(sm.S1 + warp * 16 * ATT_LDS + n * 16, dp, ATT_LDS, wm::mem_row_major);
-        }
+        att_bwd_two_products<DH>(sm, warp, n0, ATT_BQ / 16);
         __syncwarp();
         for (int c = half; c < ATT_BQ; c += 2) {
             const int i = q0 + c;
@@ -491,25 +502,7 @@ __device__ __forceinline__ void attention_bwd_dq_impl(float* __restrict__ dqkv, 
         att_stage<DH>(sm.X3, base + (size_t)k0 * rs + 2 * D, rs, min(ATT_BK, T - k0), vec);
         __syncthreads();
         const int nstrips = diag ? warp + 1 : ATT_BK / 16;
-#pragma unroll
-        for (int n = 0; n < nstrips; ++n) {
-            FragC s, dp;
-            wm::fill_fragment(s, 0.f);
-            wm::fill_fragment(dp, 0.f);
-#pragma unroll
-            for (int k = 0; k < NT; ++k) {
-                FragA a;
-                FragBCol bk;  // (kk, nn) = K[n·16 + nn][k·16 + kk] (or V)
-                wm::load_matrix_sync(a, sm.X0 + warp * 16 * LDH + k * 16, LDH);
-                wm::load_matrix_sync(bk, sm.X2 + n * 16 * LDH + k * 16, LDH);
-                wm::mma_sync(s, a, bk, s);
-                wm::load_matrix_sync(a, sm.X1 + warp * 16 * LDH + k * 16, LDH);
-                wm::load_matrix_sync(bk, sm.X3 + n * 16 * LDH + k * 16, LDH);
-                wm::mma_sync(dp, a, bk, dp);
-            }
-            wm::store_matrix_sync(sm.S0 + warp * 16 * ATT_LDS + n * 16, s, ATT_LDS, wm::mem_row_major);
-            wm::store_matrix_sync(sm.S1 + warp * 16 * ATT_LDS + n * 16, dp, ATT_LDS, wm::mem_row_major);
-        }
+        att_bwd_two_products<DH>(sm, warp, 0, nstrips);
         __syncwarp();
         const float l_i = sm.lse[r], d_i = sm.delta[r];
         for (int c = half; c < ATT_BK; c += 2) {
