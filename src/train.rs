@@ -16,6 +16,7 @@ use crate::backend::cpu::Cpu;
 use crate::backend::cuda::executor::CudaExecutor;
 use crate::backend::cuda::CudaBackend;
 use crate::backend::device::Device;
+use crate::backend::profile::Profiled;
 use crate::backend::Backend;
 use crate::checkpoint;
 use crate::config::ModelConfig;
@@ -139,6 +140,10 @@ pub struct RunOptions {
     pub device: Option<Device>,
     /// Write no checkpoint at all (throughput runs).
     pub no_checkpoint: bool,
+    /// Time every op of the last this-many steps ([`crate::backend::profile::Profiled`]) and
+    /// write `profile.md` and `profile.json` to the output directory; those steps are left out
+    /// of the median throughput.
+    pub profile: Option<u64>,
 }
 
 impl TrainConfig {
@@ -211,12 +216,37 @@ struct SavedState {
 /// log and the final checkpoint.
 pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainReport> {
     match &opts.device {
-        None | Some(Device::Cpu) => run(cfg, opts, Cpu::<f32>::new()),
-        Some(Device::Cuda(ctx)) => run(
+        None | Some(Device::Cpu) => run_on(cfg, opts, Cpu::<f32>::new()),
+        Some(Device::Cuda(ctx)) => run_on(
             cfg,
             opts,
             CudaExecutor::new(CudaBackend::new(ctx.clone())?)?,
         ),
+    }
+}
+
+/// The step the run stops before: `steps`, or earlier with `stop_after`.
+fn end_step(cfg: &TrainConfig, opts: &RunOptions) -> u64 {
+    opts.stop_after.map_or(cfg.steps, |s| s.min(cfg.steps))
+}
+
+/// The steps `opts.profile` asks to profile: the last N of the run.
+fn profiled_steps(cfg: &TrainConfig, opts: &RunOptions) -> Option<std::ops::Range<u64>> {
+    let end = end_step(cfg, opts);
+    opts.profile
+        .filter(|&n| n > 0)
+        .map(|n| end.saturating_sub(n)..end)
+}
+
+/// [`run`] on `be`, through a [`Profiled`] executor when `opts.profile` asks for one.
+fn run_on<B: Backend<Elem = f32>>(
+    cfg: &TrainConfig,
+    opts: &RunOptions,
+    be: B,
+) -> Result<TrainReport> {
+    match profiled_steps(cfg, opts) {
+        Some(steps) => run(cfg, opts, Profiled::new(be, steps, Some(cfg.out.clone()))),
+        None => run(cfg, opts, be),
     }
 }
 
@@ -347,7 +377,8 @@ fn run<B: Backend<Elem = f32>>(cfg: &TrainConfig, opts: &RunOptions, be: B) -> R
     drop((host_params, host_opt));
 
     let sched = cfg.schedule();
-    let end = opts.stop_after.map_or(cfg.steps, |s| s.min(cfg.steps));
+    let end = end_step(cfg, opts);
+    let profiled = profiled_steps(cfg, opts);
 
     let bar = if opts.progress {
         ProgressBar::new(end)
@@ -404,6 +435,7 @@ fn run<B: Backend<Elem = f32>>(cfg: &TrainConfig, opts: &RunOptions, be: B) -> R
         if step == 0 {
             val_first = val_loss.unwrap_or(f32::NAN);
         }
+        model.backend().on_step(Some(step))?;
         let t_step = Instant::now();
         // gradients of the mean loss over the micro-batches: each contributes 1/k
         let k = cfg.grad_accum as f64;
@@ -459,11 +491,15 @@ fn run<B: Backend<Elem = f32>>(cfg: &TrainConfig, opts: &RunOptions, be: B) -> R
             no_decay_len,
         );
         be.adamw(&mut params, &grads, &mut opt_m, &mut opt_v, n_params, &args)?;
+        be.on_step(None)?;
         if peak_mem_bytes.is_none() {
             peak_mem_bytes = be.memory_in_use()?;
         }
         let secs = t_step.elapsed().as_secs_f64();
-        step_secs.push(secs);
+        // profiled steps carry the timing events: left out of the median throughput
+        if !profiled.as_ref().is_some_and(|r| r.contains(&step)) {
+            step_secs.push(secs);
+        }
         let tps = toks_per_step / secs;
         let entry = LogEntry {
             step,

@@ -1,5 +1,6 @@
 //! The training loop end to end on a small model: resume is bit-identical, a NaN loss stops the
-//! run without losing the last checkpoint, and bad inputs give clear errors.
+//! run without losing the last checkpoint, profiling changes nothing and accounts for every op,
+//! and bad inputs give clear errors.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -32,6 +33,75 @@ fn setup(dir: &Path, vocab: usize) -> TrainConfig {
 
 fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// `--profile`: the same losses bit for bit as an unprofiled run, and a profile of exactly the
+/// last N steps whose op counts are the model's (per step, with L layers and k micro-batches:
+/// 4·L·k matmuls in each direction and for dW, L·k attention calls each way, one output layer
+/// forward and backward and one cross-entropy per micro-batch, one norm and one AdamW update).
+#[test]
+fn profile_changes_nothing_and_counts_every_op() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let (cfg_a, cfg_b) = (setup(a.path(), 60), setup(b.path(), 60));
+    let plain = train(&cfg_a, &RunOptions::default()).unwrap();
+    let opts = RunOptions {
+        profile: Some(3),
+        ..Default::default()
+    };
+    let profiled = train(&cfg_b, &opts).unwrap();
+    let losses =
+        |r: &baddata::train::TrainReport| -> Vec<f32> { r.log.iter().map(|e| e.loss).collect() };
+    assert_eq!(bits(&losses(&plain)), bits(&losses(&profiled)));
+    assert!(!cfg_a.out.join("profile.json").exists());
+
+    let text = std::fs::read_to_string(cfg_b.out.join("profile.json")).unwrap();
+    let p: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let steps: Vec<u64> = p["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        vec![cfg_b.steps - 3, cfg_b.steps - 2, cfg_b.steps - 1]
+    );
+    let ops = p["ops"].as_array().unwrap();
+    let calls = |prefix: &str| -> f64 {
+        ops.iter()
+            .filter(|o| o["op"].as_str().unwrap().split(' ').next() == Some(prefix))
+            .map(|o| o["calls_per_step"].as_f64().unwrap())
+            .sum()
+    };
+    let (l, k) = (cfg_b.model.n_layers as f64, cfg_b.grad_accum as f64);
+    for op in ["matmul_fwd", "matmul_bwd_x", "matmul_bwd_w"] {
+        assert_eq!(calls(op), 4.0 * l * k, "{op}");
+    }
+    for op in ["attention_fwd", "attention_bwd", "rope_fwd", "rope_bwd"] {
+        assert_eq!(calls(op), l * k, "{op}");
+    }
+    for op in [
+        "logits_fwd",
+        "logits_bwd",
+        "cross_entropy+grad",
+        "embedding_fwd",
+        "embedding_bwd",
+    ] {
+        assert_eq!(calls(op), k, "{op}");
+    }
+    assert_eq!(calls("norm_sq"), 1.0);
+    assert_eq!(calls("adamw"), 1.0);
+    let share: f64 = ops.iter().map(|o| o["share"].as_f64().unwrap()).sum();
+    assert!((share - 1.0).abs() < 1e-9, "shares sum to {share}");
+    let ms: f64 = ops.iter().map(|o| o["ms_per_step"].as_f64().unwrap()).sum();
+    let step_ms = p["step_ms"].as_f64().unwrap();
+    assert!(
+        step_ms > 0.0 && (ms - step_ms).abs() < 1e-6 * step_ms,
+        "{ms} vs {step_ms}"
+    );
+    let md = std::fs::read_to_string(cfg_b.out.join("profile.md")).unwrap();
+    assert!(md.contains("| `matmul_fwd "), "{md}");
 }
 
 #[test]

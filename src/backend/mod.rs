@@ -21,6 +21,7 @@
 pub mod cpu;
 pub mod cuda;
 pub mod device;
+pub mod profile;
 
 use anyhow::Result;
 use std::fmt::Debug;
@@ -240,6 +241,8 @@ pub trait Backend {
     /// CPU; bf16 on the GPU, with fp32 math inside the ops that read them, which halves the
     /// largest activation of a step (1.65 GB instead of 3.3 GB at OLMo-1B, 8 × 2048).
     type Logits;
+    /// A point in the executor's sequence of work, for timing ops ([`profile::Profiled`]).
+    type Mark;
 
     /// Short description, e.g. `cpu-f32`.
     fn name(&self) -> String;
@@ -267,6 +270,19 @@ pub trait Backend {
     /// Device memory in use (bytes) when the executor has its own memory, else `None`.
     fn memory_in_use(&self) -> Result<Option<usize>> {
         Ok(None)
+    }
+
+    /// A mark after all the work queued so far, without waiting for it: the CPU's clock now (its
+    /// ops have run by the time they return); on the GPU an event recorded on the stream.
+    fn mark(&self) -> Result<Self::Mark>;
+    /// Seconds of executor time from `start` to `end` (marks taken in that order); waits until
+    /// the work before `end` has run.
+    fn seconds_between(&self, start: &Self::Mark, end: &Self::Mark) -> Result<f64>;
+    /// Called by the training loop as each step starts (`Some(step)`, after validation) and as
+    /// it ends (`None`, after the optimizer update). Executors ignore it, except
+    /// [`profile::Profiled`], which times the ops of the steps it was asked to profile.
+    fn on_step(&self, _step: Option<u64>) -> Result<()> {
+        Ok(())
     }
 
     /// Sum of the first `n` elements of `x`, accumulated in f64 in a fixed order (the CPU: index

@@ -106,6 +106,12 @@ struct Args {
     /// Stop after this many steps (the schedule still spans --steps); for splitting a run.
     #[arg(long)]
     stop_after: Option<u64>,
+    /// Time every op of the last N steps (forward, backward, optimizer) and write the table to
+    /// profile.md and profile.json in the run directory: milliseconds per step, share and
+    /// TFLOP/s per op and shape. Those steps record one timing event per op on the GPU, so they
+    /// are left out of the median throughput.
+    #[arg(long, value_name = "N")]
+    profile: Option<u64>,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -354,6 +360,7 @@ fn run() -> Result<()> {
         inject_nan_at: args.inject_nan_at,
         device: Some(device),
         no_checkpoint: args.no_checkpoint,
+        profile: args.profile,
     };
     let rep = train(&cfg, &opts)?;
     let summary = write_summary(&cfg, &args.preset, &rep)?;
@@ -372,8 +379,12 @@ fn run() -> Result<()> {
             rep.val_last / rep.val_first
         )
     };
+    let profile = match args.profile {
+        Some(n) if n > 0 => format!("; profile {}", cfg.out.join("profile.md").display()),
+        _ => String::new(),
+    };
     eprintln!(
-        "finished in {:.1} s: {val}, {:.0} tokens/s (median); checkpoint {ckpt}; log {}; plot {}; summary {}",
+        "finished in {:.1} s: {val}, {:.0} tokens/s (median); checkpoint {ckpt}; log {}; plot {}; summary {}{profile}",
         rep.seconds,
         rep.tokens_per_s_median,
         cfg.out.join("log.jsonl").display(),

@@ -6,7 +6,8 @@
 #
 # Rows and their time budgets (seconds; 350 in all, under 6 minutes with start-up):
 #   ours  olmo-124m 64 x 1024    40  bin/train --device cuda --synthetic --no-checkpoint,
-#   ours  olmo-1b    8 x 2048    70  13 steps: summary.json's medians over steps 3..12
+#   ours  olmo-1b    8 x 2048    70  13 steps: summary.json's medians over steps 3..10; the
+#                                    last 2 are profiled (--profile 2: time per op, profile.md)
 #   torch olmo-124m 64 x 1024    70  py/torch_baseline.py: HF OlmoForCausalLM, torch.compile, bf16
 #   torch olmo-1b    8 x 2048   100  autocast, fused AdamW; 3 warm-up steps (the first compiles:
 #                                    most of the budget), 10 timed
@@ -50,8 +51,9 @@ ours() { # ours PRESET BATCH SEQ TIMEOUT
   t0=$(date +%s)
   timeout -k 5 "$4" "$here/bin/train" --device cuda --synthetic --no-checkpoint --quiet \
     --preset "$1" --batch "$2" --seq "$3" --steps "$ours_steps" --eval-every 1000000 \
-    --out "$out/$name" >"$out/$name.log" 2>&1
+    --profile 2 --out "$out/$name" >"$out/$name.log" 2>&1
   rc=$?
+  cp "$out/$name/profile.md" "$out/$name-profile.md" 2>/dev/null
   if ((rc == 0)) && [[ -f "$out/$name/summary.json" ]]; then
     cp "$out/$name/summary.json" "$out/$name.json"
     echo ok >"$out/$name.status"
@@ -122,7 +124,14 @@ if ((${#summaries[@]} > 0)); then
   echo
 fi
 if [[ "${SKIP_TRAIN:-0}" != 1 ]]; then
-  echo "training step, ${train_secs}s (ours: $ours_steps steps, median of steps 3..; torch: $torch_warmup warm-up + $torch_steps timed)"
+  for p in olmo-124m olmo-1b; do
+    if [[ -f "$out/ours-$p-profile.md" ]]; then
+      echo "where ours' $p step goes (the 15 slowest ops; all of them in $out/ours-$p-profile.md):"
+      head -n 19 "$out/ours-$p-profile.md"
+      echo
+    fi
+  done
+  echo "training step, ${train_secs}s (ours: $ours_steps steps, median of steps 3.. but the 2 profiled; torch: $torch_warmup warm-up + $torch_steps timed)"
   python3 - "$out" "$here/configs" <<'PYEOF'
 import json, os, sys
 

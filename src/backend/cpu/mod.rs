@@ -105,6 +105,8 @@ impl<T: Float> Backend for Cpu<T> {
     type Ids = Vec<u32>;
     /// The CPU keeps logits at its own precision, in an ordinary buffer.
     type Logits = Vec<T>;
+    /// The wall clock: CPU ops have finished when they return.
+    type Mark = std::time::Instant;
 
     fn name(&self) -> String {
         format!("cpu-{}", std::any::type_name::<T>())
@@ -149,6 +151,14 @@ impl<T: Float> Backend for Cpu<T> {
 
     fn download_logits(&self, src: &Vec<T>) -> Result<Vec<T>> {
         self.download(src)
+    }
+
+    fn mark(&self) -> Result<std::time::Instant> {
+        Ok(std::time::Instant::now())
+    }
+
+    fn seconds_between(&self, start: &std::time::Instant, end: &std::time::Instant) -> Result<f64> {
+        Ok(end.saturating_duration_since(*start).as_secs_f64())
     }
 
     fn sum(&self, x: &Vec<T>, n: usize) -> Result<f64> {

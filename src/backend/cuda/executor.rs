@@ -20,7 +20,8 @@
 use std::cell::RefCell;
 
 use anyhow::{anyhow, bail, Result};
-use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
+use cudarc::driver::sys::CUevent_flags;
+use cudarc::driver::{CudaEvent, CudaSlice, CudaView, CudaViewMut};
 use half::bf16;
 
 use super::adamw::{grad_norm_partials_len, AdamWKernels, Clip};
@@ -153,6 +154,8 @@ impl Backend for CudaExecutor {
     type Ids = DeviceIds;
     /// bf16 logits (see `cuda/cross_entropy.cu`).
     type Logits = CudaSlice<bf16>;
+    /// An event with timing, recorded on the executor's stream.
+    type Mark = CudaEvent;
 
     fn name(&self) -> String {
         format!("cuda-f32/bf16-tensor-cores ({})", self.gpu.describe())
@@ -265,6 +268,20 @@ impl Backend for CudaExecutor {
             .clone_dtoh(src)
             .map_err(|e| Self::err("download logits", e))?;
         Ok(v.into_iter().map(f32::from).collect())
+    }
+
+    fn mark(&self) -> Result<CudaEvent> {
+        self.gpu
+            .stream()
+            .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(|e| Self::err("recording an event", e))
+    }
+
+    fn seconds_between(&self, start: &CudaEvent, end: &CudaEvent) -> Result<f64> {
+        let ms = start
+            .elapsed_ms(end)
+            .map_err(|e| Self::err("timing between two events", e))?;
+        Ok(ms as f64 / 1e3)
     }
 
     fn sum(&self, x: &CudaSlice<f32>, n: usize) -> Result<f64> {
