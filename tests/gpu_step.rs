@@ -402,7 +402,8 @@ fn norm_and_adamw_match_cpu(ctx: &Ctx) -> Result<()> {
 /// accumulation, validation, checkpoints written from device memory), for [`TRAIN_STEPS`]
 /// steps: its losses on the GPU within 2% of the CPU executor's at every step (the demo-curve
 /// criterion), validation losses too; and on the GPU, a run stopped halfway and resumed from
-/// its checkpoint gives the uninterrupted run's losses and final parameters bit for bit.
+/// its checkpoint gives the uninterrupted run's losses and final parameters bit for bit, also
+/// while its last two steps are profiled (CUDA events between the ops).
 fn train_loop_tracks_cpu_and_resumes_bit_identically(ctx: &Ctx) -> Result<()> {
     use baddata::backend::device::Device;
     use baddata::checkpoint;
@@ -489,14 +490,34 @@ fn train_loop_tracks_cpu_and_resumes_bit_identically(ctx: &Ctx) -> Result<()> {
         "first half logged {} steps",
         half.log.len()
     );
+    // The resumed half also profiles its last 2 steps: timing events on the stream must change
+    // nothing (the losses are compared bit for bit below).
     let rest = train(
         &cfg_r,
         &RunOptions {
             resume: Some(cfg_r.out.clone()),
+            profile: Some(2),
             ..on_gpu()
         },
     )
     .context("GPU run, resumed")?;
+    let profile: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(cfg_r.out.join("profile.json"))?)?;
+    let steps = profile["steps"].as_array().context("profile.json: steps")?;
+    ensure!(
+        steps.len() == 2 && steps[1].as_u64() == Some(TRAIN_STEPS - 1),
+        "profiled steps {steps:?}, expected the last two"
+    );
+    let ops = profile["ops"].as_array().context("profile.json: ops")?;
+    let timed = ops
+        .iter()
+        .filter(|o| {
+            o["op"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("matmul_fwd "))
+        })
+        .all(|o| o["ms_per_step"].as_f64().is_some_and(|ms| ms > 0.0));
+    ensure!(timed && !ops.is_empty(), "profile.json: {profile}");
     let (lg, lr) = (losses(&gpu), losses(&rest));
     ensure!(
         bits(&lg) == bits(&lr),
