@@ -394,15 +394,29 @@ impl<B: Backend> Model<B> {
         };
         let eps = cfg.layer_norm_eps;
         let wte = Span::new(params, lay.embed, v * d);
+        let n_layers = cfg.n_layers;
         be.embedding_fwd(&mut ws.res[0], &ws.ids, wte, n, d)?;
-        for (l, (lo, a)) in lay.layers.iter().zip(ws.layers.iter_mut()).enumerate() {
+        if let Some(a) = ws.layers.first_mut() {
+            be.layernorm_fwd(
+                &mut a.ln1,
+                &mut a.mean1,
+                &mut a.rstd1,
+                &ws.res[0],
+                n,
+                d,
+                eps,
+            )?;
+        }
+        for (l, lo) in lay.layers.iter().enumerate() {
             let (before, after) = ws.res.split_at_mut(2 * l + 1);
             let x = &before[2 * l];
             let (mid, rest) = after.split_at_mut(1);
             let x_mid = &mut mid[0];
             let x_out = &mut rest[0];
-            // Attention sublayer: x_mid = x + o(attn(rope(qkv(LN(x))))).
-            be.layernorm_fwd(&mut a.ln1, &mut a.mean1, &mut a.rstd1, x, n, d, eps)?;
+            let (this, next) = ws.layers.split_at_mut(l + 1);
+            let a = &mut this[l];
+            // Attention sublayer: x_mid = x + o(attn(rope(qkv(LN(x))))); a.ln1 = LN(x) is
+            // already there (written with the previous layer's residual add, or above).
             be.matmul_fwd(
                 &mut a.qkv,
                 &a.ln1,
@@ -451,9 +465,24 @@ impl<B: Backend> Model<B> {
                 f,
                 d,
             )?;
-            be.add(x_out, x_mid, &ws.lnf, n * d)?;
+            // x_out = x_mid + down output, fused with the next layer's layernorm of x_out (the
+            // last layer's sum feeds the final layernorm, which writes lnf itself).
+            match next.first_mut() {
+                Some(b) => be.add_layernorm_fwd(
+                    x_out,
+                    &mut b.ln1,
+                    &mut b.mean1,
+                    &mut b.rstd1,
+                    x_mid,
+                    &ws.lnf,
+                    n,
+                    d,
+                    eps,
+                )?,
+                _ => be.add(x_out, x_mid, &ws.lnf, n * d)?,
+            }
         }
-        let last = &ws.res[2 * cfg.n_layers];
+        let last = &ws.res[2 * n_layers];
         be.layernorm_fwd(&mut ws.lnf, &mut ws.meanf, &mut ws.rstdf, last, n, d, eps)?;
         be.logits_fwd(&mut ws.logits, &ws.lnf, wte, n, d, v)?;
         Ok(())
