@@ -13,7 +13,8 @@
 //! - embedding_fwd: 8·N·D (read the rows, write out); embedding_bwd: 4·N·D (dout) + 8·U·D
 //!   (read and write the U distinct rows of dwte)
 //! - layernorm_fwd: 8·N·D + 8·N; layernorm_fwd_residual: 16·N·D + 8·N (read a, b; write the
-//!   sum and out); layernorm_bwd: 12·N·D + 4·N
+//!   sum and out); layernorm_bwd: 12·N·D + 4·N; each in both versions (reread, cached:
+//!   `cuda/layernorm.cu`), side by side
 //! - swiglu_fwd: 12·N·F; swiglu_bwd: 20·N·F
 //! - rope_fwd / rope_bwd: 16·N·D (read and write the q and k thirds in place)
 //! - cross_entropy (bf16 logits, as the model stores them): 2·N·V for the loss alone, 4·N·V
@@ -237,7 +238,7 @@ type OpRows = Vec<(&'static str, u64, f64)>;
 fn op_benches(c: &mut Criterion, be: &CudaBackend) -> Result<(String, OpRows)> {
     use baddata::backend::cuda::cross_entropy::CrossEntropyKernels;
     use baddata::backend::cuda::embedding::{EmbeddingBwdPlan, EmbeddingKernels};
-    use baddata::backend::cuda::layernorm::LayerNormKernels;
+    use baddata::backend::cuda::layernorm::{LayerNormKernels, LnVersion};
     use baddata::backend::cuda::pointwise::PointwiseKernels;
     use baddata::backend::AttnShape;
     use baddata::model::transformer::rope_table;
@@ -261,7 +262,6 @@ fn op_benches(c: &mut Criterion, be: &CudaBackend) -> Result<(String, OpRows)> {
         Ok(buf)
     };
     let emb = EmbeddingKernels::new(be)?;
-    let ln = LayerNormKernels::new(be)?;
     let pw = PointwiseKernels::new(be)?;
     let ce = CrossEntropyKernels::new(be)?;
 
@@ -310,22 +310,34 @@ fn op_benches(c: &mut Criterion, be: &CudaBackend) -> Result<(String, OpRows)> {
         4 * nd + 8 * uniq * d as u64,
         || -> Result<()> { emb.backward(&mut wte.as_view_mut(), &y.as_view(), &plan, d) }
     );
-    bench!("layernorm_fwd", 8 * nd + 8 * n as u64, || -> Result<()> {
-        ln.forward(
-            &mut y.as_view_mut(),
-            &mut mean.as_view_mut(),
-            &mut rstd.as_view_mut(),
-            &x.as_view(),
-            n,
-            d,
-            1e-5,
-        )
-    });
+    // Both layernorm versions side by side (same bits; see cuda/layernorm.cu).
     let mut xsum = filled(n * d)?;
-    bench!(
-        "layernorm_fwd_residual",
-        16 * nd + 8 * n as u64,
-        || -> Result<()> {
+    for ver in LnVersion::ALL {
+        let ln = LayerNormKernels::with_version(be, ver)?;
+        let (fwd, res, bwd) = match ver {
+            LnVersion::Reread => (
+                "layernorm_fwd (reread)",
+                "layernorm_fwd_residual (reread)",
+                "layernorm_bwd (reread)",
+            ),
+            LnVersion::Cached => (
+                "layernorm_fwd (cached)",
+                "layernorm_fwd_residual (cached)",
+                "layernorm_bwd (cached)",
+            ),
+        };
+        bench!(fwd, 8 * nd + 8 * n as u64, || -> Result<()> {
+            ln.forward(
+                &mut y.as_view_mut(),
+                &mut mean.as_view_mut(),
+                &mut rstd.as_view_mut(),
+                &x.as_view(),
+                n,
+                d,
+                1e-5,
+            )
+        });
+        bench!(res, 16 * nd + 8 * n as u64, || -> Result<()> {
             ln.forward_residual(
                 &mut y.as_view_mut(),
                 &mut mean.as_view_mut(),
@@ -337,20 +349,20 @@ fn op_benches(c: &mut Criterion, be: &CudaBackend) -> Result<(String, OpRows)> {
                 d,
                 1e-5,
             )
-        }
-    );
+        });
+        bench!(bwd, 12 * nd + 4 * n as u64, || -> Result<()> {
+            ln.backward(
+                &mut x.as_view_mut(),
+                &dy.as_view(),
+                &y.as_view(),
+                &rstd.as_view(),
+                n,
+                d,
+                false,
+            )
+        });
+    }
     drop(xsum);
-    bench!("layernorm_bwd", 12 * nd + 4 * n as u64, || -> Result<()> {
-        ln.backward(
-            &mut x.as_view_mut(),
-            &dy.as_view(),
-            &y.as_view(),
-            &rstd.as_view(),
-            n,
-            d,
-            false,
-        )
-    });
     bench!("swiglu_fwd", 12 * nf, || -> Result<()> {
         pw.swiglu_fwd(&mut h.as_view_mut(), &gu.as_view(), n, f)
     });

@@ -14,7 +14,7 @@ use baddata::backend::cpu::{loss as cpu_loss, norm as cpu_norm, pointwise as cpu
 use baddata::backend::cuda::adamw::{grad_norm_partials_len, AdamWKernels, Clip, CudaAdamW};
 use baddata::backend::cuda::cross_entropy::CrossEntropyKernels;
 use baddata::backend::cuda::embedding::{EmbeddingBwdPlan, EmbeddingKernels};
-use baddata::backend::cuda::layernorm::LayerNormKernels;
+use baddata::backend::cuda::layernorm::{LayerNormKernels, LnVersion};
 use baddata::backend::cuda::pointwise::PointwiseKernels;
 use baddata::backend::cuda::CudaBackend;
 use baddata::backend::AttnShape;
@@ -42,7 +42,7 @@ struct Gpu {
 }
 
 fn main() {
-    let tests: [(&str, GpuTest<Gpu>); 16] = [
+    let tests: [(&str, GpuTest<Gpu>); 17] = [
         ("adamw_matches_cpu_reference", adamw_matches_cpu_reference),
         (
             "adamw_bit_exact_with_host_clip_scale",
@@ -75,6 +75,10 @@ fn main() {
         ("swiglu_matches_cpu", swiglu_matches_cpu),
         ("rope_matches_cpu", rope_matches_cpu),
         ("cross_entropy_matches_cpu", cross_entropy_matches_cpu),
+        (
+            "layernorm_versions_bit_identical",
+            layernorm_versions_bit_identical,
+        ),
         (
             "reductions_bit_identical_across_runs",
             reductions_bit_identical_across_runs,
@@ -657,11 +661,18 @@ fn ln_input(rng: &mut ChaCha8Rng, n: usize, d: usize) -> Vec<f32> {
 }
 
 fn layernorm_fwd_matches_cpu(gpu: &Gpu) -> Result<()> {
-    let k = LayerNormKernels::new(&gpu.be)?;
+    for ver in LnVersion::ALL {
+        layernorm_fwd_version(gpu, ver)?;
+    }
+    Ok(())
+}
+
+fn layernorm_fwd_version(gpu: &Gpu, ver: LnVersion) -> Result<()> {
+    let k = LayerNormKernels::with_version(&gpu.be, ver)?;
     let eps = 1e-5;
     for &(n, d) in &LN_SHAPES {
         for off in [0usize, 1] {
-            let ctx = format!("layernorm_fwd n={n} d={d} offset={off}");
+            let ctx = format!("layernorm_fwd {ver:?} n={n} d={d} offset={off}");
             let mut rng = ChaCha8Rng::seed_from_u64(9000 + (n * d + off) as u64);
             let x = ln_input(&mut rng, n, d);
             let dx = upload_guarded(&gpu.be, &x, off, GUARD_F32)?;
@@ -712,11 +723,18 @@ fn check_layernorm_fwd(
 /// The fused residual add: the sum bit-identical to the CPU `add`, then the layernorm of that
 /// sum against the CPU op.
 fn layernorm_fwd_residual_matches_cpu(gpu: &Gpu) -> Result<()> {
-    let k = LayerNormKernels::new(&gpu.be)?;
+    for ver in LnVersion::ALL {
+        layernorm_fwd_residual_version(gpu, ver)?;
+    }
+    Ok(())
+}
+
+fn layernorm_fwd_residual_version(gpu: &Gpu, ver: LnVersion) -> Result<()> {
+    let k = LayerNormKernels::with_version(&gpu.be, ver)?;
     let eps = 1e-5;
     for &(n, d) in &LN_SHAPES {
         for off in [0usize, 1] {
-            let ctx = format!("layernorm_fwd_residual n={n} d={d} offset={off}");
+            let ctx = format!("layernorm_fwd_residual {ver:?} n={n} d={d} offset={off}");
             let mut rng = ChaCha8Rng::seed_from_u64(9500 + (n * d + off) as u64);
             let a = ln_input(&mut rng, n, d);
             let b = uniform(&mut rng, n * d, -1.0, 1.0);
@@ -749,11 +767,20 @@ fn layernorm_fwd_residual_matches_cpu(gpu: &Gpu) -> Result<()> {
 }
 
 fn layernorm_bwd_matches_cpu(gpu: &Gpu) -> Result<()> {
-    let k = LayerNormKernels::new(&gpu.be)?;
+    for ver in LnVersion::ALL {
+        layernorm_bwd_version(gpu, ver)?;
+    }
+    Ok(())
+}
+
+fn layernorm_bwd_version(gpu: &Gpu, ver: LnVersion) -> Result<()> {
+    let k = LayerNormKernels::with_version(&gpu.be, ver)?;
     for &(n, d) in &LN_SHAPES {
         for off in [0usize, 1] {
             for accumulate in [false, true] {
-                let ctx = format!("layernorm_bwd n={n} d={d} offset={off} accumulate={accumulate}");
+                let ctx = format!(
+                    "layernorm_bwd {ver:?} n={n} d={d} offset={off} accumulate={accumulate}"
+                );
                 let mut rng = ChaCha8Rng::seed_from_u64(10_000 + (n * d + off) as u64);
                 let x = ln_input(&mut rng, n, d);
                 let (mut xhat, mut mean, mut rstd) =
@@ -1000,6 +1027,86 @@ fn cross_entropy_matches_cpu(gpu: &Gpu) -> Result<()> {
                     ensure!(same, "{ctx}: logits (no grad) were modified");
                 }
             }
+        }
+    }
+    Ok(())
+}
+
+/// The two layernorm versions give the same bits: rows that fit the registers (d = 2048, 512,
+/// 36), rows too wide for them (d = 2052, 4096) and the scalar path (d = 37), forward, fused
+/// residual forward and backward (accumulating).
+fn layernorm_versions_bit_identical(gpu: &Gpu) -> Result<()> {
+    let s = gpu.be.stream();
+    let e = |e| anyhow!("{e}");
+    let [a, b] = LnVersion::ALL.map(|v| LayerNormKernels::with_version(&gpu.be, v));
+    let ks = [a?, b?];
+    for &(n, d) in &[
+        (300usize, 2048usize),
+        (77, 512),
+        (9, 36),
+        (33, 2052),
+        (17, 4096),
+        (5, 37),
+    ] {
+        let mut rng = ChaCha8Rng::seed_from_u64(14_500 + (n * d) as u64);
+        let x = ln_input(&mut rng, n, d);
+        let y = uniform(&mut rng, n * d, -1.0, 1.0);
+        let dx0 = uniform(&mut rng, n * d, -1.0, 1.0);
+        let mut outs: Vec<Vec<Vec<u32>>> = Vec::new();
+        for k in &ks {
+            let (dx_in, dy) = (s.clone_htod(&x).map_err(e)?, s.clone_htod(&y).map_err(e)?);
+            let mut out = s.alloc_zeros::<f32>(n * d).map_err(e)?;
+            let mut sum = s.alloc_zeros::<f32>(n * d).map_err(e)?;
+            let mut mean = s.alloc_zeros::<f32>(n).map_err(e)?;
+            let mut rstd = s.alloc_zeros::<f32>(n).map_err(e)?;
+            let mut dx = s.clone_htod(&dx0).map_err(e)?;
+            k.forward(
+                &mut out.as_view_mut(),
+                &mut mean.as_view_mut(),
+                &mut rstd.as_view_mut(),
+                &dx_in.as_view(),
+                n,
+                d,
+                1e-5,
+            )?;
+            let fwd = [&out, &mean, &rstd].map(|b| s.clone_dtoh(b));
+            k.backward(
+                &mut dx.as_view_mut(),
+                &dy.as_view(),
+                &out.as_view(),
+                &rstd.as_view(),
+                n,
+                d,
+                true,
+            )?;
+            k.forward_residual(
+                &mut out.as_view_mut(),
+                &mut mean.as_view_mut(),
+                &mut rstd.as_view_mut(),
+                &mut sum.as_view_mut(),
+                &dx_in.as_view(),
+                &dy.as_view(),
+                n,
+                d,
+                1e-5,
+            )?;
+            let mut all = Vec::new();
+            for v in fwd {
+                all.push(bits(&v.map_err(e)?));
+            }
+            for b in [&dx, &out, &mean, &rstd, &sum] {
+                all.push(bits(&s.clone_dtoh(b).map_err(e)?));
+            }
+            outs.push(all);
+        }
+        let names = [
+            "out", "mean", "rstd", "bwd dx", "res out", "res mean", "res rstd", "res sum",
+        ];
+        for (i, what) in names.iter().enumerate() {
+            ensure!(
+                outs[0][i] == outs[1][i],
+                "layernorm n={n} d={d}: {what} differs between the Reread and Cached versions"
+            );
         }
     }
     Ok(())

@@ -41,38 +41,40 @@ int main() {
         bad = 0; for (size_t i = 0; i < ref.size(); ++i) bad += memcmp(&ref[i], &dw[i], 4) != 0;
         snprintf(name, 128, "emb bwd d=%u off=%d (bit diffs)", d, off); report(name, bad, 0.5);
     }
-    for (int off : {0, 1}) for (unsigned d : {300u, 37u, 2048u}) {
+    // Layernorm: both versions (rere = 1: *_reread), rows that fit the cached registers
+    // (d = 300, 2048 at off 0), rows that do not (d = 4100) and the scalar path (off 1, d = 37).
+    for (int rere : {0, 1}) for (int off : {0, 1}) for (unsigned d : {300u, 37u, 2048u, 4100u}) {
         unsigned n = 7;
         auto xs = uni(n * d, -2, 3, 8); float* x = xs.data() + off;
         std::vector<float> out(n * d + 8, NAN), mean(n + 8, NAN), rstd(n + 8, NAN);
-        launch({(n + 3) / 4}, {128}, [&] { layernorm_fwd(out.data() + off, mean.data() + off, rstd.data() + off, x, n, d, 1e-5f); });
+        launch({(n + 3) / 4}, {128}, [&] { (rere ? layernorm_fwd_reread : layernorm_fwd)(out.data() + off, mean.data() + off, rstd.data() + off, x, n, d, 1e-5f); });
         std::vector<double> ro(n * d), rm(n), rr(n);
         for (unsigned i = 0; i < n; ++i) { double s = 0; for (unsigned c = 0; c < d; ++c) s += x[i * d + c]; double mu = s / d, q = 0; for (unsigned c = 0; c < d; ++c) q += (x[i * d + c] - mu) * (x[i * d + c] - mu); double rs = 1 / std::sqrt(q / d + 1e-5); rm[i] = mu; rr[i] = rs; for (unsigned c = 0; c < d; ++c) ro[i * d + c] = (x[i * d + c] - mu) * rs; }
-        snprintf(name, 128, "ln fwd out d=%u off=%d", d, off); report(name, rel(out.data() + off, ro.data(), n * d), 1e-5);
-        snprintf(name, 128, "ln fwd mean d=%u off=%d", d, off); report(name, rel(mean.data() + off, rm.data(), n), 1e-5);
-        snprintf(name, 128, "ln fwd rstd d=%u off=%d", d, off); report(name, rel(rstd.data() + off, rr.data(), n), 1e-5);
+        snprintf(name, 128, "ln%s fwd out d=%u off=%d", rere ? "_reread" : "", d, off); report(name, rel(out.data() + off, ro.data(), n * d), 1e-5);
+        snprintf(name, 128, "ln%s fwd mean d=%u off=%d", rere ? "_reread" : "", d, off); report(name, rel(mean.data() + off, rm.data(), n), 1e-5);
+        snprintf(name, 128, "ln%s fwd rstd d=%u off=%d", rere ? "_reread" : "", d, off); report(name, rel(rstd.data() + off, rr.data(), n), 1e-5);
         for (int acc : {0, 1}) {
             auto dy = uni(n * d, -1, 1, 8); auto dx = uni(n * d, -1, 1, 8); std::vector<double> rd(n * d);
             const float* xh = out.data() + off; const float* g = dy.data() + off; float* dxp = dx.data() + off;
             for (unsigned i = 0; i < n; ++i) { double a = 0, b = 0; for (unsigned c = 0; c < d; ++c) { a += g[i * d + c]; b += (double)g[i * d + c] * xh[i * d + c]; } a /= d; b /= d; for (unsigned c = 0; c < d; ++c) rd[i * d + c] = rstd[off + i] * (g[i * d + c] - a - xh[i * d + c] * b) + (acc ? dxp[i * d + c] : 0.0); }
             if (!acc) for (unsigned k = 0; k < n * d; ++k) dxp[k] = NAN;
-            launch({(n + 3) / 4}, {128}, [&] { layernorm_bwd(dxp, g, xh, rstd.data() + off, n, d, acc); });
-            snprintf(name, 128, "ln bwd d=%u off=%d acc=%d", d, off, acc); report(name, rel(dxp, rd.data(), n * d), 1e-5);
+            launch({(n + 3) / 4}, {128}, [&] { (rere ? layernorm_bwd_reread : layernorm_bwd)(dxp, g, xh, rstd.data() + off, n, d, acc); });
+            snprintf(name, 128, "ln%s bwd d=%u off=%d acc=%d", rere ? "_reread" : "", d, off, acc); report(name, rel(dxp, rd.data(), n * d), 1e-5);
         }
     }
-    for (int off : {0, 1}) for (unsigned d : {300u, 37u, 2048u}) {
+    for (int rere : {0, 1}) for (int off : {0, 1}) for (unsigned d : {300u, 37u, 2048u, 4100u}) {
         unsigned n = 7;
         auto as = uni(n * d, -2, 3, 8); auto bs = uni(n * d, -1, 1, 8);
         const float* A = as.data() + off; const float* Bp = bs.data() + off;
         std::vector<float> out(n * d + 8, NAN), xs(n * d + 8, NAN), mean(n + 8, NAN), rstd(n + 8, NAN);
-        launch({(n + 3) / 4}, {128}, [&] { layernorm_fwd_residual(out.data() + off, mean.data() + off, rstd.data() + off, xs.data() + off, A, Bp, n, d, 1e-5f); });
+        launch({(n + 3) / 4}, {128}, [&] { (rere ? layernorm_fwd_residual_reread : layernorm_fwd_residual)(out.data() + off, mean.data() + off, rstd.data() + off, xs.data() + off, A, Bp, n, d, 1e-5f); });
         std::vector<double> ro(n * d), rm(n), rr(n); double bad = 0;
         for (unsigned i = 0; i < n * d; ++i) { float v = A[i] + Bp[i]; bad += memcmp(&v, &xs[off + i], 4) != 0; }
         for (unsigned i = 0; i < n; ++i) { double s = 0; for (unsigned c = 0; c < d; ++c) s += (float)(A[i * d + c] + Bp[i * d + c]); double mu = s / d, q = 0; for (unsigned c = 0; c < d; ++c) { double v = (float)(A[i * d + c] + Bp[i * d + c]) - mu; q += v * v; } double rs = 1 / std::sqrt(q / d + 1e-5); rm[i] = mu; rr[i] = rs; for (unsigned c = 0; c < d; ++c) ro[i * d + c] = ((float)(A[i * d + c] + Bp[i * d + c]) - mu) * rs; }
-        snprintf(name, 128, "ln fwd+res xsum d=%u off=%d (bit diffs)", d, off); report(name, bad, 0.5);
-        snprintf(name, 128, "ln fwd+res out d=%u off=%d", d, off); report(name, rel(out.data() + off, ro.data(), n * d), 1e-5);
-        snprintf(name, 128, "ln fwd+res mean d=%u off=%d", d, off); report(name, rel(mean.data() + off, rm.data(), n), 1e-5);
-        snprintf(name, 128, "ln fwd+res rstd d=%u off=%d", d, off); report(name, rel(rstd.data() + off, rr.data(), n), 1e-5);
+        snprintf(name, 128, "ln%s fwd+res xsum d=%u off=%d (bit diffs)", rere ? "_reread" : "", d, off); report(name, bad, 0.5);
+        snprintf(name, 128, "ln%s fwd+res out d=%u off=%d", rere ? "_reread" : "", d, off); report(name, rel(out.data() + off, ro.data(), n * d), 1e-5);
+        snprintf(name, 128, "ln%s fwd+res mean d=%u off=%d", rere ? "_reread" : "", d, off); report(name, rel(mean.data() + off, rm.data(), n), 1e-5);
+        snprintf(name, 128, "ln%s fwd+res rstd d=%u off=%d", rere ? "_reread" : "", d, off); report(name, rel(rstd.data() + off, rr.data(), n), 1e-5);
     }
     for (int off : {0, 1}) for (unsigned long long f : {300ull, 37ull}) {
         unsigned long long n = 5;

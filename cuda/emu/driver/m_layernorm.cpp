@@ -2,4 +2,5 @@
 #define EMU_MODULE_NAME "layernorm"
 #include "../../layernorm.cu"
 #include "module.h"
-EMU_MODULE(EMU_KERNEL(layernorm_fwd), EMU_KERNEL(layernorm_fwd_residual), EMU_KERNEL(layernorm_bwd))
+EMU_MODULE(EMU_KERNEL(layernorm_fwd), EMU_KERNEL(layernorm_fwd_residual), EMU_KERNEL(layernorm_bwd),
+           EMU_KERNEL(layernorm_fwd_reread), EMU_KERNEL(layernorm_fwd_residual_reread), EMU_KERNEL(layernorm_bwd_reread))

@@ -5,6 +5,9 @@
 //! Buffers (fp32 row-major, caller-owned, no two aliasing): `x`, `out`, `dy`, `xhat`, `dx`
 //! `[n, d]`; `mean`, `rstd` `[n]`. Each view must hold at least the elements the shape needs;
 //! only those are touched.
+//!
+//! Two versions of the kernels give the same bits ([`LnVersion`]); the benches compare their
+//! speed, and [`DEFAULT_VERSION`] is the one the executor launches.
 
 use std::sync::Arc;
 
@@ -17,6 +20,34 @@ use super::{need_len, CudaBackend};
 
 /// Rows per block (one warp each), `LN_WARPS` in the kernel file.
 const LN_WARPS: u32 = 4;
+
+/// A version of the layernorm kernels (`cuda/layernorm.cu`). Both do the same fp32 operations
+/// in the same order, so they give the same bits; they differ in memory traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LnVersion {
+    /// Every pass over a row re-reads it from memory (`*_reread`): any d.
+    Reread,
+    /// The row is read once into registers when d ≤ 2048 and the float4 path applies; other
+    /// rows as [`LnVersion::Reread`].
+    Cached,
+}
+
+impl LnVersion {
+    /// Both versions.
+    pub const ALL: [LnVersion; 2] = [LnVersion::Reread, LnVersion::Cached];
+
+    /// The kernel-name suffix of this version.
+    fn suffix(self) -> &'static str {
+        match self {
+            LnVersion::Reread => "_reread",
+            LnVersion::Cached => "",
+        }
+    }
+}
+
+/// The version the executor launches: the re-reading one, measured on the H100
+/// (docs/gpu-results.md), until the benches show the cached one faster on a GPU.
+pub const DEFAULT_VERSION: LnVersion = LnVersion::Reread;
 
 /// The kernels of `cuda/layernorm.cu`, bound to a stream.
 pub struct LayerNormKernels {
@@ -42,12 +73,18 @@ fn check_shape(op: &str, n: usize, d: usize) -> Result<()> {
 }
 
 impl LayerNormKernels {
-    /// Looks the kernels up in the `layernorm` module.
+    /// Looks the [`DEFAULT_VERSION`] kernels up in the `layernorm` module.
     pub fn new(gpu: &CudaBackend) -> Result<Self> {
+        Self::with_version(gpu, DEFAULT_VERSION)
+    }
+
+    /// Looks the kernels of version `v` up in the `layernorm` module.
+    pub fn with_version(gpu: &CudaBackend, v: LnVersion) -> Result<Self> {
+        let f = |name: &str| gpu.function("layernorm", &format!("{name}{}", v.suffix()));
         Ok(LayerNormKernels {
-            fwd_fn: gpu.function("layernorm", "layernorm_fwd")?,
-            fwd_res_fn: gpu.function("layernorm", "layernorm_fwd_residual")?,
-            bwd_fn: gpu.function("layernorm", "layernorm_bwd")?,
+            fwd_fn: f("layernorm_fwd")?,
+            fwd_res_fn: f("layernorm_fwd_residual")?,
+            bwd_fn: f("layernorm_bwd")?,
             stream: gpu.stream().clone(),
         })
     }
