@@ -1,4 +1,5 @@
-//! Training cost model: FLOPs per token and model FLOPs utilisation (MFU).
+//! Training cost model: FLOPs per token, model FLOPs utilisation (MFU), and the device memory a
+//! training run allocates ([`cuda_train_memory`]).
 //!
 //! The count is the *exact causal* one, not PaLM's approximation:
 //!
@@ -57,9 +58,63 @@ pub fn mfu(tokens_per_s: f64, flops_per_token: f64, peak_tflops: f64) -> f64 {
     tokens_per_s * flops_per_token / (peak_tflops * 1e12)
 }
 
+/// Device memory a training run on the CUDA executor allocates, by buffer: `(what, bytes)`.
+/// Everything is allocated before the first step and nothing inside it (see docs/gpu-results.md,
+/// "Device memory of a training step"): the flat parameter, gradient and AdamW moment buffers
+/// (fp32), the workspace of `batch` rows of `seq` tokens with its gradient scratch (fp32 floats,
+/// bf16 logits, u32 ids: [`crate::model::transformer::workspace_elements`]), the attention
+/// backward's Δ `[B, H, T]` and the gradient norm's f64 chunk sums. The CUDA context (about
+/// 0.5 GiB) is not counted: it is already taken when free memory is read.
+pub fn cuda_train_memory(cfg: &ModelConfig, batch: usize, seq: usize) -> Vec<(String, u64)> {
+    let p = cfg.n_params() as u64;
+    let mut rows = vec![(
+        "parameters, gradients, AdamW m and v (fp32)".to_string(),
+        16 * p,
+    )];
+    for (what, floats, logits, ids) in
+        crate::model::transformer::workspace_elements(cfg, batch, seq)
+    {
+        rows.push((
+            what.to_string(),
+            4 * floats as u64 + 2 * logits as u64 + 4 * ids as u64,
+        ));
+    }
+    rows.push((
+        "attention backward Δ, gradient-norm partial sums".to_string(),
+        4 * (batch * cfg.n_heads * seq) as u64
+            + 8 * crate::backend::cuda::adamw::grad_norm_partials_len(p as usize) as u64,
+    ));
+    rows
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The totals of docs/gpu-results.md's memory table, worked out buffer by buffer there:
+    /// 61.6 GiB for olmo-1b at 8 × 2048 and 47.0 GiB for olmo-124m at 64 × 1024.
+    #[test]
+    fn cuda_train_memory_matches_the_documented_table() {
+        let gib = |cfg: &ModelConfig, b, t| -> f64 {
+            cuda_train_memory(cfg, b, t)
+                .iter()
+                .map(|r| r.1)
+                .sum::<u64>() as f64
+                / (1u64 << 30) as f64
+        };
+        let one_b = ModelConfig::preset("olmo-1b").unwrap();
+        let small = ModelConfig::preset("olmo-124m").unwrap();
+        assert!(
+            (gib(&one_b, 8, 2048) - 61.6).abs() < 0.05,
+            "{}",
+            gib(&one_b, 8, 2048)
+        );
+        assert!(
+            (gib(&small, 64, 1024) - 47.0).abs() < 0.05,
+            "{}",
+            gib(&small, 64, 1024)
+        );
+    }
 
     /// OLMo-1B counted by hand: V = 50,304 (50,280 padded), D = 2,048, F = 8,192, L = 16.
     ///   embedding / head   50,304 · 2,048                       =   103,022,592

@@ -217,12 +217,44 @@ struct SavedState {
 pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainReport> {
     match &opts.device {
         None | Some(Device::Cpu) => run_on(cfg, opts, Cpu::<f32>::new()),
-        Some(Device::Cuda(ctx)) => run_on(
-            cfg,
-            opts,
-            CudaExecutor::new(CudaBackend::new(ctx.clone())?)?,
-        ),
+        Some(Device::Cuda(ctx)) => {
+            if let Ok((free, total)) = ctx.mem_get_info() {
+                check_device_memory(cfg, free as u64, total as u64)?;
+            }
+            run_on(
+                cfg,
+                opts,
+                CudaExecutor::new(CudaBackend::new(ctx.clone())?)?,
+            )
+        }
     }
+}
+
+/// Refuses a GPU run whose buffers ([`crate::perf::cuda_train_memory`]) cannot fit the device's
+/// `free` bytes, before anything is allocated, saying what takes the memory and what to change.
+pub fn check_device_memory(cfg: &TrainConfig, free: u64, total: u64) -> Result<()> {
+    let rows = crate::perf::cuda_train_memory(&cfg.model, cfg.batch, cfg.seq);
+    let need: u64 = rows.iter().map(|r| r.1).sum();
+    if need <= free {
+        return Ok(());
+    }
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    let parts = rows
+        .iter()
+        .filter(|r| r.1 >= 1 << 30)
+        .map(|r| format!("{}: {:.1} GiB", r.0, gib(r.1)))
+        .collect::<Vec<_>>()
+        .join("; ");
+    bail!(
+        "a step at batch {} × seq {} needs {:.1} GiB of device memory ({parts}), but the GPU has \
+         {:.1} GiB free of {:.1} GiB. Activations grow with batch × seq: lower --batch (or --seq) \
+         and raise --grad-accum to keep the tokens per optimizer step",
+        cfg.batch,
+        cfg.seq,
+        gib(need),
+        gib(free),
+        gib(total)
+    )
 }
 
 /// The step the run stops before: `steps`, or earlier with `stop_after`.

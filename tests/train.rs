@@ -104,6 +104,34 @@ fn profile_changes_nothing_and_counts_every_op() {
     assert!(md.contains("| `matmul_fwd "), "{md}");
 }
 
+/// A GPU run that cannot fit is refused before anything is allocated, with the numbers and what
+/// to change; one that fits passes (olmo-1b at 8 × 2048 needs 61.6 GiB, docs/gpu-results.md).
+#[test]
+fn device_memory_check_refuses_runs_that_cannot_fit() {
+    let dir = tempfile::tempdir().unwrap();
+    let gib = 1u64 << 30;
+    let mut cfg = setup(dir.path(), 60);
+    cfg.model = ModelConfig::preset("olmo-1b").unwrap();
+    (cfg.batch, cfg.seq) = (8, 2048);
+    baddata::train::check_device_memory(&cfg, 78 * gib, 80 * gib).unwrap();
+    let err = baddata::train::check_device_memory(&cfg, 60 * gib, 80 * gib).unwrap_err();
+    let msg = format!("{err:#}");
+    for want in [
+        "needs 61.6 GiB",
+        "60.0 GiB free of 80.0 GiB",
+        "--batch",
+        "--grad-accum",
+    ] {
+        assert!(msg.contains(want), "{want:?} missing from: {msg}");
+    }
+    cfg.batch = 16;
+    let err = baddata::train::check_device_memory(&cfg, 78 * gib, 80 * gib).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("batch 16 × seq 2048"),
+        "{err:#}"
+    );
+}
+
 #[test]
 fn resume_is_bit_identical_and_loss_falls() {
     let a = tempfile::tempdir().unwrap();

@@ -395,7 +395,8 @@ fn run() -> Result<()> {
 }
 
 /// Writes `summary.json` in the run directory: the executor, the shape of the run and its
-/// throughput (median over steady-state steps), device memory after the first step, training
+/// throughput (median over steady-state steps), device memory after the first step and what
+/// [`baddata::perf::cuda_train_memory`] expected of it (GPU runs), training
 /// FLOPs per token ([`baddata::perf::train_flops_per_token`]) and model FLOP utilisation as a
 /// fraction of the H100's datasheet (989) and measured (798) bf16 TFLOP/s.
 fn write_summary(cfg: &TrainConfig, preset: &str, rep: &TrainReport) -> Result<PathBuf> {
@@ -416,6 +417,12 @@ fn write_summary(cfg: &TrainConfig, preset: &str, rep: &TrainReport) -> Result<P
         "tokens_per_s": rep.tokens_per_s_median,
         "step_ms_median": rep.step_ms_median,
         "peak_mem_bytes": rep.peak_mem_bytes,
+        "estimated_mem_bytes": rep.peak_mem_bytes.map(|_| {
+            perf::cuda_train_memory(&cfg.model, cfg.batch, cfg.seq)
+                .iter()
+                .map(|r| r.1)
+                .sum::<u64>()
+        }),
         "flops_per_token": flops,
         "mfu_989": mfu(perf::PEAK_BF16_TFLOPS_DATASHEET),
         "mfu_798": mfu(perf::PEAK_BF16_TFLOPS_MEASURED),

@@ -84,6 +84,52 @@ pub fn rope_table(t: usize, dh: usize, theta: f64) -> Vec<f64> {
     out
 }
 
+/// Elements of every buffer one (batch, seq) workspace allocates, as [`Workspace::new`] and
+/// `ensure_grad` allocate them: `(what, float elements, logit elements, id elements)`. Kept
+/// beside the allocations; a test holds the two together.
+pub fn workspace_elements(
+    cfg: &ModelConfig,
+    batch: usize,
+    seq: usize,
+) -> Vec<(&'static str, usize, usize, usize)> {
+    let (n, d, f, v, h, l) = (
+        batch * seq,
+        cfg.d_model,
+        cfg.d_ff,
+        cfg.vocab_size,
+        cfg.n_heads,
+        cfg.n_layers,
+    );
+    vec![
+        ("residual stream res[0..=2L]", (2 * l + 1) * n * d, 0, 0),
+        (
+            "saved activations: ln1, qkv, z, ln2, gu, h, mean/rstd, lse",
+            l * (6 * n * d + 3 * n * f + n * (h + 4)),
+            0,
+            0,
+        ),
+        (
+            "final layernorm output, its mean/rstd, per-row losses, RoPE table",
+            n * d + 3 * n + seq * cfg.d_head(),
+            0,
+            0,
+        ),
+        (
+            "logits [N, V] (their gradient written in place)",
+            0,
+            n * v,
+            0,
+        ),
+        (
+            "gradient scratch: dres, dln, dqkv, dz, dgu, dh",
+            6 * n * d + 3 * n * f,
+            0,
+            0,
+        ),
+        ("ids and targets", 0, 0, 2 * n),
+    ]
+}
+
 impl<B: Backend> Workspace<B> {
     fn new(be: &B, cfg: &ModelConfig, batch: usize, seq: usize) -> Result<Self> {
         let (n, d, f, v, h) = (
@@ -734,5 +780,54 @@ impl<B: Backend> Model<B> {
         )?;
         self.pending_loss = Some(n);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::Cpu;
+
+    /// [`workspace_elements`] counts exactly what a workspace and its gradient scratch allocate
+    /// (on the CPU executor, where every buffer's length is at hand).
+    #[test]
+    fn workspace_elements_match_the_allocations() {
+        let cfg = ModelConfig {
+            n_layers: 3,
+            d_model: 24,
+            n_heads: 2,
+            d_ff: 40,
+            vocab_size: 128,
+            vocab_real: 100,
+            context: 16,
+            rope_theta: 10_000.0,
+            layer_norm_eps: 1e-5,
+            eos_token_id: 0,
+        };
+        let (batch, seq) = (3, 7);
+        let be = Cpu::<f32>::new();
+        let mut ws = Workspace::new(&be, &cfg, batch, seq).unwrap();
+        ws.ensure_grad(&be, &cfg).unwrap();
+        let mut floats = ws.rope.len() + ws.lnf.len() + ws.meanf.len() + ws.rstdf.len();
+        floats += ws.losses.len() + ws.res.iter().map(Vec::len).sum::<usize>();
+        for a in &ws.layers {
+            floats += [
+                &a.ln1, &a.mean1, &a.rstd1, &a.qkv, &a.z, &a.lse, &a.ln2, &a.mean2, &a.rstd2,
+                &a.gu, &a.h,
+            ]
+            .iter()
+            .map(|b| b.len())
+            .sum::<usize>();
+        }
+        let g = ws.grad.as_ref().unwrap();
+        floats += [&g.dres, &g.dln, &g.dqkv, &g.dz, &g.dgu, &g.dh]
+            .iter()
+            .map(|b| b.len())
+            .sum::<usize>();
+        let rows = workspace_elements(&cfg, batch, seq);
+        let sum = |i: usize| -> usize { rows.iter().map(|r| [r.1, r.2, r.3][i]).sum() };
+        assert_eq!(sum(0), floats);
+        assert_eq!(sum(1), ws.logits.len());
+        assert_eq!(sum(2), ws.ids.len() + ws.targets.len());
     }
 }
