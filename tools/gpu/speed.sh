@@ -191,7 +191,8 @@ def gib(x):
 
 
 # used GiB: device memory in use after the first step (total - free; ours: summary.json's
-# peak_mem_bytes); alloc GiB: torch.cuda.max_memory_allocated() (tensors only)
+# peak_mem_bytes); alloc GiB: torch.cuda.max_memory_allocated() (tensors only), and for ours
+# the buffers it allocates by src/perf.rs's count (summary.json's estimated_mem_bytes)
 fmt = "{:<10} {:>9} {:<6} {:>9} {:>9} {:>7} {:>7} {:>9} {:>9}  {}"
 print(fmt.format("model", "B x T", "impl", "tokens/s", "ms/step", "MFU989", "MFU798", "used GiB", "alloc GiB", "status"))
 for preset, b, t in rows:
@@ -204,7 +205,7 @@ for preset, b, t in rows:
             print(fmt.format(preset, f"{b}x{t}", impl, "-", "-", "-", "-", "-", "-", "FAIL " + status))
         else:
             if impl == "ours":
-                used, alloc = r.get("peak_mem_bytes"), None
+                used, alloc = r.get("peak_mem_bytes"), r.get("estimated_mem_bytes")
             else:
                 used, alloc = r.get("mem_used_after_first_step_bytes"), r.get("peak_mem_bytes")
             print(fmt.format(preset, f"{b}x{t}", impl, f"{r['tokens_per_s']:.0f}", f"{r['step_ms_median']:.1f}",
