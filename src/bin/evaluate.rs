@@ -39,7 +39,7 @@ struct Args {
     /// Checkpoint directory, or run directory (its `latest`).
     #[arg(long, default_value = "runs/demo")]
     checkpoint: PathBuf,
-    /// ITI intervention file (default: <run>/probe/intervention.json next to the checkpoint).
+    /// ITI intervention file (default: probe/intervention.json in the checkpoint's run directory).
     #[arg(long)]
     intervention: Option<PathBuf>,
     /// ITI strengths, comma separated.
@@ -94,14 +94,14 @@ struct Args {
     /// Sequences decoded, or clean windows evaluated, together.
     #[arg(long, default_value_t = 16)]
     batch: usize,
-    /// Output directory (default: <checkpoint>/eval).
+    /// Output directory (default: CHECKPOINT/eval).
     #[arg(long)]
     out: Option<PathBuf>,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
     /// Also evaluate a control with the same heads and sigmas along random unit directions
-    /// drawn with this seed; written to <out>/random-control/.
+    /// drawn with this seed; written to OUT/random-control/.
     #[arg(long, value_name = "SEED")]
     random_control: Option<u64>,
     /// Where to run: auto, cpu or cuda.

@@ -76,7 +76,7 @@ struct Args {
     /// Tokenizer (default: the checkpoint's tokenizer.json; with --demo, the demo's).
     #[arg(long)]
     tokenizer: Option<PathBuf>,
-    /// Output directory (default: <checkpoint>/probe).
+    /// Output directory (default: CHECKPOINT/probe).
     #[arg(long)]
     out: Option<PathBuf>,
     /// Keep the activation capture (last-token hook_z [n_texts, layers, heads, d_head] f32 rows

@@ -51,7 +51,7 @@ struct Args {
     /// Extra or replacement sources, NAME=SHARD:FRACTION (repeatable; replaces --data/--toxic sources).
     #[arg(long = "source", value_name = "NAME=SHARD:FRACTION")]
     sources: Vec<String>,
-    /// Output directory (default runs/demo, or runs/<preset>).
+    /// Output directory (default runs/demo, or runs/PRESET).
     #[arg(long)]
     out: Option<PathBuf>,
     /// Continue from the latest checkpoint in --out.

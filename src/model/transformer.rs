@@ -84,8 +84,8 @@ pub fn rope_table(t: usize, dh: usize, theta: f64) -> Vec<f64> {
     out
 }
 
-/// Elements of every buffer one (batch, seq) workspace allocates, as [`Workspace::new`] and
-/// `ensure_grad` allocate them: `(what, float elements, logit elements, id elements)`. Kept
+/// Elements of every buffer one (batch, seq) workspace allocates, as the model's private
+/// `Workspace::new` and `ensure_grad` allocate them: `(what, float elements, logit elements, id elements)`. Kept
 /// beside the allocations; a test holds the two together.
 pub fn workspace_elements(
     cfg: &ModelConfig,
