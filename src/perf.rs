@@ -59,8 +59,9 @@ pub fn mfu(tokens_per_s: f64, flops_per_token: f64, peak_tflops: f64) -> f64 {
 }
 
 /// Device memory a training run on the CUDA executor allocates, by buffer: `(what, bytes)`.
-/// Everything is allocated before the first step and nothing inside it (see docs/gpu-results.md,
-/// "Device memory of a training step"): the flat parameter, gradient and AdamW moment buffers
+/// Everything is allocated by the end of the first step (the workspace before it; the gradient
+/// scratch, the attention Δ and the norm scratch during it) and nothing after it (see
+/// docs/gpu-results.md, "Device memory of a training step"): the flat parameter, gradient and AdamW moment buffers
 /// (fp32), the workspace of `batch` rows of `seq` tokens with its gradient scratch (fp32 floats,
 /// bf16 logits, u32 ids: [`crate::model::transformer::workspace_elements`]), the attention
 /// backward's Δ `[B, H, T]` and the gradient norm's f64 chunk sums. The CUDA context (about

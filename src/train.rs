@@ -230,28 +230,36 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainReport> {
     }
 }
 
-/// Refuses a GPU run whose buffers ([`crate::perf::cuda_train_memory`]) cannot fit the device's
-/// `free` bytes, before anything is allocated, saying what takes the memory and what to change.
+/// Refuses a GPU run whose buffers ([`crate::perf::cuda_train_memory`]), plus 256 MiB and 1% of
+/// headroom, cannot fit the device's `free` bytes, before anything is allocated, saying what
+/// takes the memory and what to change.
 pub fn check_device_memory(cfg: &TrainConfig, free: u64, total: u64) -> Result<()> {
     let rows = crate::perf::cuda_train_memory(&cfg.model, cfg.batch, cfg.seq);
     let need: u64 = rows.iter().map(|r| r.1).sum();
-    if need <= free {
+    // Headroom for what the count leaves out: allocation rounding, the kernel images loaded
+    // after this check, the embedding backward's plan.
+    let margin = (256 << 20) + need / 100;
+    if need + margin <= free {
         return Ok(());
     }
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
-    let parts = rows
+    let mut sorted = rows.clone();
+    sorted.sort_by_key(|r| std::cmp::Reverse(r.1));
+    let parts = sorted
         .iter()
-        .filter(|r| r.1 >= 1 << 30)
+        .take(3)
         .map(|r| format!("{}: {:.1} GiB", r.0, gib(r.1)))
         .collect::<Vec<_>>()
         .join("; ");
     bail!(
-        "a step at batch {} × seq {} needs {:.1} GiB of device memory ({parts}), but the GPU has \
-         {:.1} GiB free of {:.1} GiB. Activations grow with batch × seq: lower --batch (or --seq) \
-         and raise --grad-accum to keep the tokens per optimizer step",
+        "a step at batch {} × seq {} needs {:.1} GiB of device memory (largest: {parts}), plus \
+         {:.2} GiB of headroom, but the GPU has {:.1} GiB free of {:.1} GiB. Activations grow \
+         with batch × seq: lower --batch (or --seq) and raise --grad-accum to keep the tokens \
+         per optimizer step",
         cfg.batch,
         cfg.seq,
         gib(need),
+        gib(margin),
         gib(free),
         gib(total)
     )
@@ -448,6 +456,7 @@ fn run<B: Backend<Elem = f32>>(cfg: &TrainConfig, opts: &RunOptions, be: B) -> R
     let mut last_ckpt = None;
     let mut peak_mem_bytes = None;
     let mut step_secs = Vec::new();
+    let mut profiled_secs = Vec::new();
     let toks_per_step = (cfg.batch * cfg.seq * cfg.grad_accum) as f64;
     // The data position a checkpoint records: before the batch read ahead, if any.
     let mut data_state = batches.state();
@@ -528,8 +537,11 @@ fn run<B: Backend<Elem = f32>>(cfg: &TrainConfig, opts: &RunOptions, be: B) -> R
             peak_mem_bytes = be.memory_in_use()?;
         }
         let secs = t_step.elapsed().as_secs_f64();
-        // profiled steps carry the timing events: left out of the median throughput
-        if !profiled.as_ref().is_some_and(|r| r.contains(&step)) {
+        // profiled steps carry the timing events: left out of the median throughput (unless
+        // every step was profiled)
+        if profiled.as_ref().is_some_and(|r| r.contains(&step)) {
+            profiled_secs.push(secs);
+        } else {
             step_secs.push(secs);
         }
         let tps = toks_per_step / secs;
@@ -587,6 +599,9 @@ fn run<B: Backend<Elem = f32>>(cfg: &TrainConfig, opts: &RunOptions, be: B) -> R
         None if opts.no_checkpoint => PathBuf::new(),
         None => checkpoint::resolve(&cfg.out)?,
     };
+    if step_secs.is_empty() {
+        step_secs = profiled_secs;
+    }
     // steady state: skip the first three steps (allocation, first launches) when there are more
     let timed = if step_secs.len() > 3 {
         &step_secs[3..]

@@ -1022,6 +1022,7 @@ fn cross_entropy_matches_cpu(gpu: &Gpu) -> Result<()> {
                 let got = download_guarded(&gpu.be, &dlog, off, n * v, guard, "logits")?;
                 if with_grad {
                     check_bf16_close(&ctx, "dlogits", &got, &x64)?;
+                    check_ce_grad_elements(&ctx, &got, &x64, &t, v, scale.unwrap_or(0.0))?;
                 } else {
                     let same = got.iter().zip(&xb).all(|(a, b)| a.to_bits() == b.to_bits());
                     ensure!(same, "{ctx}: logits (no grad) were modified");
@@ -1109,6 +1110,42 @@ fn layernorm_versions_bit_identical(gpu: &Gpu) -> Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+/// Element by element, the bf16 gradient of the cross-entropy against the f64 reference `want`:
+/// off the targets (`scale·p_j`, no cancellation) the bf16 rounding of the reference or one of
+/// its two neighbours; at each row's target (`scale·(p_t − 1)`, which cancels when `p_t` is near
+/// 1) within one bf16 rounding plus the fp32 subtraction's error, `2^-8·|want| + 2^-21·scale`.
+fn check_ce_grad_elements(
+    ctx: &str,
+    got: &[bf16],
+    want: &[f64],
+    targets: &[u32],
+    v: usize,
+    scale: f64,
+) -> Result<()> {
+    let mut bad = Vec::new();
+    for (i, (g, &w)) in got.iter().zip(want).enumerate() {
+        let (row, j) = (i / v, i % v);
+        let ok = if j == targets[row] as usize {
+            (g.to_f64() - w).abs() <= w.abs() / 256.0 + scale / (1u64 << 21) as f64
+        } else {
+            (g.to_bits() as i32 - rne_bf16(w as f32) as i32).abs() <= 1
+        };
+        if !ok {
+            bad.push((i, g.to_f64(), w));
+        }
+    }
+    ensure!(
+        bad.is_empty(),
+        "{ctx}: dlogits: {} of {} elements off (first [{}]: {} vs {})",
+        bad.len(),
+        got.len(),
+        bad[0].0,
+        bad[0].1,
+        bad[0].2
+    );
     Ok(())
 }
 

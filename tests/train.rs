@@ -92,16 +92,39 @@ fn profile_changes_nothing_and_counts_every_op() {
     }
     assert_eq!(calls("norm_sq"), 1.0);
     assert_eq!(calls("adamw"), 1.0);
-    let share: f64 = ops.iter().map(|o| o["share"].as_f64().unwrap()).sum();
-    assert!((share - 1.0).abs() < 1e-9, "shares sum to {share}");
-    let ms: f64 = ops.iter().map(|o| o["ms_per_step"].as_f64().unwrap()).sum();
-    let step_ms = p["step_ms"].as_f64().unwrap();
-    assert!(
-        step_ms > 0.0 && (ms - step_ms).abs() < 1e-6 * step_ms,
-        "{ms} vs {step_ms}"
-    );
+    for o in ops {
+        let name = o["op"].as_str().unwrap();
+        assert!(o["ms_per_step"].as_f64().unwrap() >= 0.0, "{name}");
+        let counted = ["matmul_", "logits_", "attention_fwd", "attention_bwd"];
+        let has_flops = counted.iter().any(|c| name.starts_with(c));
+        assert_eq!(
+            o["tflops"].is_number(),
+            has_flops,
+            "{name}: {}",
+            o["tflops"]
+        );
+    }
     let md = std::fs::read_to_string(cfg_b.out.join("profile.md")).unwrap();
     assert!(md.contains("| `matmul_fwd "), "{md}");
+
+    // A run resumed inside the profiled range profiles the steps it runs.
+    let c = tempfile::tempdir().unwrap();
+    let cfg_c = setup(c.path(), 60);
+    let stop = RunOptions {
+        stop_after: Some(cfg_c.steps - 1),
+        ..Default::default()
+    };
+    train(&cfg_c, &stop).unwrap();
+    assert!(!cfg_c.out.join("profile.json").exists());
+    let resume = RunOptions {
+        resume: Some(cfg_c.out.clone()),
+        profile: Some(3),
+        ..Default::default()
+    };
+    train(&cfg_c, &resume).unwrap();
+    let text = std::fs::read_to_string(cfg_c.out.join("profile.json")).unwrap();
+    let p: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(p["steps"], serde_json::json!([cfg_c.steps - 1]), "{text}");
 }
 
 /// A GPU run that cannot fit is refused before anything is allocated, with the numbers and what

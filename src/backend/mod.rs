@@ -237,9 +237,11 @@ pub trait Backend {
     type Buf;
     /// An owned buffer of token ids (u32).
     type Ids;
-    /// An owned buffer of logits `[n, V]` as the executor stores them: its float buffer on the
-    /// CPU; bf16 on the GPU, with fp32 math inside the ops that read them, which halves the
-    /// largest activation of a step (1.65 GB instead of 3.3 GB at OLMo-1B, 8 × 2048).
+    /// An owned buffer of the loss's logits `[n, V]` as the executor stores them: its float
+    /// buffer on the CPU; bf16 on the GPU, with fp32 math inside the ops that read them, which
+    /// halves the largest activation of a step (1.65 GB instead of 3.3 GB at OLMo-1B, 8 × 2048).
+    /// Logits handed to callers (`Model::logits`, decoding) are computed at full precision with
+    /// [`Backend::matmul_fwd`] instead.
     type Logits;
     /// A point in the executor's sequence of work, for timing ops ([`profile::Profiled`]).
     type Mark;

@@ -14,7 +14,8 @@
 //!
 //! `train --profile N` profiles the last N steps of a run and writes `profile.md` and
 //! `profile.json` next to its log. Recording costs one event (GPU) per op and a little host time;
-//! unprofiled steps pay nothing.
+//! unprofiled steps pay nothing. The wrapper also counts what is allocated through it
+//! ([`Profiled::allocated`]).
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -34,6 +35,8 @@ pub struct Profiled<B: Backend> {
     steps: Range<u64>,
     out: Option<PathBuf>,
     state: RefCell<State<B::Mark>>,
+    /// Elements allocated through this executor: floats, logits, ids.
+    allocated: std::cell::Cell<[usize; 3]>,
 }
 
 /// What the profiler holds between marks.
@@ -92,7 +95,20 @@ impl<B: Backend> Profiled<B> {
                 steps_done: Vec::new(),
                 written: false,
             }),
+            allocated: std::cell::Cell::new([0; 3]),
         }
+    }
+
+    /// Elements allocated through this executor so far (floats, logits, token ids): what a
+    /// model's workspaces hold, for checking the memory estimate against the allocations.
+    pub fn allocated(&self) -> [usize; 3] {
+        self.allocated.get()
+    }
+
+    fn count(&self, kind: usize, len: usize) {
+        let mut a = self.allocated.get();
+        a[kind] += len;
+        self.allocated.set(a);
     }
 
     /// The wrapped executor.
@@ -242,6 +258,7 @@ impl<B: Backend> Backend for Profiled<B> {
         self.inner.name()
     }
     fn alloc(&self, len: usize) -> Result<B::Buf> {
+        self.count(0, len);
         self.inner.alloc(len)
     }
     fn buf_len(&self, buf: &B::Buf) -> usize {
@@ -257,12 +274,14 @@ impl<B: Backend> Backend for Profiled<B> {
         self.op(|| plain("download".into()), |b| b.download(src))
     }
     fn alloc_ids(&self, len: usize) -> Result<B::Ids> {
+        self.count(2, len);
         self.inner.alloc_ids(len)
     }
     fn upload_ids(&self, host: &[u32], dst: &mut B::Ids) -> Result<()> {
         self.op(|| plain("upload_ids".into()), |b| b.upload_ids(host, dst))
     }
     fn alloc_logits(&self, len: usize) -> Result<B::Logits> {
+        self.count(1, len);
         self.inner.alloc_logits(len)
     }
     fn download_logits(&self, src: &B::Logits) -> Result<Vec<B::Elem>> {
@@ -285,8 +304,10 @@ impl<B: Backend> Backend for Profiled<B> {
     }
 
     /// `Some(step)`: starts recording when `step` is one of the profiled steps. `None` (the step
-    /// ended): closes the recorded step, and reports once all the profiled steps have run.
+    /// ended): closes the recorded step, and reports when it was the last of the range (a run
+    /// resumed inside the range reports the steps it ran).
     fn on_step(&self, step: Option<u64>) -> Result<()> {
+        let closing = self.state.borrow().open.as_ref().map(|o| o.0);
         self.close_step()?;
         match step {
             Some(s) if self.steps.contains(&s) => {
@@ -295,8 +316,7 @@ impl<B: Backend> Backend for Profiled<B> {
             }
             Some(_) => {}
             None => {
-                let done = self.state.borrow().steps_done.len() as u64;
-                if done >= self.steps.end.saturating_sub(self.steps.start) {
+                if closing.is_some_and(|s| s + 1 >= self.steps.end) {
                     self.report()?;
                 }
             }

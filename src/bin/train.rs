@@ -379,8 +379,10 @@ fn run() -> Result<()> {
             rep.val_last / rep.val_first
         )
     };
+    let profile_md = cfg.out.join("profile.md");
     let profile = match args.profile {
-        Some(n) if n > 0 => format!("; profile {}", cfg.out.join("profile.md").display()),
+        Some(n) if n > 0 && profile_md.exists() => format!("; profile {}", profile_md.display()),
+        Some(n) if n > 0 => "; no profile (no profiled step ran)".to_string(),
         _ => String::new(),
     };
     eprintln!(

@@ -76,7 +76,7 @@ struct Scratch<B: Backend> {
     lnl: B::Buf,
     meanl: B::Buf,
     rstdl: B::Buf,
-    logits: B::Logits,
+    logits: B::Buf,
 }
 
 impl<B: Backend> Scratch<B> {
@@ -101,7 +101,7 @@ impl<B: Backend> Scratch<B> {
             lnl: be.alloc(rows * d)?,
             meanl: be.alloc(rows)?,
             rstdl: be.alloc(rows)?,
-            logits: be.alloc_logits(rows * v)?,
+            logits: be.alloc(rows * v)?,
         })
     }
 }
@@ -445,8 +445,8 @@ impl<B: Backend + 'static> Model<B> {
         // `xl[k] = x[last[k]]` is an embedding lookup in the table `x` `[n, D]`.
         be.embedding_fwd(&mut w.xl, &w.last, Span::new(&w.x, 0, n * d), m, d)?;
         be.layernorm_fwd(&mut w.lnl, &mut w.meanl, &mut w.rstdl, &w.xl, m, d, eps)?;
-        be.logits_fwd(&mut w.logits, &w.lnl, span(lay.embed, v * d), m, d, v)?;
-        let mut host = be.download_logits(&w.logits)?;
+        be.matmul_fwd(&mut w.logits, &w.lnl, span(lay.embed, v * d), m, d, v)?;
+        let mut host = be.download(&w.logits)?;
         host.truncate(m * v);
         for ch in chunks {
             cache.len[ch.row] += ch.tokens.len();

@@ -8,7 +8,8 @@
 //!   m = LN(res[2l+1]); gu = m·W_guᵀ; h = silu(gate)·up
 //!   res[2l+2] = res[2l+1] + h·W_downᵀ
 //! logits = LN(res[2L])·Eᵀ                        [N, V] (all V rows, padding included;
-//!                                                 bf16 on the GPU: Backend::Logits)
+//!                                                 the loss's in bf16 on the GPU: Backend::Logits;
+//!                                                 Model::logits's at full precision)
 //! loss = mean over N of CE(logits, targets)
 //! ```
 //! `N = B·T`. A batch of training tokens is `B` rows of `T + 1` ids: inputs `row[..T]`, targets
@@ -61,8 +62,12 @@ struct Workspace<B: Backend> {
     lnf: B::Buf,
     meanf: B::Buf,
     rstdf: B::Buf,
-    /// `[N, V]` logits (bf16 on the GPU), overwritten by their gradient in a backward pass.
+    /// `[N, V]` logits of the loss (bf16 on the GPU), overwritten by their gradient in a
+    /// backward pass.
     logits: B::Logits,
+    /// `[N, V]` logits at the executor's float precision for [`Model::logits`] (allocated on its
+    /// first call: inference only, never by training).
+    infer_logits: Option<B::Buf>,
     /// `[N]` per-position losses.
     losses: B::Buf,
     grad: Option<GradScratch<B>>,
@@ -177,6 +182,7 @@ impl<B: Backend> Workspace<B> {
             meanf: be.alloc(n)?,
             rstdf: be.alloc(n)?,
             logits: be.alloc_logits(n * v)?,
+            infer_logits: None,
             losses: be.alloc(n)?,
             grad: None,
         })
@@ -424,7 +430,7 @@ impl<B: Backend> Model<B> {
         Ok(())
     }
 
-    /// Forward pass up to the logits, on the current (last) workspace.
+    /// Forward pass up to the final layernorm (`lnf`), on the current (last) workspace.
     fn forward(&mut self, params: &B::Buf) -> Result<()> {
         let be = &self.backend;
         let cfg = &self.cfg;
@@ -529,9 +535,18 @@ impl<B: Backend> Model<B> {
             }
         }
         let last = &ws.res[2 * n_layers];
-        be.layernorm_fwd(&mut ws.lnf, &mut ws.meanf, &mut ws.rstdf, last, n, d, eps)?;
-        be.logits_fwd(&mut ws.logits, &ws.lnf, wte, n, d, v)?;
-        Ok(())
+        be.layernorm_fwd(&mut ws.lnf, &mut ws.meanf, &mut ws.rstdf, last, n, d, eps)
+    }
+
+    /// The loss's logits from the forward pass's final layernorm: `ws.logits = lnf·Eᵀ` (bf16 on
+    /// the GPU).
+    fn loss_logits(&mut self, params: &B::Buf) -> Result<()> {
+        let (d, v) = (self.cfg.d_model, self.cfg.vocab_size);
+        let ws = self.workspaces.last_mut().context("no workspace")?;
+        let wte = Span::new(params, self.layout.embed, v * d);
+        let n = ws.batch * ws.seq;
+        self.backend
+            .logits_fwd(&mut ws.logits, &ws.lnf, wte, n, d, v)
     }
 
     /// Mean cross-entropy of training rows (`batch` rows of `seq + 1` ids), forward only (for
@@ -548,6 +563,7 @@ impl<B: Backend> Model<B> {
         self.select_workspace(batch, seq)?;
         self.upload_rows(tokens, batch, seq)?;
         self.forward(params)?;
+        self.loss_logits(params)?;
         let be = &self.backend;
         let ws = self.workspaces.last_mut().context("no workspace")?;
         let n = batch * seq;
@@ -590,10 +606,20 @@ impl<B: Backend> Model<B> {
         let ws = self.workspaces.last_mut().context("no workspace")?;
         self.backend.upload_ids(ids, &mut ws.ids)?;
         self.forward(params)?;
-        let ws = self.workspaces.last().context("no workspace")?;
-        let n = batch * seq * self.cfg.vocab_size;
-        let mut all = self.backend.download_logits(&ws.logits)?;
-        all.truncate(n);
+        // At the executor's float precision (fp32 on the GPU, not the loss's bf16): callers
+        // compare, sample from and take KL divergences of these.
+        let (d, v) = (self.cfg.d_model, self.cfg.vocab_size);
+        let be = &self.backend;
+        let ws = self.workspaces.last_mut().context("no workspace")?;
+        let rows = ws.batch * ws.seq;
+        let out = match &mut ws.infer_logits {
+            Some(b) => b,
+            none => none.insert(be.alloc(rows * v)?),
+        };
+        let wte = Span::new(params, self.layout.embed, v * d);
+        be.matmul_fwd(out, &ws.lnf, wte, rows, d, v)?;
+        let mut all = be.download(out)?;
+        all.truncate(batch * seq * v);
         Ok(all)
     }
 
@@ -660,6 +686,7 @@ impl<B: Backend> Model<B> {
         self.select_workspace(batch, seq)?;
         self.upload_rows(tokens, batch, seq)?;
         self.forward(params)?;
+        self.loss_logits(params)?;
 
         let be = &self.backend;
         let cfg = &self.cfg;
@@ -787,9 +814,10 @@ impl<B: Backend> Model<B> {
 mod tests {
     use super::*;
     use crate::backend::cpu::Cpu;
+    use crate::backend::profile::Profiled;
 
-    /// [`workspace_elements`] counts exactly what a workspace and its gradient scratch allocate
-    /// (on the CPU executor, where every buffer's length is at hand).
+    /// [`workspace_elements`] counts exactly what a training pass allocates on the executor
+    /// (the workspace and its gradient scratch), as the counting wrapper sees the allocations.
     #[test]
     fn workspace_elements_match_the_allocations() {
         let cfg = ModelConfig {
@@ -805,29 +833,27 @@ mod tests {
             eos_token_id: 0,
         };
         let (batch, seq) = (3, 7);
-        let be = Cpu::<f32>::new();
-        let mut ws = Workspace::new(&be, &cfg, batch, seq).unwrap();
-        ws.ensure_grad(&be, &cfg).unwrap();
-        let mut floats = ws.rope.len() + ws.lnf.len() + ws.meanf.len() + ws.rstdf.len();
-        floats += ws.losses.len() + ws.res.iter().map(Vec::len).sum::<usize>();
-        for a in &ws.layers {
-            floats += [
-                &a.ln1, &a.mean1, &a.rstd1, &a.qkv, &a.z, &a.lse, &a.ln2, &a.mean2, &a.rstd2,
-                &a.gu, &a.h,
-            ]
-            .iter()
-            .map(|b| b.len())
-            .sum::<usize>();
-        }
-        let g = ws.grad.as_ref().unwrap();
-        floats += [&g.dres, &g.dln, &g.dqkv, &g.dz, &g.dgu, &g.dh]
-            .iter()
-            .map(|b| b.len())
-            .sum::<usize>();
+        let mut model =
+            Model::new(cfg.clone(), Profiled::new(Cpu::<f32>::new(), 0..0, None)).unwrap();
+        let params = model.alloc_params().unwrap();
+        let mut grads = model.alloc_params().unwrap();
+        let before = model.backend().allocated();
+        let tokens: Vec<u32> = (0..batch * (seq + 1)).map(|i| (i % 90) as u32).collect();
+        model
+            .forward_backward(&params, &mut grads, &tokens, batch, seq, false, 1.0)
+            .unwrap();
+        let after = model.backend().allocated();
         let rows = workspace_elements(&cfg, batch, seq);
-        let sum = |i: usize| -> usize { rows.iter().map(|r| [r.1, r.2, r.3][i]).sum() };
-        assert_eq!(sum(0), floats);
-        assert_eq!(sum(1), ws.logits.len());
-        assert_eq!(sum(2), ws.ids.len() + ws.targets.len());
+        let want = [
+            rows.iter().map(|r| r.1).sum::<usize>(),
+            rows.iter().map(|r| r.2).sum::<usize>(),
+            rows.iter().map(|r| r.3).sum::<usize>(),
+        ];
+        let got = [0, 1, 2].map(|k| after[k] - before[k]);
+        assert!(got[0] > 0 && got[1] > 0 && got[2] > 0, "{got:?}");
+        assert_eq!(
+            got, want,
+            "allocated (floats, logits, ids) vs workspace_elements"
+        );
     }
 }

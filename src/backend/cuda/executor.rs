@@ -3,7 +3,7 @@
 //! `cuda/*.cu`.
 //!
 //! Memory: every float buffer is an fp32 `CudaSlice<f32>` (parameters, gradients, Adam moments,
-//! the residual stream and the saved activations), except the logits, which are bf16
+//! the residual stream and the saved activations), except the loss's logits, which are bf16
 //! (`CudaSlice<bf16>`: the output-layer matmul rounds them as it writes them, the fused
 //! cross-entropy reads them in fp32 and writes their gradient back in bf16); matmul and attention
 //! round their operands to bf16 as they stage them into shared memory and accumulate in fp32 on

@@ -2,17 +2,21 @@
 //! tensor cores. The math is [`crate::backend::cpu::matmul::forward`],
 //! [`crate::backend::cpu::matmul::backward_x`] and [`crate::backend::cpu::matmul::backward_w`];
 //! here the operands are rounded to bf16 (round to nearest, ties to even) as they are staged into
-//! shared memory and multiplied with fp32 accumulation (wmma bf16 16x16x16), the output is fp32.
+//! shared memory and multiplied with fp32 accumulation (wmma bf16 16x16x16).
 //!
 //! Buffers (row-major, caller-owned; the output must not alias an input): `x`, `dx` `[m, k]`;
 //! `W`, `dW` `[n, k]`; `y`, `dy` `[m, n]`, all fp32 except that `y` (forward) and `dy`
 //! (backward) may be bf16 ([`MmElem`]): the output layer's logits and their gradient, which the
 //! model stores in bf16. A bf16 operand is widened on load (exact) and the kernels round every
 //! operand to bf16 anyway, so the bf16 variants give bit for bit what the fp32 kernels give on
-//! the same values; a bf16 `y` is the fp32 result rounded to nearest, ties to even. A view may start at any element offset
-//! (weights are ranges of one flat parameter buffer): float4 loads are used where a buffer is
-//! 16-byte aligned and its row length a multiple of 4, scalar loads elsewhere. Each view must
-//! hold at least the elements the shape needs; only those are touched.
+//! the same values; a bf16 `y` is the fp32 result rounded to nearest, ties to even.
+//!
+//! A view may start at any element offset (weights are ranges of one flat parameter buffer).
+//! Operands are loaded 4 elements at a time (16 bytes fp32, 8 bytes bf16) where the buffer is
+//! aligned to that and its leading dimension and contiguous extent are multiples of 4; outputs
+//! are stored 16 bytes at a time where the buffer is 16-byte aligned and the row length a
+//! multiple of 4 (fp32) or 8 (bf16); scalar accesses elsewhere. Each view must hold at least the
+//! elements the shape needs; only those are touched.
 //!
 //! Tiling: one block of 256 threads per 128x128 output tile, K-steps of 32, double-buffered bf16
 //! shared memory. Each output element is summed by one block in a fixed order (no atomics, no
