@@ -22,6 +22,48 @@
 // float4s a lane holds in registers in the cached kernels (rows of d <= 2048).
 #define LN_CACHE 16
 
+// Per-float4 pieces both versions share, in the order every lane applies them.
+// s += x + y + z + w, one addition at a time.
+__device__ __forceinline__ void ln_sum4(float& s, const float4 v) {
+    s += v.x;
+    s += v.y;
+    s += v.z;
+    s += v.w;
+}
+// q += Σ (v − mu)², one component at a time.
+__device__ __forceinline__ void ln_sq4(float& q, const float4 v, float mu) {
+    const float a = v.x - mu, b = v.y - mu, c = v.z - mu, e = v.w - mu;
+    q += a * a;
+    q += b * b;
+    q += c * c;
+    q += e * e;
+}
+// (v − mu) · rs.
+__device__ __forceinline__ float4 ln_norm4(const float4 v, float mu, float rs) {
+    return make_float4((v.x - mu) * rs, (v.y - mu) * rs, (v.z - mu) * rs, (v.w - mu) * rs);
+}
+// s1 += Σ dy, s2 += Σ dy·xhat, component by component.
+__device__ __forceinline__ void ln_dot4(float& s1, float& s2, const float4 a, const float4 b) {
+    s1 += a.x;
+    s1 += a.y;
+    s1 += a.z;
+    s1 += a.w;
+    s2 += a.x * b.x;
+    s2 += a.y * b.y;
+    s2 += a.z * b.z;
+    s2 += a.w * b.w;
+}
+// rstd · (dy − mdy − xhat·mdyx).
+__device__ __forceinline__ float4 ln_grad4(const float4 a, const float4 b, float rs, float mdy,
+                                          float mdyx) {
+    return make_float4(rs * (a.x - mdy - b.x * mdyx), rs * (a.y - mdy - b.y * mdyx),
+                       rs * (a.z - mdy - b.z * mdyx), rs * (a.w - mdy - b.w * mdyx));
+}
+// v + g, component by component (v's value first, as `v += g`).
+__device__ __forceinline__ float4 ln_add4(const float4 v, const float4 g) {
+    return make_float4(v.x + g.x, v.y + g.y, v.z + g.z, v.w + g.w);
+}
+
 // Forward. Per row, as the CPU op: mean = Σx · (1/d); var = Σ(x − mean)² · (1/d) (biased);
 // rstd = 1 / sqrt(var + eps) (IEEE sqrt and division); out = (x − mean) · rstd.
 // Writes out [n, d], mean [n], rstd [n].
@@ -65,24 +107,14 @@ __device__ __forceinline__ void ln_fwd_row(float* __restrict__ out, float* __res
                     v = x4[k];
                 }
                 r[i] = v;
-                s += v.x;
-                s += v.y;
-                s += v.z;
-                s += v.w;
+                ln_sum4(s, v);
             }
         }
         const float mu = warp_sum(s) * inv_d;
         float q = 0.0f;
 #pragma unroll
         for (int i = 0; i < MAXV; ++i) {
-            if (lane + 32u * i < d4) {
-                const float4 v = r[i];
-                const float a = v.x - mu, bb = v.y - mu, c = v.z - mu, e = v.w - mu;
-                q += a * a;
-                q += bb * bb;
-                q += c * c;
-                q += e * e;
-            }
+            if (lane + 32u * i < d4) ln_sq4(q, r[i], mu);
         }
         const float var = warp_sum(q) * inv_d;
         const float rs = 1.0f / sqrtf(var + eps);
@@ -90,10 +122,7 @@ __device__ __forceinline__ void ln_fwd_row(float* __restrict__ out, float* __res
 #pragma unroll
         for (int i = 0; i < MAXV; ++i) {
             const unsigned int k = lane + 32u * i;
-            if (k < d4) {
-                const float4 v = r[i];
-                o4[k] = make_float4((v.x - mu) * rs, (v.y - mu) * rs, (v.z - mu) * rs, (v.w - mu) * rs);
-            }
+            if (k < d4) o4[k] = ln_norm4(r[i], mu, rs);
         }
         if (lane == 0) {
             mean[row] = mu;
@@ -114,10 +143,7 @@ __device__ __forceinline__ void ln_fwd_row(float* __restrict__ out, float* __res
             } else {
                 v = x4[k];
             }
-            s += v.x;
-            s += v.y;
-            s += v.z;
-            s += v.w;
+            ln_sum4(s, v);
         }
     } else {
         for (unsigned int k = lane; k < d; k += 32) {
@@ -135,14 +161,7 @@ __device__ __forceinline__ void ln_fwd_row(float* __restrict__ out, float* __res
 
     float q = 0.0f;
     if (vec) {
-        for (unsigned int k = lane; k < d4; k += 32) {
-            const float4 v = x4[k];
-            const float a = v.x - mu, bb = v.y - mu, c = v.z - mu, e = v.w - mu;
-            q += a * a;
-            q += bb * bb;
-            q += c * c;
-            q += e * e;
-        }
+        for (unsigned int k = lane; k < d4; k += 32) ln_sq4(q, x4[k], mu);
     } else {
         for (unsigned int k = lane; k < d; k += 32) {
             const float a = xr[k] - mu;
@@ -154,10 +173,7 @@ __device__ __forceinline__ void ln_fwd_row(float* __restrict__ out, float* __res
 
     if (vec) {
         float4* o4 = reinterpret_cast<float4*>(o);
-        for (unsigned int k = lane; k < d4; k += 32) {
-            const float4 v = x4[k];
-            o4[k] = make_float4((v.x - mu) * rs, (v.y - mu) * rs, (v.z - mu) * rs, (v.w - mu) * rs);
-        }
+        for (unsigned int k = lane; k < d4; k += 32) o4[k] = ln_norm4(x4[k], mu, rs);
     } else {
         for (unsigned int k = lane; k < d; k += 32) o[k] = (xr[k] - mu) * rs;
     }
@@ -217,14 +233,7 @@ __device__ __forceinline__ void ln_bwd_row(float* __restrict__ dx, const float* 
                 const float4 a = dy4[k], b = xh4[k];
                 ra[i] = a;
                 rb[i] = b;
-                s1 += a.x;
-                s1 += a.y;
-                s1 += a.z;
-                s1 += a.w;
-                s2 += a.x * b.x;
-                s2 += a.y * b.y;
-                s2 += a.z * b.z;
-                s2 += a.w * b.w;
+                ln_dot4(s1, s2, a, b);
             }
         }
         const float mdy = warp_sum(s1) * inv_d;
@@ -235,17 +244,8 @@ __device__ __forceinline__ void ln_bwd_row(float* __restrict__ dx, const float* 
         for (int i = 0; i < MAXV; ++i) {
             const unsigned int k = lane + 32u * i;
             if (k < d4) {
-                const float4 a = ra[i], b = rb[i];
-                float4 v = make_float4(rs * (a.x - mdy - b.x * mdyx), rs * (a.y - mdy - b.y * mdyx),
-                                       rs * (a.z - mdy - b.z * mdyx), rs * (a.w - mdy - b.w * mdyx));
-                if (accumulate) {
-                    const float4 g = dx4[k];
-                    v.x += g.x;
-                    v.y += g.y;
-                    v.z += g.z;
-                    v.w += g.w;
-                }
-                dx4[k] = v;
+                const float4 v = ln_grad4(ra[i], rb[i], rs, mdy, mdyx);
+                dx4[k] = accumulate ? ln_add4(v, dx4[k]) : v;
             }
         }
         return;
@@ -253,17 +253,7 @@ __device__ __forceinline__ void ln_bwd_row(float* __restrict__ dx, const float* 
 
     float s1 = 0.0f, s2 = 0.0f;
     if (vec) {
-        for (unsigned int k = lane; k < d4; k += 32) {
-            const float4 a = dy4[k], b = xh4[k];
-            s1 += a.x;
-            s1 += a.y;
-            s1 += a.z;
-            s1 += a.w;
-            s2 += a.x * b.x;
-            s2 += a.y * b.y;
-            s2 += a.z * b.z;
-            s2 += a.w * b.w;
-        }
+        for (unsigned int k = lane; k < d4; k += 32) ln_dot4(s1, s2, dy4[k], xh4[k]);
     } else {
         for (unsigned int k = lane; k < d; k += 32) {
             const float a = dy[base + k];
@@ -278,17 +268,8 @@ __device__ __forceinline__ void ln_bwd_row(float* __restrict__ dx, const float* 
     if (vec) {
         float4* dx4 = reinterpret_cast<float4*>(dx + base);
         for (unsigned int k = lane; k < d4; k += 32) {
-            const float4 a = dy4[k], b = xh4[k];
-            float4 v = make_float4(rs * (a.x - mdy - b.x * mdyx), rs * (a.y - mdy - b.y * mdyx),
-                                   rs * (a.z - mdy - b.z * mdyx), rs * (a.w - mdy - b.w * mdyx));
-            if (accumulate) {
-                const float4 g = dx4[k];
-                v.x += g.x;
-                v.y += g.y;
-                v.z += g.z;
-                v.w += g.w;
-            }
-            dx4[k] = v;
+            const float4 v = ln_grad4(dy4[k], xh4[k], rs, mdy, mdyx);
+            dx4[k] = accumulate ? ln_add4(v, dx4[k]) : v;
         }
     } else {
         for (unsigned int k = lane; k < d; k += 32) {
