@@ -267,8 +267,6 @@ pub trait Backend {
     fn upload_ids(&self, host: &[u32], dst: &mut Self::Ids) -> Result<()>;
     /// A zero-filled logits buffer of `len` values.
     fn alloc_logits(&self, len: usize) -> Result<Self::Logits>;
-    /// Copies the whole of `src` to the host, widened to [`Backend::Elem`] (exact).
-    fn download_logits(&self, src: &Self::Logits) -> Result<Vec<Self::Elem>>;
     /// Device memory in use (bytes) when the executor has its own memory, else `None`.
     fn memory_in_use(&self) -> Result<Option<usize>> {
         Ok(None)

@@ -284,12 +284,6 @@ impl<B: Backend> Backend for Profiled<B> {
         self.count(1, len);
         self.inner.alloc_logits(len)
     }
-    fn download_logits(&self, src: &B::Logits) -> Result<Vec<B::Elem>> {
-        self.op(
-            || plain("download_logits".into()),
-            |b| b.download_logits(src),
-        )
-    }
     fn memory_in_use(&self) -> Result<Option<usize>> {
         self.inner.memory_in_use()
     }

@@ -149,10 +149,6 @@ impl<T: Float> Backend for Cpu<T> {
         self.alloc(len)
     }
 
-    fn download_logits(&self, src: &Vec<T>) -> Result<Vec<T>> {
-        self.download(src)
-    }
-
     fn mark(&self) -> Result<std::time::Instant> {
         Ok(std::time::Instant::now())
     }

@@ -261,15 +261,6 @@ impl Backend for CudaExecutor {
             })
     }
 
-    fn download_logits(&self, src: &CudaSlice<bf16>) -> Result<Vec<f32>> {
-        let v = self
-            .gpu
-            .stream()
-            .clone_dtoh(src)
-            .map_err(|e| Self::err("download logits", e))?;
-        Ok(v.into_iter().map(f32::from).collect())
-    }
-
     fn mark(&self) -> Result<CudaEvent> {
         self.gpu
             .stream()
