@@ -31,8 +31,8 @@ use rand_chacha::ChaCha8Rng;
 mod gpu_common;
 
 use gpu_common::{
-    bf16_oracle_rounds_to_nearest_even, bits, check_bf16_close, download_guarded, host_test,
-    rel_err, rel_err64, rne_bf16, run_gpu_tests, uniform, upload_guarded, GpuTest,
+    bf16_oracle_rounds_to_nearest_even, bits, check_bf16_close, check_bits, download_guarded,
+    host_test, rel_err, rel_err64, rne_bf16, run_gpu_tests, uniform, upload_guarded, GpuTest,
     GUARD as GUARD_F32,
 };
 
@@ -489,28 +489,6 @@ fn check_close(ctx: &str, what: &str, got: &[f32], want32: &[f32], want64: &[f64
         e64 < KERNEL_TOL && e32 < KERNEL_TOL + eref,
         "{ctx}: {what}: relative error {e64:e} vs the f64 CPU op (limit {KERNEL_TOL:e}), {e32:e} \
          vs the f32 CPU op (limit {KERNEL_TOL:e} + {eref:e}, the f32 op's own error)"
-    );
-    Ok(())
-}
-
-fn check_bits(ctx: &str, what: &str, got: &[f32], want: &[f32]) -> Result<()> {
-    ensure!(
-        got.len() == want.len(),
-        "{ctx}: {what}: length {} vs {}",
-        got.len(),
-        want.len()
-    );
-    let diff: Vec<usize> = (0..got.len())
-        .filter(|&i| got[i].to_bits() != want[i].to_bits())
-        .collect();
-    ensure!(
-        diff.is_empty(),
-        "{ctx}: {what}: {} of {} elements differ in bits (first [{}]: {} vs {})",
-        diff.len(),
-        got.len(),
-        diff[0],
-        got[diff[0]],
-        want[diff[0]]
     );
     Ok(())
 }

@@ -34,7 +34,8 @@ use rand_chacha::ChaCha8Rng;
 mod gpu_common;
 
 use gpu_common::{
-    download_guarded, host_test, rne_bf16, run_gpu_tests, uniform, upload_guarded, GpuTest, GUARD,
+    check_bits, download_guarded, host_test, rne_bf16, run_gpu_tests, uniform, upload_guarded,
+    GpuTest, GUARD,
 };
 
 struct Gpu {
@@ -676,11 +677,11 @@ fn matmul_bf16_logit_variants_equal_fp32_twins(gpu: &Gpu) -> Result<()> {
             .backward_x(&mut a.as_view_mut(), &dy32.as_view(), &w.as_view(), m, k, n)?;
         gpu.mm
             .backward_x(&mut b.as_view_mut(), &dy16, &w.as_view(), m, k, n)?;
-        same_bits(
+        check_bits(
             &ctx,
-            "bwd_x",
-            &s.clone_dtoh(&a).map_err(e)?,
+            "bwd_x vs its fp32 twin",
             &s.clone_dtoh(&b).map_err(e)?,
+            &s.clone_dtoh(&a).map_err(e)?,
         )?;
         let prior = uniform(
             &mut ChaCha8Rng::seed_from_u64(950 + ci as u64),
@@ -702,29 +703,14 @@ fn matmul_bf16_logit_variants_equal_fp32_twins(gpu: &Gpu) -> Result<()> {
             )?;
             gpu.mm
                 .backward_w(&mut b.as_view_mut(), &dy16, &x.as_view(), m, k, n, acc)?;
-            let what = format!("bwd_w accumulate={acc}");
-            same_bits(
+            let what = format!("bwd_w accumulate={acc} vs its fp32 twin");
+            check_bits(
                 &ctx,
                 &what,
-                &s.clone_dtoh(&a).map_err(e)?,
                 &s.clone_dtoh(&b).map_err(e)?,
+                &s.clone_dtoh(&a).map_err(e)?,
             )?;
         }
     }
-    Ok(())
-}
-
-/// `got` and `want` hold the same bits.
-fn same_bits(ctx: &str, what: &str, want: &[f32], got: &[f32]) -> Result<()> {
-    let bad = got
-        .iter()
-        .zip(want)
-        .filter(|(a, b)| a.to_bits() != b.to_bits())
-        .count();
-    ensure!(
-        bad == 0 && got.len() == want.len(),
-        "{ctx}: {what}: {bad} of {} elements differ from the fp32 twin",
-        want.len()
-    );
     Ok(())
 }

@@ -243,3 +243,26 @@ pub fn check_bf16_close(ctx: &str, what: &str, got: &[bf16], want: &[f64]) -> Re
     );
     Ok(())
 }
+
+/// `got` and `want` hold the same bits, element for element.
+pub fn check_bits(ctx: &str, what: &str, got: &[f32], want: &[f32]) -> Result<()> {
+    ensure!(
+        got.len() == want.len(),
+        "{ctx}: {what}: length {} vs {}",
+        got.len(),
+        want.len()
+    );
+    let diff: Vec<usize> = (0..got.len())
+        .filter(|&i| got[i].to_bits() != want[i].to_bits())
+        .collect();
+    ensure!(
+        diff.is_empty(),
+        "{ctx}: {what}: {} of {} elements differ in bits (first [{}]: {} vs {})",
+        diff.len(),
+        got.len(),
+        diff[0],
+        got[diff[0]],
+        want[diff[0]]
+    );
+    Ok(())
+}
