@@ -23,6 +23,19 @@
 #define LN_CACHE 16
 
 // Per-float4 pieces both versions share, in the order every lane applies them.
+// Float4 k of the row at `base` as the first pass reads it: x's, or with RESID the sum a + b
+// (a = x), written to xsum for the later passes and the next residual stream.
+template <bool RESID>
+__device__ __forceinline__ float4 ln_first4(const float* __restrict__ x,
+                                           const float* __restrict__ b, float* __restrict__ xsum,
+                                           size_t base, unsigned int k) {
+    if (!RESID) return reinterpret_cast<const float4*>(x + base)[k];
+    const float4 p = reinterpret_cast<const float4*>(x + base)[k];
+    const float4 q = reinterpret_cast<const float4*>(b + base)[k];
+    const float4 v = make_float4(p.x + q.x, p.y + q.y, p.z + q.z, p.w + q.w);
+    reinterpret_cast<float4*>(xsum + base)[k] = v;
+    return v;
+}
 // s += x + y + z + w, one addition at a time.
 __device__ __forceinline__ void ln_sum4(float& s, const float4 v) {
     s += v.x;
@@ -97,15 +110,7 @@ __device__ __forceinline__ void ln_fwd_row(float* __restrict__ out, float* __res
         for (int i = 0; i < MAXV; ++i) {
             const unsigned int k = lane + 32u * i;
             if (k < d4) {
-                float4 v;
-                if (RESID) {
-                    const float4 p = reinterpret_cast<const float4*>(x + base)[k];
-                    const float4 q = reinterpret_cast<const float4*>(b + base)[k];
-                    v = make_float4(p.x + q.x, p.y + q.y, p.z + q.z, p.w + q.w);
-                    reinterpret_cast<float4*>(xsum + base)[k] = v;
-                } else {
-                    v = x4[k];
-                }
+                const float4 v = ln_first4<RESID>(x, b, xsum, base, k);
                 r[i] = v;
                 ln_sum4(s, v);
             }
@@ -134,15 +139,7 @@ __device__ __forceinline__ void ln_fwd_row(float* __restrict__ out, float* __res
     float s = 0.0f;
     if (vec) {
         for (unsigned int k = lane; k < d4; k += 32) {
-            float4 v;
-            if (RESID) {
-                const float4 p = reinterpret_cast<const float4*>(x + base)[k];
-                const float4 q = reinterpret_cast<const float4*>(b + base)[k];
-                v = make_float4(p.x + q.x, p.y + q.y, p.z + q.z, p.w + q.w);
-                reinterpret_cast<float4*>(xsum + base)[k] = v;
-            } else {
-                v = x4[k];
-            }
+            const float4 v = ln_first4<RESID>(x, b, xsum, base, k);
             ln_sum4(s, v);
         }
     } else {
