@@ -126,8 +126,10 @@ __device__ __forceinline__ void attention_decode_impl(
     for (unsigned c = threadIdx.x; c < dh; c += blockDim.x) {
         float o = 0.0f;
         for (int w = 0; w < DEC_WARPS; ++w) o += s_acc[w][c] * expf(s_m[w] - mx);
-        o *= inv;
-        if (sh != nullptr) o += sh[c];
+        // Explicit rounding (no fused multiply-add): the shifted z is exactly fl(z + shift),
+        // as in the training attention's epilogue and the CPU reference.
+        o = __fmul_rn(o, inv);
+        if (sh != nullptr) o = __fadd_rn(o, sh[c]);
         out[c] = o;
     }
 }
