@@ -5,20 +5,22 @@
 # last. Exits non-zero when a row fails or times out.
 #
 # Rows and their time budgets (seconds; 350 in all, under 6 minutes with start-up):
-#   ours  olmo-124m 64 x 1024    40  bin/train --device cuda --synthetic --no-checkpoint,
+#   ours  olmo-124m 64 x 1024    30  bin/train --device cuda --synthetic --no-checkpoint,
 #   ours  olmo-1b    8 x 2048    70  13 steps: summary.json's medians over steps 3..10; the
 #                                    last 2 are profiled (--profile 2: time per op, profile.md)
 #   torch olmo-124m 64 x 1024    70  py/torch_baseline.py: HF OlmoForCausalLM, torch.compile, bf16
 #   torch olmo-1b    8 x 2048   100  autocast, fused AdamW; 3 warm-up steps (the first compiles:
 #                                    most of the budget), 10 timed
-#   kernel benches               70  shared by every staged bench (each gets what the earlier ones
+#   kernel benches               80  shared by every staged bench (each gets what the earlier ones
 #                                    left), short criterion settings (BENCH_ARGS)
 # Tokens/s, step time, MFU (989 TFLOP/s datasheet and 798 measured bf16 peaks; FLOPs per token
 # counted as src/perf.rs does), device memory, and ours/torch per model. Each run's parameter
 # count and FLOPs per token must equal those its config.json implies, or the row is marked
 # "not comparable" and fails.
 # Override with OURS_STEPS, TORCH_STEPS, TORCH_WARMUP, OURS_124M_TIMEOUT, OURS_1B_TIMEOUT,
-# TORCH_124M_TIMEOUT, TORCH_1B_TIMEOUT, BENCH_BUDGET, BENCH_ARGS, SKIP_BENCHES=1, SKIP_TRAIN=1.
+# TORCH_124M_TIMEOUT, TORCH_1B_TIMEOUT, BENCH_BUDGET, BENCH_ARGS, SKIP_BENCHES=1, SKIP_TRAIN=1;
+# run part of it with PRESETS="olmo-1b" (training rows, default both) and BENCHES="matmul"
+# (bench binaries, default every staged one).
 set -uo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -30,7 +32,10 @@ out="$(cd "$out" && pwd)"
 export CRITERION_HOME="$out/criterion"
 export BADDATA_GPU_REQUIRED=1 # a bench without a GPU fails instead of benchmarking the CPU
 read -r -a bench_args <<<"${BENCH_ARGS:---warm-up-time 0.5 --measurement-time 1 --sample-size 10}"
-bench_budget="${BENCH_BUDGET:-70}"
+bench_budget="${BENCH_BUDGET:-80}"
+presets="${PRESETS:-olmo-124m olmo-1b}"
+# "yes" when word $1 is in the list $2
+listed() { [[ " $2 " == *" $1 "* ]]; }
 ours_steps="${OURS_STEPS:-13}"
 torch_steps="${TORCH_STEPS:-10}"
 torch_warmup="${TORCH_WARMUP:-3}"
@@ -78,10 +83,10 @@ torch_run() { # torch_run PRESET BATCH SEQ TIMEOUT
   fi
 }
 if [[ "${SKIP_TRAIN:-0}" != 1 ]]; then
-  ours olmo-124m 64 1024 "${OURS_124M_TIMEOUT:-40}"
-  ours olmo-1b 8 2048 "${OURS_1B_TIMEOUT:-70}"
-  torch_run olmo-124m 64 1024 "${TORCH_124M_TIMEOUT:-70}"
-  torch_run olmo-1b 8 2048 "${TORCH_1B_TIMEOUT:-100}"
+  listed olmo-124m "$presets" && ours olmo-124m 64 1024 "${OURS_124M_TIMEOUT:-30}"
+  listed olmo-1b "$presets" && ours olmo-1b 8 2048 "${OURS_1B_TIMEOUT:-70}"
+  listed olmo-124m "$presets" && torch_run olmo-124m 64 1024 "${TORCH_124M_TIMEOUT:-70}"
+  listed olmo-1b "$presets" && torch_run olmo-1b 8 2048 "${TORCH_1B_TIMEOUT:-100}"
   train_secs=$(($(date +%s) - start))
 fi
 
@@ -92,6 +97,7 @@ if [[ "${SKIP_BENCHES:-0}" != 1 ]]; then
   for b in "$here"/bin/benches/*; do
     [[ -x "$b" ]] || continue
     name="$(basename "$b")"
+    [[ -n "${BENCHES:-}" ]] && ! listed "$name" "$BENCHES" && continue
     log="$out/bench-$name.log"
     left=$((bench_budget - ($(date +%s) - bench_start)))
     if ((left < 10)); then
@@ -112,7 +118,7 @@ if [[ "${SKIP_BENCHES:-0}" != 1 ]]; then
     summaries+=("$(sed -n '/^summary/,$p' "$log")")
   done
   if ((${#summaries[@]} == 0)); then
-    summaries+=("== no bench staged under $here/bin/benches")
+    summaries+=("== no bench staged under $here/bin/benches${BENCHES:+ named in BENCHES=$BENCHES}")
     status=1
   fi
 fi
@@ -124,7 +130,7 @@ if ((${#summaries[@]} > 0)); then
   echo
 fi
 if [[ "${SKIP_TRAIN:-0}" != 1 ]]; then
-  for p in olmo-124m olmo-1b; do
+  for p in $presets; do
     if [[ -f "$out/ours-$p-profile.md" ]]; then
       echo "where ours' $p step goes (the 15 slowest ops; all of them in $out/ours-$p-profile.md):"
       head -n 19 "$out/ours-$p-profile.md"
@@ -132,11 +138,11 @@ if [[ "${SKIP_TRAIN:-0}" != 1 ]]; then
     fi
   done
   echo "training step, ${train_secs}s (ours: $ours_steps steps, median of steps 3.. but the 2 profiled; torch: $torch_warmup warm-up + $torch_steps timed)"
-  python3 - "$out" "$here/configs" <<'PYEOF'
+  python3 - "$out" "$here/configs" "$presets" <<'PYEOF'
 import json, os, sys
 
-out, configs = sys.argv[1], sys.argv[2]
-rows = [("olmo-124m", 64, 1024), ("olmo-1b", 8, 2048)]
+out, configs, presets = sys.argv[1], sys.argv[2], sys.argv[3].split()
+rows = [r for r in (("olmo-124m", 64, 1024), ("olmo-1b", 8, 2048)) if r[0] in presets]
 failed = False
 
 
