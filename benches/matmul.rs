@@ -18,6 +18,11 @@
 //! (DESIGN's per-op table, measured on the H100 with bf16 operands; our operands are fp32 in
 //! memory, rounded to bf16 on the way into shared memory).
 //!
+//! Both kernel versions ([`MmVersion`]: `staged`, fp32 operands rounded as they are staged, and
+//! `async`, bf16 operand copies through a 4-stage cp.async pipeline, the copies' time included)
+//! run on every product, side by side: criterion names the async ones `*_async`, and the
+//! summary has a version column and the async/staged speedup per product.
+//!
 //! Without a GPU one line says the GPU benches are skipped and the CPU reference GEMM
 //! (`backend::cpu::matmul::forward`, f32) is benchmarked at 256³ instead, so `cargo bench` works
 //! anywhere (`BADDATA_GPU_REQUIRED=1` makes a missing GPU an error instead).
@@ -29,7 +34,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Result};
 use baddata::backend::cpu::matmul as cpu_mm;
-use baddata::backend::cuda::matmul::{MatmulKernels, MmElem};
+use baddata::backend::cuda::matmul::{MatmulKernels, MmElem, MmVersion};
 use baddata::backend::cuda::CudaBackend;
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, Throughput};
@@ -81,16 +86,26 @@ fn cpu_benches(c: &mut Criterion) {
     group.finish();
 }
 
-/// One summary row: (op, layer, k, n, flops per call, best seconds per call, PyTorch TFLOP/s).
+/// One summary row: (op, layer, version, k, n, flops per call, best seconds per call, PyTorch
+/// TFLOP/s).
 type Row = (
     &'static str,
     &'static str,
+    MmVersion,
     usize,
     usize,
     f64,
     f64,
     Option<f64>,
 );
+
+/// The version's name in the summary and its suffix in criterion's bench names.
+fn version_name(v: MmVersion) -> (&'static str, &'static str) {
+    match v {
+        MmVersion::Staged => ("staged", ""),
+        MmVersion::Async => ("async", "_async"),
+    }
+}
 
 /// One linear layer's shape and buffers.
 struct Layer {
@@ -123,13 +138,16 @@ fn bench_layer<Y: MmElem + cudarc::driver::ValidAsZeroBits>(
     let flops = 2.0 * m as f64 * n as f64 * k as f64;
     group.throughput(Throughput::Elements(flops as u64));
     let layer = l.name;
+    let version = mm.version();
+    let suffix = version_name(version).1;
     macro_rules! bench {
         ($op:expr, $torch:expr, $body:expr) => {{
             let mut f = $body;
-            group.bench_function(format!("{}_{layer}", $op), |bch| {
+            group.bench_function(format!("{}_{layer}{suffix}", $op), |bch| {
                 bch.iter_custom(|iters| timed_launches(be, iters, &mut f))
             });
-            rows.push(($op, layer, k, n, flops, best_time(be, 5, &mut f)?, $torch));
+            let t = best_time(be, 5, &mut f)?;
+            rows.push(($op, layer, version, k, n, flops, t, $torch));
         }};
     }
     bench!("fwd", Some(l.torch), || -> Result<()> {
@@ -168,7 +186,6 @@ fn bench_layer<Y: MmElem + cudarc::driver::ValidAsZeroBits>(
 
 fn gpu_benches(c: &mut Criterion, be: &CudaBackend) -> Result<()> {
     println!("GPU matmul benches on {}", be.describe());
-    let mm = MatmulKernels::new(be)?;
     let s = be.stream().clone();
     let mut rng = ChaCha8Rng::seed_from_u64(11);
     let blk: Vec<f32> = (0..1 << 22)
@@ -186,23 +203,26 @@ fn gpu_benches(c: &mut Criterion, be: &CudaBackend) -> Result<()> {
     let mut group = c.benchmark_group("gpu_matmul");
     group.sample_size(10);
     for &(layer, k, n, torch) in &LAYERS {
-        // Per layer: x [m, k], W [n, k], y = dy [m, n] (bf16 for the logits), dx [m, k],
-        // dW [n, k].
-        let l = Layer {
-            name: layer,
-            m,
-            k,
-            n,
-            torch,
-            x: filled(m * k)?,
-            w: filled(n * k)?,
-            dx: filled(m * k)?,
-            dw: filled(n * k)?,
-        };
-        if layer == "logits" {
-            bench_layer::<half::bf16>(&mut group, &mut rows, be, &mm, l)?;
-        } else {
-            bench_layer::<f32>(&mut group, &mut rows, be, &mm, l)?;
+        for version in MmVersion::ALL {
+            let mm = MatmulKernels::with_version(be, version)?;
+            // Per layer: x [m, k], W [n, k], y = dy [m, n] (bf16 for the logits), dx [m, k],
+            // dW [n, k].
+            let l = Layer {
+                name: layer,
+                m,
+                k,
+                n,
+                torch,
+                x: filled(m * k)?,
+                w: filled(n * k)?,
+                dx: filled(m * k)?,
+                dw: filled(n * k)?,
+            };
+            if layer == "logits" {
+                bench_layer::<half::bf16>(&mut group, &mut rows, be, &mm, l)?;
+            } else {
+                bench_layer::<f32>(&mut group, &mut rows, be, &mm, l)?;
+            }
         }
     }
     group.finish();
@@ -213,43 +233,69 @@ fn gpu_benches(c: &mut Criterion, be: &CudaBackend) -> Result<()> {
          logits, bf16 tensor cores):"
     );
     println!(
-        "{:<7} {:<8} {:>6} {:>6} {:>9} {:>9} {:>9} {:>9} {:>13}",
-        "op", "layer", "k", "n", "ms", "TFLOP/s", "vs 798", "vs 989", "PyTorch fwd"
+        "{:<7} {:<8} {:<7} {:>6} {:>6} {:>9} {:>9} {:>9} {:>9} {:>13} {:>8}",
+        "op",
+        "layer",
+        "version",
+        "k",
+        "n",
+        "ms",
+        "TFLOP/s",
+        "vs 798",
+        "vs 989",
+        "PyTorch fwd",
+        "speedup"
     );
-    let (mut total_flops, mut total_s) = (0.0, 0.0);
-    for (op, layer, k, n, flops, t, torch) in &rows {
-        let rate = flops / t;
-        total_flops += flops;
-        total_s += t;
-        let torch_col = match torch {
-            Some(tf) => format!("{tf:.0} ({:.0}%)", 100.0 * rate / (tf * 1e12)),
-            None => "-".to_string(),
-        };
+    let mut totals = Vec::new();
+    for version in MmVersion::ALL {
+        let (mut total_flops, mut total_s) = (0.0, 0.0);
+        for &(op, layer, v, k, n, flops, t, torch) in rows.iter().filter(|r| r.2 == version) {
+            let rate = flops / t;
+            total_flops += flops;
+            total_s += t;
+            let torch_col = match torch {
+                Some(tf) => format!("{tf:.0} ({:.0}%)", 100.0 * rate / (tf * 1e12)),
+                None => "-".to_string(),
+            };
+            // staged time / this version's time, for the same product
+            let speedup = rows
+                .iter()
+                .find(|r| r.0 == op && r.1 == layer && r.2 == MmVersion::Staged)
+                .map_or(String::new(), |r| format!("{:.2}x", r.6 / t));
+            println!(
+                "{:<7} {:<8} {:<7} {:>6} {:>6} {:>9.3} {:>9.1} {:>8.1}% {:>8.1}% {:>13} {:>8}",
+                op,
+                layer,
+                version_name(v).0,
+                k,
+                n,
+                t * 1e3,
+                rate / 1e12,
+                100.0 * rate / H100_MEASURED,
+                100.0 * rate / H100_DATASHEET,
+                torch_col,
+                speedup
+            );
+        }
+        totals.push((version, total_flops, total_s));
+    }
+    let staged_s = totals[0].2;
+    for (version, total_flops, total_s) in totals {
+        let rate = total_flops / total_s;
         println!(
-            "{:<7} {:<8} {:>6} {:>6} {:>9.3} {:>9.1} {:>8.1}% {:>8.1}% {:>13}",
-            op,
-            layer,
-            k,
-            n,
-            t * 1e3,
+            "{:<7} {:<8} {:<7} {:>6} {:>6} {:>9.3} {:>9.1} {:>8.1}% {:>8.1}% {:>13} {:>7.2}x",
+            "all",
+            "15 ops",
+            version_name(version).0,
+            "",
+            "",
+            total_s * 1e3,
             rate / 1e12,
             100.0 * rate / H100_MEASURED,
             100.0 * rate / H100_DATASHEET,
-            torch_col
+            "",
+            staged_s / total_s
         );
     }
-    let rate = total_flops / total_s;
-    println!(
-        "{:<7} {:<8} {:>6} {:>6} {:>9.3} {:>9.1} {:>8.1}% {:>8.1}% {:>13}",
-        "all",
-        "15 ops",
-        "",
-        "",
-        total_s * 1e3,
-        rate / 1e12,
-        100.0 * rate / H100_MEASURED,
-        100.0 * rate / H100_DATASHEET,
-        ""
-    );
     Ok(())
 }

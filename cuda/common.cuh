@@ -56,3 +56,26 @@ __device__ __forceinline__ T block_sum(T x, T* scratch) {
     __syncthreads();
     return scratch[0];
 }
+
+// Asynchronous copies global -> shared (sm_80+ `cp.async`), 16 bytes at a time:
+//   cp_async16(dst, src, bytes)  copies `bytes` (0..16) from src and zero-fills the rest of the
+//                                16 at dst; dst and src 16-byte aligned; with bytes = 0 nothing
+//                                is read (src must still be a valid address).
+//   cp_async_commit()            closes the group of copies this thread issued since the last
+//                                commit (possibly empty).
+//   cp_async_wait<N>()           waits until at most the N most recent groups of this thread
+//                                are still in flight; their data is then visible to this thread,
+//                                and to the block after a __syncthreads.
+// The host emulation (cuda/emu/emu.h) holds each copy back until the wait that covers it, so a
+// read of the destination before that wait sees the old contents there, as it may on the GPU.
+#ifdef __CUDACC__
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, unsigned bytes) {
+    const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+#endif

@@ -243,6 +243,52 @@ __device__ __forceinline__ void mm_store8(__nv_bfloat16* out, const float* sv, u
     }
 }
 
+// The origin (m0, n0) of this block's 128x128 tile of C[M, N]. Grouped raster: MM_GROUP_M
+// tile-rows at a time, all their tile-columns before the next, so the blocks running at one
+// time share A and B tiles in L2.
+__device__ __forceinline__ void mm_tile_origin(unsigned M, unsigned N, unsigned& m0, unsigned& n0) {
+    const unsigned tiles_m = (M + MM_BM - 1) / MM_BM;
+    const unsigned tiles_n = (N + MM_BN - 1) / MM_BN;
+    const unsigned per_group = MM_GROUP_M * tiles_n;
+    const unsigned pid = blockIdx.x;
+    const unsigned first_m = (pid / per_group) * MM_GROUP_M;
+    const unsigned group_rows = min(tiles_m - first_m, (unsigned)MM_GROUP_M);
+    const unsigned in_group = pid % per_group;
+    m0 = (first_m + in_group % group_rows) * MM_BM;
+    n0 = (in_group / group_rows) * MM_BN;
+}
+
+// Writes the block's accumulators (warp w: rows m0 + (w / 4)·64 + 16i, columns n0 + (w % 4)·32
+// + 16j) to C[M, N] (ldc = N), added to the old values when `accumulate`. Each accumulator goes
+// through this warp's 16x16 fp32 scratch in `smem` (8 warps x 1 KiB, free for reuse: the caller
+// has finished reading its tiles and passed a __syncthreads), since fragment layouts are opaque;
+// lane l writes row l / 2, columns (l % 2)·8 .. +8 of it, bounds-checked.
+template <class TC, class Acc>
+__device__ __forceinline__ void mm_epilogue(TC* __restrict__ C, Acc (&acc)[4][2], float* smem,
+                                            unsigned m0, unsigned n0, unsigned M, unsigned N,
+                                            int accumulate) {
+    const unsigned warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const unsigned wm = warp >> 2, wn = warp & 3;
+    float* scratch = smem + warp * 256;
+    // Vector stores need every row start 16-byte aligned: N a multiple of 16 bytes' worth of
+    // elements (4 fp32, 8 bf16); col is a multiple of 8.
+    const bool vec_c = N % (16 / sizeof(TC)) == 0 && is_aligned(C, 16);
+    const unsigned r = lane >> 1, c0 = (lane & 1) * 8;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+            nvcuda::wmma::store_matrix_sync(scratch, acc[i][j], 16, nvcuda::wmma::mem_row_major);
+            __syncwarp();
+            const unsigned row = m0 + wm * 64 + i * 16 + r;
+            const unsigned col = n0 + wn * 32 + j * 16 + c0;
+            const float* sv = scratch + r * 16 + c0;
+            if (row < M) mm_store8(C + (size_t)row * N + col, sv, col, N, vec_c, accumulate);
+            __syncwarp();  // the next store_matrix_sync overwrites the scratch
+        }
+    }
+}
+
 // The block's 128x128 tile of C[M, N] (+)= A · B (see the file comment for A_KC / B_KC, lda,
 // ldb). ldc = N. M, N >= 1; K may be 0. TA, TB, TC: float or __nv_bfloat16 (accumulate only
 // with a float C).
@@ -255,18 +301,10 @@ __device__ __forceinline__ void mm_gemm(TC* __restrict__ C, const TA* __restrict
     __shared__ __align__(128) unsigned char smem_raw[2 * 2 * MM_TILE_ELEMS * sizeof(__nv_bfloat16)];
     __nv_bfloat16* smem = reinterpret_cast<__nv_bfloat16*>(smem_raw);
 
-    // Grouped raster: MM_GROUP_M tile-rows at a time, all their tile-columns before the next.
-    const unsigned tiles_m = (M + MM_BM - 1) / MM_BM;
-    const unsigned tiles_n = (N + MM_BN - 1) / MM_BN;
-    const unsigned per_group = MM_GROUP_M * tiles_n;
-    const unsigned pid = blockIdx.x;
-    const unsigned first_m = (pid / per_group) * MM_GROUP_M;
-    const unsigned group_rows = min(tiles_m - first_m, (unsigned)MM_GROUP_M);
-    const unsigned in_group = pid % per_group;
-    const unsigned m0 = (first_m + in_group % group_rows) * MM_BM;
-    const unsigned n0 = (in_group / group_rows) * MM_BN;
+    unsigned m0, n0;
+    mm_tile_origin(M, N, m0, n0);
 
-    const unsigned warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const unsigned warp = threadIdx.x >> 5;
     const unsigned wm = warp >> 2, wn = warp & 3;
 
     const bool vec_a = lda % 4 == 0 && (A_KC ? K : M) % 4 == 0 && is_aligned(A, 4 * sizeof(TA));
@@ -306,26 +344,7 @@ __device__ __forceinline__ void mm_gemm(TC* __restrict__ C, const TA* __restrict
         __syncthreads();
     }
 
-    // Epilogue: each accumulator goes through this warp's 16x16 fp32 scratch (fragment layouts
-    // are opaque); lane l writes row l / 2, columns (l % 2)·8 .. +8 of it, bounds-checked.
-    float* scratch = reinterpret_cast<float*>(smem_raw) + warp * 256;
-    // Vector stores need every row start 16-byte aligned: N a multiple of 16 bytes' worth of
-    // elements (4 fp32, 8 bf16); col is a multiple of 8.
-    const bool vec_c = N % (16 / sizeof(TC)) == 0 && is_aligned(C, 16);
-    const unsigned r = lane >> 1, c0 = (lane & 1) * 8;
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-#pragma unroll
-        for (int j = 0; j < 2; ++j) {
-            nvcuda::wmma::store_matrix_sync(scratch, acc[i][j], 16, nvcuda::wmma::mem_row_major);
-            __syncwarp();
-            const unsigned row = m0 + wm * 64 + i * 16 + r;
-            const unsigned col = n0 + wn * 32 + j * 16 + c0;
-            const float* sv = scratch + r * 16 + c0;
-            if (row < M) mm_store8(C + (size_t)row * N + col, sv, col, N, vec_c, accumulate);
-            __syncwarp();  // the next store_matrix_sync overwrites the scratch
-        }
-    }
+    mm_epilogue(C, acc, reinterpret_cast<float*>(smem_raw), m0, n0, M, N, accumulate);
 }
 
 // y[m, n] = x[m, k] · W[n, k]ᵀ (overwrite). Grid: ceil(m/128)·ceil(n/128) blocks of 256.
@@ -371,4 +390,204 @@ matmul_bwd_w_bf16(float* __restrict__ dw, const __nv_bfloat16* __restrict__ dy,
                   const float* __restrict__ x, unsigned int m, unsigned int k, unsigned int n,
                   int accumulate) {
     mm_gemm<false, false>(dw, dy, x, n, k, m, n, k, accumulate);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Version 2 ("async"): bf16 operands in global memory, a 4-stage cp.async pipeline.
+//
+// Version 1 above reads fp32 operands and rounds them on the way into shared memory: every
+// K-step moves 32 KiB per block through L2 for 1 MFLOP (32 FLOP per byte) and holds the next
+// tile in registers (32 floats a thread), one block per SM. Version 2 multiplies the same
+// tiles in the same order, but from bf16 copies of the operands:
+//   matmul_to_bf16   dst[r·ld + c] = bf16(src[r·cols + c]) (RNE) for c < cols, 0 up to ld (a
+//                    multiple of 8): the launcher's copy of each fp32 operand (and of a bf16
+//                    one whose layout the copies below cannot read directly). Grid-stride, one
+//                    thread per 8 elements (16 bytes of dst). CPU reference: bf16 rounding.
+//   matmul_*_async   C (+)= A · B with A and B bf16, their leading dimensions (in elements)
+//                    multiples of 8 and their bases 16-byte aligned. Each K-step's tiles are
+//                    fetched by cp.async straight into shared memory, 16 bytes per copy, two
+//                    copies per thread per operand (a 128x32 k-contig tile: row q / 4, columns
+//                    (q % 4)·8; a 32x128 mn-contig tile: row q / 16, columns (q % 16)·8), with
+//                    the copy's tail zero-filled past the operand's contiguous extent and
+//                    nothing read past its outer extent. MM2_STAGES stages of (A tile, B tile),
+//                    same layouts and padding as version 1, 20 KiB each, 80 KiB in all
+//                    (dynamic shared memory; two blocks per SM fit in 227 KiB): the copies for
+//                    step t + 3 are in flight while step t multiplies.
+// Rounding to bf16 happens once, in matmul_to_bf16, instead of at staging: the same RNE of the
+// same values. The multiply (mm_multiply), its order and the epilogue (mm_epilogue) are version
+// 1's, so the two versions give the same bits (the emulated checks and the GPU tests hold
+// them to that).
+#define MM2_STAGES 4
+#define MM2_STAGE_ELEMS (2 * MM_TILE_ELEMS)
+#define MM2_SMEM_BYTES (MM2_STAGES * MM2_STAGE_ELEMS * 2)  // 81,920 bytes
+
+#ifdef __CUDACC__
+#define MM_DYN_SMEM(name) extern __shared__ __align__(128) unsigned char name[]
+#else
+// Host emulation (cuda/emu): blocks run one after another, so one static buffer serves all.
+alignas(128) static unsigned char mm_emu_smem[MM2_SMEM_BYTES];
+#define MM_DYN_SMEM(name) unsigned char* name = mm_emu_smem
+#endif
+
+static_assert(MM_BM * MM_BK / 8 == 2 * MM_THREADS, "two 16-byte copies per thread per tile");
+static_assert(MM_LD_KC % 8 == 0 && MM_LD_MNC % 8 == 0, "16-byte aligned shared rows");
+
+// Issues this thread's two cp.async copies of the bf16 operand tile covering rows mn0..mn0+127
+// (i or j) and r = k0..k0+31 into the shared tile `s` (orientation as in mm_load_tile).
+template <bool KC>
+__device__ __forceinline__ void mm2_load_tile(__nv_bfloat16* s, const __nv_bfloat16* __restrict__ src,
+                                              unsigned ld, unsigned mn_ext, unsigned k_ext,
+                                              unsigned mn0, unsigned k0) {
+#pragma unroll
+    for (int it = 0; it < 2; ++it) {
+        const unsigned q = threadIdx.x + it * MM_THREADS;
+        unsigned outer, outer_ext, inner, inner_ext, off;
+        if (KC) {
+            outer = mn0 + (q >> 2);
+            outer_ext = mn_ext;
+            inner = k0 + (q & 3) * 8;
+            inner_ext = k_ext;
+            off = (q >> 2) * MM_LD_KC + (q & 3) * 8;
+        } else {
+            outer = k0 + (q >> 4);
+            outer_ext = k_ext;
+            inner = mn0 + (q & 15) * 8;
+            inner_ext = mn_ext;
+            off = (q >> 4) * MM_LD_MNC + (q & 15) * 8;
+        }
+        unsigned bytes = 0;
+        const __nv_bfloat16* p = src;  // any valid address when nothing is read
+        if (outer < outer_ext && inner < inner_ext) {
+            bytes = 2 * min(8u, inner_ext - inner);
+            p = src + (size_t)outer * ld + inner;
+        }
+        cp_async16(s + off, p, bytes);
+    }
+}
+
+// Version 2 of mm_gemm: A and B bf16 (see above), lda and ldb multiples of 8, bases 16-byte
+// aligned. M, N >= 1; K may be 0.
+template <bool A_KC, bool B_KC, class TC>
+__device__ __forceinline__ void mm2_gemm(TC* __restrict__ C, const __nv_bfloat16* __restrict__ A,
+                                         const __nv_bfloat16* __restrict__ B, unsigned M,
+                                         unsigned N, unsigned K, unsigned lda, unsigned ldb,
+                                         int accumulate) {
+    using F = MmFrags<A_KC, B_KC>;
+    MM_DYN_SMEM(smem_raw);
+    __nv_bfloat16* smem = reinterpret_cast<__nv_bfloat16*>(smem_raw);
+    unsigned m0, n0;
+    mm_tile_origin(M, N, m0, n0);
+    const unsigned warp = threadIdx.x >> 5;
+    const unsigned wm = warp >> 2, wn = warp & 3;
+
+    typename F::C acc[4][2];
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 2; ++j) nvcuda::wmma::fill_fragment(acc[i][j], 0.0f);
+
+    const unsigned ktiles = (K + MM_BK - 1) / MM_BK;
+    // Prologue: steps 0 .. MM2_STAGES-2 in flight, one commit group each (empty past the end,
+    // so that group t is always step t's).
+#pragma unroll
+    for (int s = 0; s < MM2_STAGES - 1; ++s) {
+        if ((unsigned)s < ktiles) {
+            __nv_bfloat16* st = smem + s * MM2_STAGE_ELEMS;
+            mm2_load_tile<A_KC>(st, A, lda, M, K, m0, s * MM_BK);
+            mm2_load_tile<B_KC>(st + MM_TILE_ELEMS, B, ldb, N, K, n0, s * MM_BK);
+        }
+        cp_async_commit();
+    }
+    for (unsigned t = 0; t < ktiles; ++t) {
+        // Groups committed so far: MM2_STAGES - 1 + t; step t's is complete once at most the
+        // MM2_STAGES - 2 after it are pending. The barrier then makes every thread's copies
+        // visible, and tells everyone that step t - 1's stage has been read by all warps.
+        cp_async_wait<MM2_STAGES - 2>();
+        __syncthreads();
+        const unsigned next = t + MM2_STAGES - 1;
+        if (next < ktiles) {
+            __nv_bfloat16* st = smem + (next % MM2_STAGES) * MM2_STAGE_ELEMS;
+            mm2_load_tile<A_KC>(st, A, lda, M, K, m0, next * MM_BK);
+            mm2_load_tile<B_KC>(st + MM_TILE_ELEMS, B, ldb, N, K, n0, next * MM_BK);
+        }
+        cp_async_commit();
+        const __nv_bfloat16* cur = smem + (t % MM2_STAGES) * MM2_STAGE_ELEMS;
+        mm_multiply<A_KC, B_KC>(acc, cur, cur + MM_TILE_ELEMS, wm, wn);
+    }
+    cp_async_wait<0>();
+    __syncthreads();  // every warp is done with the tiles: the epilogue reuses the memory
+    mm_epilogue(C, acc, reinterpret_cast<float*>(smem_raw), m0, n0, M, N, accumulate);
+}
+
+// y[m, n] = x[m, k] · W[n, k]ᵀ from bf16 x (ld ldx) and W (ld ldw). Grid as matmul_fwd, 256
+// threads, MM2_SMEM_BYTES of dynamic shared memory (as every *_async kernel).
+extern "C" __global__ void __launch_bounds__(MM_THREADS, 2)
+matmul_fwd_async(float* __restrict__ y, const __nv_bfloat16* __restrict__ x,
+                 const __nv_bfloat16* __restrict__ w, unsigned int m, unsigned int k,
+                 unsigned int n, unsigned int ldx, unsigned int ldw) {
+    mm2_gemm<true, true>(y, x, w, m, n, k, ldx, ldw, 0);
+}
+
+// The same with y rounded to bf16 (RNE) as it is written (the logits).
+extern "C" __global__ void __launch_bounds__(MM_THREADS, 2)
+matmul_fwd_async_bf16(__nv_bfloat16* __restrict__ y, const __nv_bfloat16* __restrict__ x,
+                      const __nv_bfloat16* __restrict__ w, unsigned int m, unsigned int k,
+                      unsigned int n, unsigned int ldx, unsigned int ldw) {
+    mm2_gemm<true, true>(y, x, w, m, n, k, ldx, ldw, 0);
+}
+
+// dx[m, k] = dy[m, n] · W[n, k] from bf16 dy (ld lddy) and W (ld ldw).
+extern "C" __global__ void __launch_bounds__(MM_THREADS, 2)
+matmul_bwd_x_async(float* __restrict__ dx, const __nv_bfloat16* __restrict__ dy,
+                   const __nv_bfloat16* __restrict__ w, unsigned int m, unsigned int k,
+                   unsigned int n, unsigned int lddy, unsigned int ldw) {
+    mm2_gemm<true, false>(dx, dy, w, m, k, n, lddy, ldw, 0);
+}
+
+// dW[n, k] (+)= dy[m, n]ᵀ · x[m, k] from bf16 dy (ld lddy) and x (ld ldx).
+extern "C" __global__ void __launch_bounds__(MM_THREADS, 2)
+matmul_bwd_w_async(float* __restrict__ dw, const __nv_bfloat16* __restrict__ dy,
+                   const __nv_bfloat16* __restrict__ x, unsigned int m, unsigned int k,
+                   unsigned int n, unsigned int lddy, unsigned int ldx, int accumulate) {
+    mm2_gemm<false, false>(dw, dy, x, n, k, m, lddy, ldx, accumulate);
+}
+
+// The operand copies of version 2 (see above): dst [rows, ld] bf16 from src [rows, cols] (fp32
+// or bf16, any element offset). ld is a multiple of 8 and at least cols; dst 16-byte aligned.
+template <class T>
+__device__ __forceinline__ void mm_to_bf16_impl(__nv_bfloat16* __restrict__ dst,
+                                                const T* __restrict__ src, unsigned rows,
+                                                unsigned cols, unsigned ld) {
+    const size_t per_row = ld / 8, chunks = (size_t)rows * per_row;
+    const bool vec = sizeof(T) == 4 && cols % 4 == 0 && is_aligned(src, 16);
+    for (size_t q = (size_t)blockIdx.x * blockDim.x + threadIdx.x; q < chunks;
+         q += (size_t)gridDim.x * blockDim.x) {
+        const size_t r = q / per_row;
+        const unsigned c0 = (unsigned)(q % per_row) * 8;
+        const T* p = src + r * cols + c0;
+        float v[8];
+        if (vec && c0 + 8 <= cols) {
+            const float4 a = mm_load4(p), b = mm_load4(p + 4);
+            v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w;
+            v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+        } else {
+#pragma unroll
+            for (int e = 0; e < 8; ++e) v[e] = c0 + e < cols ? mm_load1(p + e) : 0.0f;
+        }
+        const uint2 lo = pack_bf16x4(v[0], v[1], v[2], v[3]);
+        const uint2 hi = pack_bf16x4(v[4], v[5], v[6], v[7]);
+        *reinterpret_cast<uint4*>(dst + r * ld + c0) = make_uint4(lo.x, lo.y, hi.x, hi.y);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(MM_THREADS)
+matmul_to_bf16(__nv_bfloat16* __restrict__ dst, const float* __restrict__ src, unsigned int rows,
+               unsigned int cols, unsigned int ld) {
+    mm_to_bf16_impl(dst, src, rows, cols, ld);
+}
+
+extern "C" __global__ void __launch_bounds__(MM_THREADS)
+matmul_to_bf16_from_bf16(__nv_bfloat16* __restrict__ dst, const __nv_bfloat16* __restrict__ src,
+                         unsigned int rows, unsigned int cols, unsigned int ld) {
+    mm_to_bf16_impl(dst, src, rows, cols, ld);
 }

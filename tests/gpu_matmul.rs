@@ -20,10 +20,14 @@
 //! The output layer's variants (bf16 `y` forward, bf16 `dy` backward: the logits) are held to
 //! their fp32 twins bit for bit: a bf16 `y` must be the fp32 `y` rounded to nearest even, and a
 //! bf16 `dy` must give exactly what the same values widened to fp32 give.
+//!
+//! The parity tests run the executor's version ([`matmul::DEFAULT_VERSION`]);
+//! `matmul_versions_bit_identical` holds the other version to it bit for bit on every shape and
+//! offset, fp32 and bf16 `y` / `dy`, both `accumulate` modes.
 
 use anyhow::{anyhow, ensure, Result};
 use baddata::backend::cpu::matmul as cpu_mm;
-use baddata::backend::cuda::matmul::MatmulKernels;
+use baddata::backend::cuda::matmul::{self, MatmulKernels, MmVersion};
 use baddata::backend::cuda::CudaBackend;
 use cudarc::driver::CudaSlice;
 use half::bf16;
@@ -40,11 +44,14 @@ use gpu_common::{
 
 struct Gpu {
     be: CudaBackend,
+    /// The executor's version ([`matmul::DEFAULT_VERSION`]).
     mm: MatmulKernels,
+    /// The other version.
+    other: MatmulKernels,
 }
 
 fn main() {
-    let tests: [(&str, GpuTest<Gpu>); 8] = [
+    let tests: [(&str, GpuTest<Gpu>); 9] = [
         ("matmul_fwd_matches_cpu", matmul_fwd_matches_cpu),
         ("matmul_bwd_x_matches_cpu", matmul_bwd_x_matches_cpu),
         ("matmul_bwd_w_matches_cpu", matmul_bwd_w_matches_cpu),
@@ -62,6 +69,10 @@ fn main() {
             "matmul_bf16_logit_variants_equal_fp32_twins",
             matmul_bf16_logit_variants_equal_fp32_twins,
         ),
+        (
+            "matmul_versions_bit_identical",
+            matmul_versions_bit_identical,
+        ),
     ];
     let host_tests = vec![host_test(
         "cpu_reference_matches_naive_loop",
@@ -70,8 +81,13 @@ fn main() {
     let setup = || {
         let be = CudaBackend::open(0)?;
         let mm = MatmulKernels::new(&be)?;
+        let other = MmVersion::ALL
+            .into_iter()
+            .find(|&v| v != matmul::DEFAULT_VERSION)
+            .ok_or_else(|| anyhow!("only one matmul version"))?;
+        let other = MatmulKernels::with_version(&be, other)?;
         let device = be.describe();
-        Ok((Gpu { be, mm }, device))
+        Ok((Gpu { be, mm, other }, device))
     };
     run_gpu_tests("gpu matmul", setup, host_tests, &tests)
 }
@@ -710,6 +726,109 @@ fn matmul_bf16_logit_variants_equal_fp32_twins(gpu: &Gpu) -> Result<()> {
                 &s.clone_dtoh(&b).map_err(e)?,
                 &s.clone_dtoh(&a).map_err(e)?,
             )?;
+        }
+    }
+    Ok(())
+}
+
+/// The two kernel versions ([`MmVersion`]) give the same bits: fp32 `y` and bf16 `y` forward,
+/// `dx` from fp32 and from bf16 `dy` (at offset 0 the async version reads a bf16 `dy` of a
+/// suitable width as it is; at offset 1 it copies it), `dW` overwriting and accumulating, on
+/// the shapes of [`SHAPES`] and both input offsets.
+fn matmul_versions_bit_identical(gpu: &Gpu) -> Result<()> {
+    let s = gpu.be.stream();
+    let e = |e| anyhow!("{e}");
+    let (a, b) = (&gpu.mm, &gpu.other);
+    // SHAPES but the largest (slow where the kernels run on a host), and a width that is a
+    // multiple of 8 (a bf16 dy at offset 0 is then read as it is).
+    let shapes = SHAPES
+        .iter()
+        .filter(|s| s.0 * s.1 * s.2 < 1 << 26)
+        .chain(&[(130, 40, 264)]);
+    for (si, &(m, k, n)) in shapes.enumerate() {
+        for off in [0usize, 1] {
+            let ctx = format!(
+                "versions {:?} vs {:?}, m={m} k={k} n={n} input offset={off}",
+                a.version(),
+                b.version()
+            );
+            let inp = inputs(1200 + si as u64, m, k, n);
+            let up = |v: &[f32]| -> Result<CudaSlice<f32>> {
+                let mut h = vec![f32::NAN; off];
+                h.extend_from_slice(v);
+                s.clone_htod(&h).map_err(e)
+            };
+            let (x, w, dy) = (up(&inp.x)?, up(&inp.w)?, up(&inp.dy)?);
+            let (x, w, dy) = (x.slice(off..), w.slice(off..), dy.slice(off..));
+            let mut dyb = vec![bf16::NAN; off];
+            dyb.extend(inp.dy.iter().map(|&v| bf16::from_f32(v)));
+            let dyb = s.clone_htod(&dyb).map_err(e)?;
+            let dyb = dyb.slice(off..);
+            let down = |v: &CudaSlice<f32>| s.clone_dtoh(v).map_err(e);
+
+            let (mut ya, mut yb) = (
+                s.alloc_zeros::<f32>(m * n).map_err(e)?,
+                s.alloc_zeros::<f32>(m * n).map_err(e)?,
+            );
+            a.forward(&mut ya.as_view_mut(), &x, &w, m, k, n)?;
+            b.forward(&mut yb.as_view_mut(), &x, &w, m, k, n)?;
+            check_bits(&ctx, "fwd", &down(&yb)?, &down(&ya)?)?;
+            let mut ha = s.alloc_zeros::<bf16>(m * n).map_err(e)?;
+            let mut hb = s.alloc_zeros::<bf16>(m * n).map_err(e)?;
+            a.forward(&mut ha.as_view_mut(), &x, &w, m, k, n)?;
+            b.forward(&mut hb.as_view_mut(), &x, &w, m, k, n)?;
+            let (ha, hb) = (s.clone_dtoh(&ha).map_err(e)?, s.clone_dtoh(&hb).map_err(e)?);
+            let bad = ha
+                .iter()
+                .zip(&hb)
+                .filter(|(p, q)| p.to_bits() != q.to_bits())
+                .count();
+            ensure!(
+                bad == 0,
+                "{ctx}: fwd bf16 y: {bad} of {} elements differ",
+                m * n
+            );
+
+            for bf in [false, true] {
+                let what = if bf { "bf16 dy" } else { "fp32 dy" };
+                let (mut da, mut db) = (
+                    s.alloc_zeros::<f32>(m * k).map_err(e)?,
+                    s.alloc_zeros::<f32>(m * k).map_err(e)?,
+                );
+                if bf {
+                    a.backward_x(&mut da.as_view_mut(), &dyb, &w, m, k, n)?;
+                    b.backward_x(&mut db.as_view_mut(), &dyb, &w, m, k, n)?;
+                } else {
+                    a.backward_x(&mut da.as_view_mut(), &dy, &w, m, k, n)?;
+                    b.backward_x(&mut db.as_view_mut(), &dy, &w, m, k, n)?;
+                }
+                check_bits(&ctx, &format!("bwd_x, {what}"), &down(&db)?, &down(&da)?)?;
+                let prior = uniform(
+                    &mut ChaCha8Rng::seed_from_u64(1300 + si as u64),
+                    n * k,
+                    -1.0,
+                    1.0,
+                );
+                for acc in [false, true] {
+                    let (mut wa, mut wb) = (
+                        s.clone_htod(&prior).map_err(e)?,
+                        s.clone_htod(&prior).map_err(e)?,
+                    );
+                    if bf {
+                        a.backward_w(&mut wa.as_view_mut(), &dyb, &x, m, k, n, acc)?;
+                        b.backward_w(&mut wb.as_view_mut(), &dyb, &x, m, k, n, acc)?;
+                    } else {
+                        a.backward_w(&mut wa.as_view_mut(), &dy, &x, m, k, n, acc)?;
+                        b.backward_w(&mut wb.as_view_mut(), &dy, &x, m, k, n, acc)?;
+                    }
+                    check_bits(
+                        &ctx,
+                        &format!("bwd_w accumulate={acc}, {what}"),
+                        &down(&wb)?,
+                        &down(&wa)?,
+                    )?;
+                }
+            }
         }
     }
     Ok(())

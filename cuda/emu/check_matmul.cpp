@@ -5,7 +5,8 @@
 // (float4 path) and views offset by one element (scalar path); outputs poisoned with NaN, guard
 // elements around every output must come back untouched; bwd_w with accumulate adds to a random
 // prior dW; k = 0 gives zeros (or the prior unchanged). The bf16-logit variants must equal their
-// fp32 twins bit for bit (check_bf16_twins).
+// fp32 twins bit for bit (check_bf16_twins), and version 2 (bf16 operand copies, cp.async
+// pipeline) must equal version 1 bit for bit (check_async_twins).
 // Relative error ‖out − ref‖/‖ref‖ limit 1e-5: the emulated products are exact in fp32 (bf16 x
 // bf16) and only the fp32 summation order differs from the double reference. To show the limit
 // bites, each fwd case also reports the error against the unrounded fp32 inputs, which must be
@@ -187,6 +188,89 @@ static void check_bf16_twins(unsigned m, unsigned k, unsigned n, size_t off_f, s
     }
 }
 
+// Version 2 (the *_async kernels on bf16 copies made by matmul_to_bf16) against version 1,
+// bit for bit: the same products of the same bf16 values in the same order. Operand copies
+// have their leading dimension padded to a multiple of 8 (`pad` more: 0 or 8), the padding
+// poisoned with NaN after the copy (a kernel that reads it fails), and the bf16
+// logits case reads a bf16 dy directly (n a multiple of 8). Guards around outputs as above.
+struct B16 {  // a 16-byte-aligned bf16 buffer
+    std::vector<uint4> s;
+    explicit B16(size_t n) : s((n + 7) / 8 + 1) { memset(s.data(), 0x5a, s.size() * 16); }
+    __nv_bfloat16* p() { return reinterpret_cast<__nv_bfloat16*>(s.data()); }
+};
+static unsigned ld8(unsigned c, unsigned pad) { return (c + 7) / 8 * 8 + pad; }
+static B16 to_bf16(const float* src, unsigned rows, unsigned cols, unsigned ld) {
+    B16 b((size_t)rows * ld);
+    launch({3}, {256}, [&] { matmul_to_bf16(b.p(), src, rows, cols, ld); });
+    return b;
+}
+static void check_async_twins(unsigned m, unsigned k, unsigned n, size_t off, unsigned pad) {
+    char name[160];
+    Buf x = input((size_t)m * k, off), w = input((size_t)n * k, off), dy = input((size_t)m * n, off);
+    const unsigned lk = ld8(k, pad), ln = ld8(n, pad);
+    B16 xb = to_bf16(x.p(), m, k, lk), wb = to_bf16(w.p(), n, k, lk), dyb = to_bf16(dy.p(), m, n, ln);
+    // the copies: bf16 (RNE) of the source, zeros in the padding
+    size_t bad = 0;
+    for (unsigned i = 0; i < m; ++i)
+        for (unsigned c = 0; c < lk; ++c) {
+            const __nv_bfloat16 want = __float2bfloat16_rn(c < k ? x.p()[(size_t)i * k + c] : 0.0f);
+            bad += xb.p()[(size_t)i * lk + c].x != want.x;
+        }
+    snprintf(name, 160, "to_bf16    rows=%u cols=%u ld=%u off=%zu (bit diffs)", m, k, lk, off);
+    report(name, (double)bad, 0.5);
+    // The kernels must not read the padding (their copies zero-fill past the extent): poison it.
+    auto poison = [](B16& t, unsigned rows, unsigned cols, unsigned ld) {
+        for (unsigned i = 0; i < rows; ++i)
+            for (unsigned c = cols; c < ld; ++c) t.p()[(size_t)i * ld + c].x = 0x7fc0;  // NaN
+    };
+    poison(xb, m, k, lk), poison(wb, n, k, lk), poison(dyb, m, n, ln);
+    {
+        Buf a = output((size_t)m * n, 0, nullptr), b = output((size_t)m * n, off, nullptr);
+        launch({blocks(m, n)}, {256}, [&] { matmul_fwd(a.p(), x.p(), w.p(), m, k, n); });
+        launch({blocks(m, n)}, {256}, [&] { matmul_fwd_async(b.p(), xb.p(), wb.p(), m, k, n, lk, lk); });
+        snprintf(name, 160, "fwd_async   m=%u k=%u n=%u off=%zu pad=%u (bit diffs)", m, k, n, off, pad);
+        report(name, (double)(float_diffs(a.p(), b.p(), (size_t)m * n) + guards_touched(b, (size_t)m * n)), 0.5);
+        std::vector<__nv_bfloat16> y16((size_t)m * n);
+        launch({blocks(m, n)}, {256}, [&] { matmul_fwd_async_bf16(y16.data(), xb.p(), wb.p(), m, k, n, lk, lk); });
+        std::vector<__nv_bfloat16> want((size_t)m * n);
+        for (size_t i = 0; i < want.size(); ++i) want[i] = __float2bfloat16_rn(a.p()[i]);
+        snprintf(name, 160, "fwd_async_bf16 m=%u k=%u n=%u (bit diffs)", m, k, n);
+        report(name, (double)bf16_diffs(y16.data(), want.data(), want.size()), 0.5);
+    }
+    {
+        Buf a = output((size_t)m * k, 0, nullptr), b = output((size_t)m * k, off, nullptr);
+        launch({blocks(m, k)}, {256}, [&] { matmul_bwd_x(a.p(), dy.p(), w.p(), m, k, n); });
+        launch({blocks(m, k)}, {256}, [&] { matmul_bwd_x_async(b.p(), dyb.p(), wb.p(), m, k, n, ln, lk); });
+        snprintf(name, 160, "bwd_x_async m=%u k=%u n=%u off=%zu pad=%u (bit diffs)", m, k, n, off, pad);
+        report(name, (double)(float_diffs(a.p(), b.p(), (size_t)m * k) + guards_touched(b, (size_t)m * k)), 0.5);
+    }
+    for (int acc : {0, 1}) {
+        std::vector<float> prior = uni((size_t)n * k, -2, 2);
+        Buf a = output((size_t)n * k, 0, acc ? &prior : nullptr);
+        Buf b = output((size_t)n * k, off, acc ? &prior : nullptr);
+        launch({blocks(n, k)}, {256}, [&] { matmul_bwd_w(a.p(), dy.p(), x.p(), m, k, n, acc); });
+        launch({blocks(n, k)}, {256}, [&] { matmul_bwd_w_async(b.p(), dyb.p(), xb.p(), m, k, n, ln, lk, acc); });
+        snprintf(name, 160, "bwd_w_async m=%u k=%u n=%u off=%zu pad=%u acc=%d (bit diffs)", m, k, n, off, pad, acc);
+        report(name, (double)(float_diffs(a.p(), b.p(), (size_t)n * k) + guards_touched(b, (size_t)n * k)), 0.5);
+    }
+    // A bf16 dy used as it is (the logits' gradient; n a multiple of 8, ld n), against the
+    // bf16-dy kernels of version 1.
+    if (n % 8 == 0 && pad == 0) {
+        B16 d16((size_t)m * n);
+        launch({3}, {256}, [&] { matmul_to_bf16_from_bf16(d16.p(), dyb.p(), m, n, n); });
+        Buf a = output((size_t)m * k, 0, nullptr), b = output((size_t)m * k, 0, nullptr);
+        launch({blocks(m, k)}, {256}, [&] { matmul_bwd_x_bf16(a.p(), d16.p(), w.p(), m, k, n); });
+        launch({blocks(m, k)}, {256}, [&] { matmul_bwd_x_async(b.p(), d16.p(), wb.p(), m, k, n, n, lk); });
+        snprintf(name, 160, "bwd_x_async bf16 dy as is m=%u k=%u n=%u (bit diffs)", m, k, n);
+        report(name, (double)float_diffs(a.p(), b.p(), (size_t)m * k), 0.5);
+        Buf c = output((size_t)n * k, 0, nullptr), d = output((size_t)n * k, 0, nullptr);
+        launch({blocks(n, k)}, {256}, [&] { matmul_bwd_w_bf16(c.p(), d16.p(), x.p(), m, k, n, 0); });
+        launch({blocks(n, k)}, {256}, [&] { matmul_bwd_w_async(d.p(), d16.p(), xb.p(), m, k, n, n, lk, 0); });
+        snprintf(name, 160, "bwd_w_async bf16 dy as is m=%u k=%u n=%u (bit diffs)", m, k, n);
+        report(name, (double)float_diffs(c.p(), d.p(), (size_t)n * k), 0.5);
+    }
+}
+
 // k = 0: y and dW (overwrite) are zeros, dW with accumulate keeps its prior values exactly; m = 0
 // for bwd_w is the same empty reduction.
 static void check_empty_reduction() {
@@ -205,6 +289,17 @@ static void check_empty_reduction() {
     bad = memcmp(dw.p(), prior.data(), prior.size() * 4) != 0;
     snprintf(name, 160, "bwd_w m=0 acc=1 leaves dW unchanged (bit diffs)");
     report(name, bad + guards_touched(dw, (size_t)n * k), 0.5);
+    Buf y2 = output((size_t)m * n, 0, nullptr);
+    launch({blocks(m, n)}, {256}, [&] { matmul_fwd_async(y2.p(), nullptr, nullptr, m, 0, n, 8, 8); });
+    bad = 0;
+    for (size_t i = 0; i < (size_t)m * n; ++i) bad += y2.p()[i] != 0.0f;
+    snprintf(name, 160, "fwd_async k=0 writes zeros (non-zeros)");
+    report(name, bad + guards_touched(y2, (size_t)m * n), 0.5);
+    Buf dw2 = output((size_t)n * k, 1, &prior);
+    launch({blocks(n, k)}, {256}, [&] { matmul_bwd_w_async(dw2.p(), nullptr, nullptr, 0, k, n, 8, 8, 1); });
+    bad = memcmp(dw2.p(), prior.data(), prior.size() * 4) != 0;
+    snprintf(name, 160, "bwd_w_async m=0 acc=1 leaves dW unchanged (bit diffs)");
+    report(name, bad + guards_touched(dw2, (size_t)n * k), 0.5);
 }
 
 int main() {
@@ -228,5 +323,11 @@ int main() {
         {7, 13, 5, 1, 0}, {1100, 12, 260, 0, 0},
     };
     for (auto& t : twins) check_bf16_twins(t[0], t[1], t[2], t[3], t[4]);
+    // (m, k, n, offset of the fp32 sources, extra padding of the bf16 copies)
+    const unsigned async_twins[][5] = {
+        {1, 1, 1, 0, 0},     {7, 13, 5, 1, 0},    {65, 33, 129, 0, 8}, {130, 40, 264, 0, 0},
+        {130, 40, 264, 1, 8}, {33, 200, 100, 0, 0}, {1100, 12, 260, 0, 0}, {260, 100, 136, 3, 0},
+    };
+    for (auto& t : async_twins) check_async_twins(t[0], t[1], t[2], t[3], t[4]);
     return finish();
 }

@@ -5,7 +5,8 @@
 #include <cstdint>
 #include <cstring>
 struct __nv_bfloat16 { unsigned short x; };
-struct __nv_bfloat162 { __nv_bfloat16 x, y; };
+// 4-byte aligned, as CUDA declares it (kernels read one as a 32-bit word).
+struct alignas(4) __nv_bfloat162 { __nv_bfloat16 x, y; };
 inline __nv_bfloat16 __float2bfloat16_rn(float f) {
     uint32_t u; memcpy(&u, &f, 4);
     if ((u & 0x7fffffffu) > 0x7f800000u) return {(unsigned short)((u >> 16) | 0x40)};

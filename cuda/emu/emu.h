@@ -122,6 +122,23 @@ inline float __fsqrt_rn(float a) { return std::sqrt(a); }
 inline float __int_as_float(int i) { float f; memcpy(&f, &i, 4); return f; }
 inline float __uint_as_float(unsigned u) { float f; memcpy(&f, &u, 4); return f; }
 using std::min; using std::max;
+// cp.async (cuda/common.cuh's cp_async16 / cp_async_commit / cp_async_wait): each copy reads its
+// source when issued but writes its destination only when a cp_async_wait covers its group, so
+// a kernel that reads the destination too early reads stale data here too. State per thread
+// index (blocks run one at a time); a kernel must wait for all its groups before it returns
+// (cp_async_wait<0>), or the copies left over land in the next block's waits.
+namespace emu_detail {
+struct CpAsyncCopy { void* dst; unsigned char data[16]; };
+struct CpAsyncState {
+    std::vector<CpAsyncCopy> open;                 // issued since the last commit
+    std::vector<std::vector<CpAsyncCopy>> groups;  // committed, oldest first
+};
+inline CpAsyncState& cp_async_state(unsigned tid) {
+    static CpAsyncState states[1024];
+    return states[tid];
+}
+}  // namespace emu_detail
+
 inline unsigned long long min(unsigned long long a, unsigned long long b) { return a < b ? a : b; }
 
 namespace emu_detail {
@@ -539,4 +556,31 @@ template <class T> T __shfl_xor_sync(unsigned, T v, int off) {
     T r = b[lane ^ off];
     __emu_warp_barrier();
     return r;
+}
+
+// Both modes: cp.async (see emu_detail::CpAsyncState above).
+inline void cp_async16(void* dst, const void* src, unsigned bytes) {
+    if (bytes > 16) {
+        fprintf(stderr, "emu: cp_async16 of %u bytes (at most 16)\n", bytes);
+        abort();
+    }
+    if ((reinterpret_cast<uintptr_t>(dst) | (bytes ? reinterpret_cast<uintptr_t>(src) : 0)) & 15) {
+        fprintf(stderr, "emu: cp_async16 with a misaligned address (dst %p, src %p)\n", dst, src);
+        abort();
+    }
+    emu_detail::CpAsyncCopy c{dst, {}};
+    if (bytes) memcpy(c.data, src, bytes);
+    emu_detail::cp_async_state(threadIdx.x).open.push_back(c);
+}
+inline void cp_async_commit() {
+    auto& s = emu_detail::cp_async_state(threadIdx.x);
+    s.groups.push_back(std::move(s.open));
+    s.open.clear();
+}
+template <int N> void cp_async_wait() {
+    auto& s = emu_detail::cp_async_state(threadIdx.x);
+    while (s.groups.size() > (size_t)N) {
+        for (const auto& c : s.groups.front()) memcpy(c.dst, c.data, 16);
+        s.groups.erase(s.groups.begin());
+    }
 }

@@ -18,16 +18,26 @@
 //! multiple of 4 (fp32) or 8 (bf16); scalar accesses elsewhere. Each view must hold at least the
 //! elements the shape needs; only those are touched.
 //!
-//! Tiling: one block of 256 threads per 128x128 output tile, K-steps of 32, double-buffered bf16
-//! shared memory. Each output element is summed by one block in a fixed order (no atomics, no
-//! split-k), so two launches give the same bits.
+//! Tiling: one block of 256 threads per 128x128 output tile, K-steps of 32. Each output element
+//! is summed by one block in a fixed order (no atomics, no split-k), so two launches give the
+//! same bits.
+//!
+//! Two versions give the same bits ([`MmVersion`]): [`MmVersion::Staged`] reads the fp32
+//! operands and rounds them as it stages them (double-buffered, through registers);
+//! [`MmVersion::Async`] first copies each operand to bf16 in a scratch buffer this struct owns
+//! (`matmul_to_bf16`, leading dimension padded to a multiple of 8; a bf16 `dy` whose layout
+//! allows it is read as it is) and multiplies the copies with a 4-stage `cp.async` pipeline.
+//! The benches compare them; [`DEFAULT_VERSION`] is the one the executor launches.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
+use cudarc::driver::sys::CUfunction_attribute;
 use cudarc::driver::{
-    CudaFunction, CudaStream, CudaView, CudaViewMut, LaunchConfig, PushKernelArg,
+    CudaFunction, CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr, LaunchConfig,
+    PushKernelArg,
 };
+use half::bf16;
 
 use super::{need_len, CudaBackend};
 
@@ -53,19 +63,54 @@ mod sealed {
 const TILE: usize = 128;
 /// Threads per block, `MM_THREADS` in the kernel file.
 const THREADS: u32 = 256;
+/// Dynamic shared memory of the `*_async` kernels, `MM2_SMEM_BYTES` in the kernel file: 4
+/// stages of a 128x40 and a 128x40 bf16 tile.
+const ASYNC_SMEM: u32 = 4 * 2 * 128 * 40 * 2;
+
+/// A version of the matmul kernels (`cuda/matmul.cu`). Both multiply the same bf16-rounded
+/// values in the same order, so they give the same bits; they differ in how operands reach
+/// shared memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MmVersion {
+    /// fp32 operands loaded into registers and rounded to bf16 as they are stored to shared
+    /// memory, double-buffered (`matmul_fwd`, ...).
+    Staged,
+    /// bf16 copies of the operands (scratch owned by [`MatmulKernels`]) fetched by `cp.async`
+    /// into a 4-stage shared-memory pipeline (`matmul_fwd_async`, ...).
+    Async,
+}
+
+impl MmVersion {
+    /// Both versions.
+    pub const ALL: [MmVersion; 2] = [MmVersion::Staged, MmVersion::Async];
+}
+
+/// The version the executor launches: the staged one, measured on an H200
+/// (docs/gpu-results.md), until a GPU run shows the async one correct and faster.
+pub const DEFAULT_VERSION: MmVersion = MmVersion::Staged;
 
 /// The kernels of `cuda/matmul.cu`, bound to the backend's stream.
 pub struct MatmulKernels {
+    version: MmVersion,
     /// `[fp32, bf16]` variants of each kernel, indexed by [`MmElem::BF16`].
     fwd_fn: [CudaFunction; 2],
     bwd_x_fn: [CudaFunction; 2],
     bwd_w_fn: [CudaFunction; 2],
+    /// Version 2: `[fp32 y, bf16 y]` forward, and the two backward products.
+    fwd_async_fn: [CudaFunction; 2],
+    bwd_x_async_fn: CudaFunction,
+    bwd_w_async_fn: CudaFunction,
+    /// Operand copies to bf16 from `[fp32, bf16]` sources.
+    to_bf16_fn: [CudaFunction; 2],
     stream: Arc<CudaStream>,
+    /// Version 2's operand copies (both operands of one product, A first); grown on demand.
+    scratch: Mutex<Option<CudaSlice<bf16>>>,
 }
 
 /// Launch shape for an output of `rows x cols` (both at least 1): one block per 128x128 tile,
-/// on a 1-D grid (the kernel rasters the tiles in groups of 8 tile-rows).
-fn config(op: &str, rows: usize, cols: usize) -> Result<LaunchConfig> {
+/// on a 1-D grid (the kernel rasters the tiles in groups of 8 tile-rows), with `smem` bytes of
+/// dynamic shared memory.
+fn config(op: &str, rows: usize, cols: usize, smem: u32) -> Result<LaunchConfig> {
     let tiles = rows.div_ceil(TILE) * cols.div_ceil(TILE);
     if tiles > i32::MAX as usize {
         bail!("{op}: output {rows}x{cols} needs {tiles} tiles, more than one launch holds");
@@ -73,8 +118,20 @@ fn config(op: &str, rows: usize, cols: usize) -> Result<LaunchConfig> {
     Ok(LaunchConfig {
         grid_dim: (tiles as u32, 1, 1),
         block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: 0,
+        shared_mem_bytes: smem,
     })
+}
+
+/// `c` rounded up to a multiple of 8: the leading dimension of a bf16 operand copy.
+fn ld8(c: usize) -> usize {
+    c.div_ceil(8) * 8
+}
+
+/// Elements of version 2's scratch for a product whose operands are `a` and `b` (each `(rows,
+/// contiguous extent)`, or `None` when it is read as it is): the sum of the padded copies.
+fn scratch_elems(a: Option<(usize, usize)>, b: Option<(usize, usize)>) -> usize {
+    let e = |o: Option<(usize, usize)>| o.map_or(0, |(r, c)| r * ld8(c));
+    e(a) + e(b)
 }
 
 /// Errors unless every dimension and every buffer length fits the kernel's 32-bit arguments
@@ -93,15 +150,120 @@ fn check_shape(op: &str, m: usize, k: usize, n: usize) -> Result<()> {
 }
 
 impl MatmulKernels {
-    /// Looks the kernels up in the `matmul` module.
+    /// Looks the [`DEFAULT_VERSION`] kernels up in the `matmul` module.
     pub fn new(gpu: &CudaBackend) -> Result<Self> {
+        Self::with_version(gpu, DEFAULT_VERSION)
+    }
+
+    /// Looks the kernels up, launching `version` (benches and tests compare the versions).
+    pub fn with_version(gpu: &CudaBackend, version: MmVersion) -> Result<Self> {
         let f = |name: &str| gpu.function("matmul", name);
+        let fwd_async_fn = [f("matmul_fwd_async")?, f("matmul_fwd_async_bf16")?];
+        let bwd_x_async_fn = f("matmul_bwd_x_async")?;
+        let bwd_w_async_fn = f("matmul_bwd_w_async")?;
+        for (name, func) in [
+            ("matmul_fwd_async", &fwd_async_fn[0]),
+            ("matmul_fwd_async_bf16", &fwd_async_fn[1]),
+            ("matmul_bwd_x_async", &bwd_x_async_fn),
+            ("matmul_bwd_w_async", &bwd_w_async_fn),
+        ] {
+            func.set_attribute(
+                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                ASYNC_SMEM as i32,
+            )
+            .map_err(|e| {
+                anyhow!(
+                    "matmul: cannot give kernel `{name}` {ASYNC_SMEM} bytes of shared memory: {e}"
+                )
+            })?;
+        }
         Ok(MatmulKernels {
+            version,
             fwd_fn: [f("matmul_fwd")?, f("matmul_fwd_bf16")?],
             bwd_x_fn: [f("matmul_bwd_x")?, f("matmul_bwd_x_bf16")?],
             bwd_w_fn: [f("matmul_bwd_w")?, f("matmul_bwd_w_bf16")?],
+            fwd_async_fn,
+            bwd_x_async_fn,
+            bwd_w_async_fn,
+            to_bf16_fn: [f("matmul_to_bf16")?, f("matmul_to_bf16_from_bf16")?],
             stream: gpu.stream().clone(),
+            scratch: Mutex::new(None),
         })
+    }
+
+    /// The version these kernels launch.
+    pub fn version(&self) -> MmVersion {
+        self.version
+    }
+
+    /// Elements of bf16 scratch version 2 keeps for the largest product launched so far (0
+    /// for version 1, or before any launch).
+    pub fn scratch_elements(&self) -> usize {
+        self.scratch
+            .lock()
+            .ok()
+            .and_then(|g| g.as_ref().map(|b| b.len()))
+            .unwrap_or(0)
+    }
+
+    /// Version 2's scratch, at least `elems` long (grown, never shrunk).
+    fn scratch(
+        &self,
+        op: &str,
+        elems: usize,
+    ) -> Result<std::sync::MutexGuard<'_, Option<CudaSlice<bf16>>>> {
+        let mut guard = self
+            .scratch
+            .lock()
+            .map_err(|_| anyhow!("{op}: the operand scratch lock is poisoned"))?;
+        if guard.as_ref().map_or(true, |b| b.len() < elems) {
+            // SAFETY: every element a kernel reads is written by matmul_to_bf16 first, in stream
+            // order (the padding too, as zeros, though the kernels never read it).
+            let buf = unsafe { self.stream.alloc::<bf16>(elems.max(8)) }.map_err(|e| {
+                anyhow!("{op}: cannot allocate {elems} bf16 elements of operand scratch: {e}")
+            })?;
+            *guard = Some(buf);
+        }
+        Ok(guard)
+    }
+
+    /// dst[r·ld8(cols) + c] = bf16(src[r·cols + c]) (`matmul_to_bf16`).
+    fn to_bf16<T: MmElem>(
+        &self,
+        dst: &mut CudaViewMut<'_, bf16>,
+        src: &CudaView<'_, T>,
+        rows: usize,
+        cols: usize,
+    ) -> Result<()> {
+        let chunks = rows * ld8(cols) / 8;
+        if chunks == 0 {
+            return Ok(());
+        }
+        let blocks = chunks.div_ceil(THREADS as usize).min(4096) as u32;
+        let cfg = LaunchConfig {
+            grid_dim: (blocks, 1, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (r32, c32, ld32) = (rows as u32, cols as u32, ld8(cols) as u32);
+        let mut b = self
+            .stream
+            .launch_builder(&self.to_bf16_fn[T::BF16 as usize]);
+        b.arg(dst).arg(src).arg(&r32).arg(&c32).arg(&ld32);
+        // SAFETY: matches `matmul_to_bf16(__nv_bfloat16*, const float*, u32 rows, u32 cols,
+        // u32 ld)` (`_from_bf16`: a bf16 source); the callers size dst to rows·ld8(cols) and
+        // src to rows·cols; dst is a scratch slice starting at a multiple of 8 elements.
+        unsafe { b.launch(cfg) }.map_err(|e| anyhow!("matmul_to_bf16 launch failed: {e}"))?;
+        Ok(())
+    }
+
+    /// Whether version 2 can read `v` (`[rows, cols]`) as it is: bf16, cols a multiple of 8
+    /// and the view 16-byte aligned.
+    fn readable_as_is<T: MmElem>(&self, v: &CudaView<'_, T>, cols: usize) -> bool {
+        T::BF16 && cols % 8 == 0 && {
+            let (ptr, _sync) = v.device_ptr(&self.stream);
+            ptr % 16 == 0
+        }
     }
 
     /// y[m, n] = x[m, k] · W[n, k]ᵀ (overwrite).
@@ -125,8 +287,35 @@ impl MatmulKernels {
         if m == 0 || n == 0 {
             return Ok(());
         }
-        let cfg = config("matmul_fwd", m, n)?;
         let (m32, k32, n32) = (m as u32, k as u32, n as u32);
+        if self.version == MmVersion::Async {
+            let op = "matmul_fwd";
+            let cfg = config(op, m, n, ASYNC_SMEM)?;
+            let lk = ld8(k);
+            let mut guard = self.scratch(op, scratch_elems(Some((m, k)), Some((n, k))))?;
+            let scratch = guard.as_mut().context("matmul_fwd: scratch missing")?;
+            let (mut xs, rest) = scratch.split_at_mut(m * lk);
+            let mut ws = rest;
+            self.to_bf16(&mut xs, x, m, k)?;
+            self.to_bf16(&mut ws, w, n, k)?;
+            let lk32 = lk as u32;
+            let mut b = self
+                .stream
+                .launch_builder(&self.fwd_async_fn[Y::BF16 as usize]);
+            b.arg(y)
+                .arg(&mut xs)
+                .arg(&mut ws)
+                .arg(&m32)
+                .arg(&k32)
+                .arg(&n32);
+            b.arg(&lk32).arg(&lk32);
+            // SAFETY: matches `matmul_fwd_async(float*, const bf16*, const bf16*, u32 m, u32 k,
+            // u32 n, u32 ldx, u32 ldw)` (`_bf16`: a bf16 y); xs holds m·lk and ws n·lk elements,
+            // written just above, both 16-byte aligned (scratch offsets are multiples of 8).
+            unsafe { b.launch(cfg) }.map_err(|e| anyhow!("matmul_fwd_async launch failed: {e}"))?;
+            return Ok(());
+        }
+        let cfg = config("matmul_fwd", m, n, 0)?;
         let mut b = self.stream.launch_builder(&self.fwd_fn[Y::BF16 as usize]);
         b.arg(y).arg(x).arg(w).arg(&m32).arg(&k32).arg(&n32);
         // SAFETY: matches `matmul_fwd(float*, const float*, const float*, u32 m, u32 k, u32 n)`
@@ -157,8 +346,39 @@ impl MatmulKernels {
         if m == 0 || k == 0 {
             return Ok(());
         }
-        let cfg = config("matmul_bwd_x", m, k)?;
         let (m32, k32, n32) = (m as u32, k as u32, n as u32);
+        if self.version == MmVersion::Async {
+            let op = "matmul_bwd_x";
+            let cfg = config(op, m, k, ASYNC_SMEM)?;
+            let dy_as_is = self.readable_as_is(dy, n);
+            let a = (!dy_as_is).then_some((m, n));
+            let mut guard = self.scratch(op, scratch_elems(a, Some((n, k))))?;
+            let scratch = guard.as_mut().context("matmul_bwd_x: scratch missing")?;
+            let (mut ds, mut ws) = scratch.split_at_mut(scratch_elems(a, None));
+            self.to_bf16(&mut ws, w, n, k)?;
+            let (ldd, ldw) = (if dy_as_is { n } else { ld8(n) } as u32, ld8(k) as u32);
+            let mut b = self.stream.launch_builder(&self.bwd_x_async_fn);
+            b.arg(dx);
+            if dy_as_is {
+                b.arg(dy);
+            } else {
+                self.to_bf16(&mut ds, dy, m, n)?;
+                b.arg(&mut ds);
+            }
+            b.arg(&mut ws)
+                .arg(&m32)
+                .arg(&k32)
+                .arg(&n32)
+                .arg(&ldd)
+                .arg(&ldw);
+            // SAFETY: matches `matmul_bwd_x_async(float*, const bf16*, const bf16*, u32 m, u32 k,
+            // u32 n, u32 lddy, u32 ldw)`; dy is bf16 (readable_as_is) with ld n, or its copy
+            // with ld ld8(n); ws holds n·ld8(k) elements; all 16-byte aligned.
+            unsafe { b.launch(cfg) }
+                .map_err(|e| anyhow!("matmul_bwd_x_async launch failed: {e}"))?;
+            return Ok(());
+        }
+        let cfg = config("matmul_bwd_x", m, k, 0)?;
         let mut b = self.stream.launch_builder(&self.bwd_x_fn[D::BF16 as usize]);
         b.arg(dx).arg(dy).arg(w).arg(&m32).arg(&k32).arg(&n32);
         // SAFETY: matches `matmul_bwd_x(float*, const float*, const float*, u32 m, u32 k,
@@ -191,8 +411,40 @@ impl MatmulKernels {
         if n == 0 || k == 0 {
             return Ok(());
         }
-        let cfg = config("matmul_bwd_w", n, k)?;
         let (m32, k32, n32, acc) = (m as u32, k as u32, n as u32, accumulate as i32);
+        if self.version == MmVersion::Async {
+            let op = "matmul_bwd_w";
+            let cfg = config(op, n, k, ASYNC_SMEM)?;
+            let dy_as_is = self.readable_as_is(dy, n);
+            let a = (!dy_as_is).then_some((m, n));
+            let mut guard = self.scratch(op, scratch_elems(a, Some((m, k))))?;
+            let scratch = guard.as_mut().context("matmul_bwd_w: scratch missing")?;
+            let (mut ds, mut xs) = scratch.split_at_mut(scratch_elems(a, None));
+            self.to_bf16(&mut xs, x, m, k)?;
+            let (ldd, ldx) = (if dy_as_is { n } else { ld8(n) } as u32, ld8(k) as u32);
+            let mut b = self.stream.launch_builder(&self.bwd_w_async_fn);
+            b.arg(dw);
+            if dy_as_is {
+                b.arg(dy);
+            } else {
+                self.to_bf16(&mut ds, dy, m, n)?;
+                b.arg(&mut ds);
+            }
+            b.arg(&mut xs)
+                .arg(&m32)
+                .arg(&k32)
+                .arg(&n32)
+                .arg(&ldd)
+                .arg(&ldx)
+                .arg(&acc);
+            // SAFETY: matches `matmul_bwd_w_async(float*, const bf16*, const bf16*, u32 m,
+            // u32 k, u32 n, u32 lddy, u32 ldx, int accumulate)`; dy as in backward_x; xs holds
+            // m·ld8(k) elements; all 16-byte aligned.
+            unsafe { b.launch(cfg) }
+                .map_err(|e| anyhow!("matmul_bwd_w_async launch failed: {e}"))?;
+            return Ok(());
+        }
+        let cfg = config("matmul_bwd_w", n, k, 0)?;
         let mut b = self.stream.launch_builder(&self.bwd_w_fn[D::BF16 as usize]);
         b.arg(dw)
             .arg(dy)
