@@ -10,6 +10,7 @@
 
 use anyhow::{ensure, Context, Result};
 use baddata::backend::cpu::Cpu;
+use baddata::backend::cuda::matmul::{self, MmVersion};
 use baddata::backend::{Backend, Span};
 use baddata::config::ModelConfig;
 use baddata::model::{init_params, Model, ParamLayout};
@@ -140,6 +141,16 @@ fn step_matches_cpu(ctx: &Ctx, cfg: ModelConfig, batch: usize, seq: usize) -> Re
     be.upload(&vec![f32::NAN; layout.len()], &mut gg)?; // every element must be overwritten
     let gpu_loss = gpu_model.forward_backward(&gp, &mut gg, &toks, batch, seq, false, 1.0)?;
     let grads = gpu_model.backend().download(&gg)?;
+    // The memory estimate counts the matmul operand scratch the step grew to.
+    let want = match matmul::DEFAULT_VERSION {
+        MmVersion::Async => baddata::perf::matmul_scratch_elements(&cfg, batch * seq),
+        MmVersion::Staged => 0,
+    };
+    let got = gpu_model.backend().matmul_scratch_elements();
+    ensure!(
+        got == want,
+        "matmul operand scratch: {got} elements after the step, perf::matmul_scratch_elements counts {want}"
+    );
 
     let rel = ((gpu_loss - cpu_loss) / cpu_loss).abs();
     ensure!(

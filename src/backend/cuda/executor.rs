@@ -143,6 +143,12 @@ impl CudaExecutor {
         &self.gpu
     }
 
+    /// Elements of bf16 operand scratch the matmul kernels hold now (the async version's copies
+    /// of the largest product launched so far; 0 with the staged version).
+    pub fn matmul_scratch_elements(&self) -> usize {
+        self.mm.scratch_elements()
+    }
+
     fn err(what: &str, e: impl std::fmt::Display) -> anyhow::Error {
         anyhow!("cuda executor: {what}: {e}")
     }
