@@ -104,6 +104,7 @@ fn version_name(v: MmVersion) -> (&'static str, &'static str) {
     match v {
         MmVersion::Staged => ("staged", ""),
         MmVersion::Async => ("async", "_async"),
+        MmVersion::Auto => ("auto", "_auto"),
     }
 }
 

@@ -82,7 +82,7 @@ pub fn cuda_train_memory(cfg: &ModelConfig, batch: usize, seq: usize) -> Vec<(St
         ));
     }
     if crate::backend::cuda::matmul::DEFAULT_VERSION
-        == crate::backend::cuda::matmul::MmVersion::Async
+        != crate::backend::cuda::matmul::MmVersion::Staged
     {
         rows.push((
             "matmul operand copies (bf16, the largest product's two operands)".to_string(),

@@ -21,13 +21,14 @@
 //! their fp32 twins bit for bit: a bf16 `y` must be the fp32 `y` rounded to nearest even, and a
 //! bf16 `dy` must give exactly what the same values widened to fp32 give.
 //!
-//! The parity tests run the executor's version ([`matmul::DEFAULT_VERSION`]);
-//! `matmul_versions_bit_identical` holds the other version to it bit for bit on every shape and
-//! offset, fp32 and bf16 `y` / `dy`, both `accumulate` modes.
+//! The parity tests run the executor's choice (`matmul::DEFAULT_VERSION`: the async version
+//! from 256 rows, the staged one below); `matmul_versions_bit_identical` holds the two versions
+//! to each other bit for bit on every shape and offset, fp32 and bf16 `y` / `dy`, both
+//! `accumulate` modes.
 
 use anyhow::{anyhow, ensure, Result};
 use baddata::backend::cpu::matmul as cpu_mm;
-use baddata::backend::cuda::matmul::{self, MatmulKernels, MmVersion};
+use baddata::backend::cuda::matmul::{MatmulKernels, MmVersion};
 use baddata::backend::cuda::CudaBackend;
 use cudarc::driver::CudaSlice;
 use half::bf16;
@@ -44,10 +45,11 @@ use gpu_common::{
 
 struct Gpu {
     be: CudaBackend,
-    /// The executor's version ([`matmul::DEFAULT_VERSION`]).
+    /// The executor's choice (`matmul::DEFAULT_VERSION`).
     mm: MatmulKernels,
-    /// The other version.
-    other: MatmulKernels,
+    /// Each version on every product, whatever its size.
+    staged: MatmulKernels,
+    asynchronous: MatmulKernels,
 }
 
 fn main() {
@@ -81,13 +83,18 @@ fn main() {
     let setup = || {
         let be = CudaBackend::open(0)?;
         let mm = MatmulKernels::new(&be)?;
-        let other = MmVersion::ALL
-            .into_iter()
-            .find(|&v| v != matmul::DEFAULT_VERSION)
-            .ok_or_else(|| anyhow!("only one matmul version"))?;
-        let other = MatmulKernels::with_version(&be, other)?;
+        let staged = MatmulKernels::with_version(&be, MmVersion::Staged)?;
+        let asynchronous = MatmulKernels::with_version(&be, MmVersion::Async)?;
         let device = be.describe();
-        Ok((Gpu { be, mm, other }, device))
+        Ok((
+            Gpu {
+                be,
+                mm,
+                staged,
+                asynchronous,
+            },
+            device,
+        ))
     };
     run_gpu_tests("gpu matmul", setup, host_tests, &tests)
 }
@@ -738,7 +745,7 @@ fn matmul_bf16_logit_variants_equal_fp32_twins(gpu: &Gpu) -> Result<()> {
 fn matmul_versions_bit_identical(gpu: &Gpu) -> Result<()> {
     let s = gpu.be.stream();
     let e = |e| anyhow!("{e}");
-    let (a, b) = (&gpu.mm, &gpu.other);
+    let (a, b) = (&gpu.staged, &gpu.asynchronous);
     // SHAPES but the largest (slow where the kernels run on a host), and a width that is a
     // multiple of 8 (a bf16 dy at offset 0 is then read as it is).
     let shapes = SHAPES

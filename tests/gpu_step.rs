@@ -142,9 +142,15 @@ fn step_matches_cpu(ctx: &Ctx, cfg: ModelConfig, batch: usize, seq: usize) -> Re
     let gpu_loss = gpu_model.forward_backward(&gp, &mut gg, &toks, batch, seq, false, 1.0)?;
     let grads = gpu_model.backend().download(&gg)?;
     // The memory estimate counts the matmul operand scratch the step grew to.
-    let want = match matmul::DEFAULT_VERSION {
-        MmVersion::Async => baddata::perf::matmul_scratch_elements(&cfg, batch * seq),
-        MmVersion::Staged => 0,
+    let async_here = match matmul::DEFAULT_VERSION {
+        MmVersion::Async => true,
+        MmVersion::Auto => batch * seq >= matmul::AUTO_MIN_ROWS,
+        MmVersion::Staged => false,
+    };
+    let want = if async_here {
+        baddata::perf::matmul_scratch_elements(&cfg, batch * seq)
+    } else {
+        0
     };
     let got = gpu_model.backend().matmul_scratch_elements();
     ensure!(

@@ -78,18 +78,25 @@ pub enum MmVersion {
     /// bf16 copies of the operands (scratch owned by [`MatmulKernels`]) fetched by `cp.async`
     /// into a 4-stage shared-memory pipeline (`matmul_fwd_async`, ...).
     Async,
+    /// [`MmVersion::Async`] for products of at least [`AUTO_MIN_ROWS`] token rows (training,
+    /// prefill), [`MmVersion::Staged`] below (decoding a few tokens, where copying the weights
+    /// to bf16 on every call would cost more than the product).
+    Auto,
 }
 
 impl MmVersion {
-    /// Both versions.
+    /// The two kernel versions ([`MmVersion::Auto`] picks one of them per product).
     pub const ALL: [MmVersion; 2] = [MmVersion::Staged, MmVersion::Async];
 }
 
-/// The version the executor launches: the async one, which the GPU tests found bit-identical to
-/// the staged one on every product and the bench 1.72× faster over OLMo-1B's 15 products on an
-/// H200 (docs/gpu-results.md). It costs the operand scratch
-/// ([`async_scratch_elements`], counted by [`crate::perf::cuda_train_memory`]).
-pub const DEFAULT_VERSION: MmVersion = MmVersion::Async;
+/// Token rows (m) from which [`MmVersion::Auto`] launches the async version.
+pub const AUTO_MIN_ROWS: usize = 256;
+
+/// The version the executor launches: [`MmVersion::Auto`], so training runs the async version,
+/// which the GPU tests found bit-identical to the staged one on every product and the bench
+/// 1.72× faster over OLMo-1B's 15 products on an H200 (docs/gpu-results.md). It costs the
+/// operand scratch ([`async_scratch_elements`], counted by [`crate::perf::cuda_train_memory`]).
+pub const DEFAULT_VERSION: MmVersion = MmVersion::Auto;
 
 /// The kernels of `cuda/matmul.cu`, bound to the backend's stream.
 pub struct MatmulKernels {
@@ -124,7 +131,7 @@ fn config(op: &str, rows: usize, cols: usize, smem: u32) -> Result<LaunchConfig>
     })
 }
 
-/// Elements of bf16 scratch [`MmVersion::Async`] keeps for the three products of a linear layer
+/// Elements of bf16 scratch the async version keeps for the three products of a linear layer
 /// with `m` rows, `k` inputs and `n` outputs: the largest of the three products' operand copies.
 /// `dy_as_is`: `dy` is bf16 and read as it is (the logits' gradient, when `n` is a multiple of
 /// 8), so only the other operand is copied in the backward products.
@@ -271,6 +278,15 @@ impl MatmulKernels {
         Ok(())
     }
 
+    /// Whether a product over `m` token rows runs the async version.
+    fn is_async(&self, m: usize) -> bool {
+        match self.version {
+            MmVersion::Staged => false,
+            MmVersion::Async => true,
+            MmVersion::Auto => m >= AUTO_MIN_ROWS,
+        }
+    }
+
     /// Whether version 2 can read `v` (`[rows, cols]`) as it is: bf16, cols a multiple of 8
     /// and the view 16-byte aligned.
     fn readable_as_is<T: MmElem>(&self, v: &CudaView<'_, T>, cols: usize) -> bool {
@@ -302,7 +318,7 @@ impl MatmulKernels {
             return Ok(());
         }
         let (m32, k32, n32) = (m as u32, k as u32, n as u32);
-        if self.version == MmVersion::Async {
+        if self.is_async(m) {
             let op = "matmul_fwd";
             let cfg = config(op, m, n, ASYNC_SMEM)?;
             let lk = ld8(k);
@@ -361,7 +377,7 @@ impl MatmulKernels {
             return Ok(());
         }
         let (m32, k32, n32) = (m as u32, k as u32, n as u32);
-        if self.version == MmVersion::Async {
+        if self.is_async(m) {
             let op = "matmul_bwd_x";
             let cfg = config(op, m, k, ASYNC_SMEM)?;
             let dy_as_is = self.readable_as_is(dy, n);
@@ -426,7 +442,7 @@ impl MatmulKernels {
             return Ok(());
         }
         let (m32, k32, n32, acc) = (m as u32, k as u32, n as u32, accumulate as i32);
-        if self.version == MmVersion::Async {
+        if self.is_async(m) {
             let op = "matmul_bwd_w";
             let cfg = config(op, n, k, ASYNC_SMEM)?;
             let dy_as_is = self.readable_as_is(dy, n);
