@@ -278,6 +278,64 @@ impl MatmulKernels {
         Ok(())
     }
 
+    /// Version 2 of a backward product: `out` from `dy` `[m, n]` (read as it is when
+    /// [`Self::readable_as_is`], else copied to bf16) and `other` `[other_rows, k]` (copied): `W`
+    /// for `dx = dy·W` (`accumulate` `None`), `x` for `dW (+)= dyᵀ·x` (`Some`).
+    #[allow(clippy::too_many_arguments)]
+    fn backward_async<D: MmElem>(
+        &self,
+        op: &str,
+        cfg: LaunchConfig,
+        out: &mut CudaViewMut<'_, f32>,
+        dy: &CudaView<'_, D>,
+        other: &CudaView<'_, f32>,
+        other_rows: usize,
+        m: usize,
+        k: usize,
+        n: usize,
+        accumulate: Option<i32>,
+    ) -> Result<()> {
+        let dy_as_is = self.readable_as_is(dy, n);
+        let a = (!dy_as_is).then_some((m, n));
+        let mut guard = self.scratch(op, scratch_elems(a, Some((other_rows, k))))?;
+        let scratch = guard
+            .as_mut()
+            .with_context(|| format!("{op}: scratch missing"))?;
+        let (mut ds, mut os) = scratch.split_at_mut(scratch_elems(a, None));
+        self.to_bf16(&mut os, other, other_rows, k)?;
+        let (m32, k32, n32) = (m as u32, k as u32, n as u32);
+        let (ldd, ldo) = (if dy_as_is { n } else { ld8(n) } as u32, ld8(k) as u32);
+        let f = match accumulate {
+            None => &self.bwd_x_async_fn,
+            Some(_) => &self.bwd_w_async_fn,
+        };
+        let mut b = self.stream.launch_builder(f);
+        b.arg(out);
+        if dy_as_is {
+            b.arg(dy);
+        } else {
+            self.to_bf16(&mut ds, dy, m, n)?;
+            b.arg(&mut ds);
+        }
+        b.arg(&mut os)
+            .arg(&m32)
+            .arg(&k32)
+            .arg(&n32)
+            .arg(&ldd)
+            .arg(&ldo);
+        if let Some(acc) = &accumulate {
+            b.arg(acc);
+        }
+        // SAFETY: matches `matmul_bwd_x_async(float* dx, const bf16* dy, const bf16* w, u32 m,
+        // u32 k, u32 n, u32 lddy, u32 ldw)` and `matmul_bwd_w_async(float* dw, const bf16* dy,
+        // const bf16* x, u32 m, u32 k, u32 n, u32 lddy, u32 ldx, int accumulate)`; the callers
+        // checked the buffer lengths; dy is bf16 with ld n (readable_as_is: 16-byte aligned, n a
+        // multiple of 8) or its copy with ld ld8(n); os holds other_rows·ld8(k) elements; the
+        // copies start at multiples of 8 elements of the scratch, so they are 16-byte aligned.
+        unsafe { b.launch(cfg) }.map_err(|e| anyhow!("{op}_async launch failed: {e}"))?;
+        Ok(())
+    }
+
     /// Whether a product over `m` token rows runs the async version.
     fn is_async(&self, m: usize) -> bool {
         match self.version {
@@ -378,35 +436,8 @@ impl MatmulKernels {
         }
         let (m32, k32, n32) = (m as u32, k as u32, n as u32);
         if self.is_async(m) {
-            let op = "matmul_bwd_x";
-            let cfg = config(op, m, k, ASYNC_SMEM)?;
-            let dy_as_is = self.readable_as_is(dy, n);
-            let a = (!dy_as_is).then_some((m, n));
-            let mut guard = self.scratch(op, scratch_elems(a, Some((n, k))))?;
-            let scratch = guard.as_mut().context("matmul_bwd_x: scratch missing")?;
-            let (mut ds, mut ws) = scratch.split_at_mut(scratch_elems(a, None));
-            self.to_bf16(&mut ws, w, n, k)?;
-            let (ldd, ldw) = (if dy_as_is { n } else { ld8(n) } as u32, ld8(k) as u32);
-            let mut b = self.stream.launch_builder(&self.bwd_x_async_fn);
-            b.arg(dx);
-            if dy_as_is {
-                b.arg(dy);
-            } else {
-                self.to_bf16(&mut ds, dy, m, n)?;
-                b.arg(&mut ds);
-            }
-            b.arg(&mut ws)
-                .arg(&m32)
-                .arg(&k32)
-                .arg(&n32)
-                .arg(&ldd)
-                .arg(&ldw);
-            // SAFETY: matches `matmul_bwd_x_async(float*, const bf16*, const bf16*, u32 m, u32 k,
-            // u32 n, u32 lddy, u32 ldw)`; dy is bf16 (readable_as_is) with ld n, or its copy
-            // with ld ld8(n); ws holds n·ld8(k) elements; all 16-byte aligned.
-            unsafe { b.launch(cfg) }
-                .map_err(|e| anyhow!("matmul_bwd_x_async launch failed: {e}"))?;
-            return Ok(());
+            let cfg = config("matmul_bwd_x", m, k, ASYNC_SMEM)?;
+            return self.backward_async("matmul_bwd_x", cfg, dx, dy, w, n, m, k, n, None);
         }
         let cfg = config("matmul_bwd_x", m, k, 0)?;
         let mut b = self.stream.launch_builder(&self.bwd_x_fn[D::BF16 as usize]);
@@ -443,36 +474,8 @@ impl MatmulKernels {
         }
         let (m32, k32, n32, acc) = (m as u32, k as u32, n as u32, accumulate as i32);
         if self.is_async(m) {
-            let op = "matmul_bwd_w";
-            let cfg = config(op, n, k, ASYNC_SMEM)?;
-            let dy_as_is = self.readable_as_is(dy, n);
-            let a = (!dy_as_is).then_some((m, n));
-            let mut guard = self.scratch(op, scratch_elems(a, Some((m, k))))?;
-            let scratch = guard.as_mut().context("matmul_bwd_w: scratch missing")?;
-            let (mut ds, mut xs) = scratch.split_at_mut(scratch_elems(a, None));
-            self.to_bf16(&mut xs, x, m, k)?;
-            let (ldd, ldx) = (if dy_as_is { n } else { ld8(n) } as u32, ld8(k) as u32);
-            let mut b = self.stream.launch_builder(&self.bwd_w_async_fn);
-            b.arg(dw);
-            if dy_as_is {
-                b.arg(dy);
-            } else {
-                self.to_bf16(&mut ds, dy, m, n)?;
-                b.arg(&mut ds);
-            }
-            b.arg(&mut xs)
-                .arg(&m32)
-                .arg(&k32)
-                .arg(&n32)
-                .arg(&ldd)
-                .arg(&ldx)
-                .arg(&acc);
-            // SAFETY: matches `matmul_bwd_w_async(float*, const bf16*, const bf16*, u32 m,
-            // u32 k, u32 n, u32 lddy, u32 ldx, int accumulate)`; dy as in backward_x; xs holds
-            // m·ld8(k) elements; all 16-byte aligned.
-            unsafe { b.launch(cfg) }
-                .map_err(|e| anyhow!("matmul_bwd_w_async launch failed: {e}"))?;
-            return Ok(());
+            let cfg = config("matmul_bwd_w", n, k, ASYNC_SMEM)?;
+            return self.backward_async("matmul_bwd_w", cfg, dw, dy, x, m, m, k, n, Some(acc));
         }
         let cfg = config("matmul_bwd_w", n, k, 0)?;
         let mut b = self.stream.launch_builder(&self.bwd_w_fn[D::BF16 as usize]);
