@@ -23,8 +23,8 @@
 //!
 //! The parity tests run the executor's choice (`matmul::DEFAULT_VERSION`: the async version
 //! from 256 rows, the staged one below); `matmul_versions_bit_identical` holds the two versions
-//! to each other bit for bit on every shape and offset, fp32 and bf16 `y` / `dy`, both
-//! `accumulate` modes.
+//! to each other bit for bit on the shapes of [`SHAPES`] but the largest and one more, at input
+//! offsets 0 and 1, fp32 and bf16 `y` / `dy`, both `accumulate` modes.
 
 use anyhow::{anyhow, ensure, Result};
 use baddata::backend::cpu::matmul as cpu_mm;

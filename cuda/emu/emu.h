@@ -124,9 +124,13 @@ inline float __uint_as_float(unsigned u) { float f; memcpy(&f, &u, 4); return f;
 using std::min; using std::max;
 // cp.async (cuda/common.cuh's cp_async16 / cp_async_commit / cp_async_wait): each copy reads its
 // source when issued but writes its destination only when a cp_async_wait covers its group, so
-// a kernel that reads the destination too early reads stale data here too. State per thread
-// index (blocks run one at a time); a kernel must wait for all its groups before it returns
-// (cp_async_wait<0>), or the copies left over land in the next block's waits.
+// a kernel that reads the destination too early reads stale data here too. On a GPU a copy may
+// also land as soon as it is issued, so a kernel that refills a buffer other threads are still
+// reading is just as wrong: with EMU_CP_ASYNC=eager in the environment (read once) each copy
+// also writes its destination when issued, which exposes that (run.sh runs the checks that use
+// cp.async both ways). State per thread index (blocks run one at a time); a kernel must wait for
+// all its groups before it returns (cp_async_wait<0>), or the copies left over land in the next
+// block's waits.
 namespace emu_detail {
 struct CpAsyncCopy { void* dst; unsigned char data[16]; };
 struct CpAsyncState {
@@ -136,6 +140,13 @@ struct CpAsyncState {
 inline CpAsyncState& cp_async_state(unsigned tid) {
     static CpAsyncState states[1024];
     return states[tid];
+}
+inline bool cp_async_eager() {
+    static const bool eager = [] {
+        const char* v = getenv("EMU_CP_ASYNC");
+        return v != nullptr && strcmp(v, "eager") == 0;
+    }();
+    return eager;
 }
 }  // namespace emu_detail
 
@@ -570,6 +581,7 @@ inline void cp_async16(void* dst, const void* src, unsigned bytes) {
     }
     emu_detail::CpAsyncCopy c{dst, {}};
     if (bytes) memcpy(c.data, src, bytes);
+    if (emu_detail::cp_async_eager()) memcpy(dst, c.data, 16);
     emu_detail::cp_async_state(threadIdx.x).open.push_back(c);
 }
 inline void cp_async_commit() {

@@ -7,7 +7,10 @@
 #
 # Every check runs in emu.h's fiber mode twice: threads resumed in ascending order, then with
 # EMU_FIBER_ORDER=reverse (descending), so a missing barrier shows whichever way round the
-# reader and the writer are. check_emu.cpp tests the emulator itself, including two kernels
+# reader and the writer are. check_matmul (whose kernels use cp.async) runs twice more with
+# EMU_CP_ASYNC=eager, copies landing as soon as they are issued instead of at the wait that
+# covers them, so a shared buffer refilled while others still read it fails too (emu.h).
+# check_emu.cpp tests the emulator itself, including two kernels
 # that must abort (a deadlocked block, a nested launch, a misaligned float4). `run.sh --os-threads` also builds
 # and runs every check with -DEMU_OS_THREADS (one std::thread per CUDA thread, the OS's
 # interleaving); that adds more than a minute on two cores, most of it thread switches, so it
@@ -49,6 +52,12 @@ for src in "$here"/check*.cpp; do
   "$out/$name" || status=1
   echo "== $name (fibers, EMU_FIBER_ORDER=reverse)"
   EMU_FIBER_ORDER=reverse "$out/$name" || status=1
+  if [ "$name" = check_matmul ]; then  # the checks of kernels that use cp.async
+    # copies that land as soon as they are issued (see emu.h): a stage refilled too early fails
+    echo "== $name (fibers, EMU_CP_ASYNC=eager, both orders)"
+    EMU_CP_ASYNC=eager "$out/$name" || status=1
+    EMU_CP_ASYNC=eager EMU_FIBER_ORDER=reverse "$out/$name" || status=1
+  fi
   if [ "$name" = check_emu ]; then
     must_abort "$out/$name" deadlock "emu: deadlock in the kernel launched at"
     must_abort "$out/$name" nested "from inside a kernel"

@@ -36,6 +36,19 @@ bench_budget="${BENCH_BUDGET:-80}"
 presets="${PRESETS:-olmo-124m olmo-1b}"
 # "yes" when word $1 is in the list $2
 listed() { [[ " $2 " == *" $1 "* ]]; }
+# A name in PRESETS or BENCHES that matches nothing is an error, not a silently empty run.
+for p in $presets; do
+  if [[ "$p" != olmo-124m && "$p" != olmo-1b ]]; then
+    echo "speed.sh: PRESETS: unknown preset '$p' (known: olmo-124m olmo-1b)" >&2
+    exit 2
+  fi
+done
+for b in ${BENCHES:-}; do
+  if [[ ! -x "$here/bin/benches/$b" ]]; then  # (unpack.sh has unpacked bin/ by now)
+    echo "speed.sh: BENCHES: no staged bench '$b' (staged: $(ls "$here/bin/benches" 2>/dev/null | tr '\n' ' '))" >&2
+    exit 2
+  fi
+done
 ours_steps="${OURS_STEPS:-13}"
 torch_steps="${TORCH_STEPS:-10}"
 torch_warmup="${TORCH_WARMUP:-3}"
