@@ -241,6 +241,14 @@ fn plain(label: String) -> (String, Option<f64>) {
     (label, None)
 }
 
+/// The label and FLOPs of `products` GEMMs of `m`×`k`→`n` (2·m·k·n FLOPs each), named `op`.
+fn gemm(op: &str, m: usize, k: usize, n: usize, products: f64) -> (String, Option<f64>) {
+    (
+        format!("{op} {m}×{k}→{n}"),
+        Some(products * 2.0 * (m * k * n) as f64),
+    )
+}
+
 /// FLOPs of causal attention forward over `s` (see the module docs).
 fn attention_flops(s: AttnShape) -> f64 {
     let (b, h, t, dh) = (s.b as f64, s.h as f64, s.t as f64, s.dh as f64);
@@ -410,12 +418,7 @@ impl<B: Backend> Backend for Profiled<B> {
         n: usize,
     ) -> Result<()> {
         self.op(
-            || {
-                (
-                    format!("matmul_fwd {m}×{k}→{n}"),
-                    Some(2.0 * (m * k * n) as f64),
-                )
-            },
+            || gemm("matmul_fwd", m, k, n, 1.0),
             |b| b.matmul_fwd(y, x, w, m, k, n),
         )
     }
@@ -429,12 +432,7 @@ impl<B: Backend> Backend for Profiled<B> {
         n: usize,
     ) -> Result<()> {
         self.op(
-            || {
-                (
-                    format!("matmul_bwd_x {m}×{k}→{n}"),
-                    Some(2.0 * (m * k * n) as f64),
-                )
-            },
+            || gemm("matmul_bwd_x", m, k, n, 1.0),
             |b| b.matmul_bwd_x(dx, dy, w, m, k, n),
         )
     }
@@ -449,12 +447,7 @@ impl<B: Backend> Backend for Profiled<B> {
         accumulate: bool,
     ) -> Result<()> {
         self.op(
-            || {
-                (
-                    format!("matmul_bwd_w {m}×{k}→{n}"),
-                    Some(2.0 * (m * k * n) as f64),
-                )
-            },
+            || gemm("matmul_bwd_w", m, k, n, 1.0),
             |b| b.matmul_bwd_w(dw, dy, x, m, k, n, accumulate),
         )
     }
@@ -468,12 +461,7 @@ impl<B: Backend> Backend for Profiled<B> {
         v: usize,
     ) -> Result<()> {
         self.op(
-            || {
-                (
-                    format!("logits_fwd {m}×{d}→{v}"),
-                    Some(2.0 * (m * d * v) as f64),
-                )
-            },
+            || gemm("logits_fwd", m, d, v, 1.0),
             |b| b.logits_fwd(logits, x, wte, m, d, v),
         )
     }
@@ -490,12 +478,7 @@ impl<B: Backend> Backend for Profiled<B> {
         accumulate: bool,
     ) -> Result<()> {
         self.op(
-            || {
-                (
-                    format!("logits_bwd {m}×{d}→{v}"),
-                    Some(4.0 * (m * d * v) as f64),
-                )
-            },
+            || gemm("logits_bwd", m, d, v, 2.0),
             |b| b.logits_bwd(dx, dwte, dlogits, x, wte, m, d, v, accumulate),
         )
     }
