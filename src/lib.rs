@@ -15,4 +15,5 @@ pub mod perf;
 pub mod plot;
 pub mod probe;
 pub mod score;
+pub mod toy;
 pub mod train;
