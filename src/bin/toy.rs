@@ -88,9 +88,10 @@ struct Args {
     /// Residual-stream activation the probes read.
     #[arg(long, value_enum, default_value_t = d().hook)]
     hook: Hook,
-    /// Layer of --hook (0-based; default: the last layer's output).
-    #[arg(long, default_value_t = d().layer)]
-    layer: usize,
+    /// Layer of --hook, 0-based [default: the last layer, n_layers - 1 (3 with the default
+    /// --n-layers): with --hook resid-post, the stream the final layernorm and the head read].
+    #[arg(long)]
+    layer: Option<usize>,
     /// First position probed (position 0 shows only the start token, so all three chains look
     /// alike there).
     #[arg(long, default_value_t = d().probe_from)]
@@ -136,7 +137,7 @@ fn run() -> Result<()> {
             batch: a.batch,
             seq: a.seq,
             hook: a.hook,
-            layer: a.layer,
+            layer: a.layer.unwrap_or(a.n_layers.saturating_sub(1)),
             probe_from: a.probe_from,
             negatives: a.negatives,
             probe_l2: a.probe_l2,

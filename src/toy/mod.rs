@@ -297,7 +297,15 @@ pub fn run_toy(cfg: &ToyConfig, opts: RunOptions) -> Result<ToyReport> {
             match read_cell(&cell_path(&cfg.out, share, seed), &cfg.cell)? {
                 // the file name (share to 6 decimals) identified it: take the share as given
                 // now, not as parsed back from JSON (which may differ in the last bit)
-                Some(c) => done.push(CellResult { share, ..c }),
+                Some(c) => {
+                    ensure!(
+                        (c.share - share).abs() <= 1e-9,
+                        "{}: made for share {}, not {share}",
+                        cell_path(&cfg.out, share, seed).display(),
+                        c.share
+                    );
+                    done.push(CellResult { share, ..c })
+                }
                 None => todo.push((share, seed)),
             }
         }
