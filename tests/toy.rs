@@ -3,14 +3,14 @@
 //! (results.json, resume, refusal of other settings).
 
 use baddata::probe::logistic::LogisticConfig;
-use baddata::toy::cell::{loss_floor, train_and_probe};
+use baddata::toy::cell::{loss_floor, probe_stream, train_cell};
 use baddata::toy::chains::{Chain, ToyChains, DEFAULT_CHAINS};
 use baddata::toy::entanglement::{
     cosine, d4_lines, entanglement, probe_directions, random_entanglement, roc_auc, welch_bound,
     Negatives, TokenRows,
 };
 use baddata::toy::summary::{t975, MeanCi};
-use baddata::toy::{run_toy, CellSettings, RunOptions, ToyConfig};
+use baddata::toy::{run_toy, CellSettings, Hook, ProbeSettings, RunOptions, ToyConfig};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -208,7 +208,7 @@ fn roc_auc_counts_ordered_pairs() {
 }
 
 #[test]
-fn a_cell_is_deterministic() {
+fn a_cell_is_deterministic_and_keeps_every_stream() {
     let ch = ToyChains::parse(DEFAULT_CHAINS).unwrap();
     let s = CellSettings {
         steps: 4,
@@ -216,13 +216,42 @@ fn a_cell_is_deterministic() {
         seq: 8,
         ..CellSettings::default()
     };
-    let a = train_and_probe(&ch, &s, 0.1, 7, &|| ()).unwrap();
-    let b = train_and_probe(&ch, &s, 0.1, 7, &|| ()).unwrap();
-    assert_eq!(a.entanglement, b.entanglement);
-    assert_eq!(a.directions, b.directions);
+    let a = train_cell(&ch, &s, 0.1, 7, &|| ()).unwrap();
+    let b = train_cell(&ch, &s, 0.1, 7, &|| ()).unwrap();
+    assert_eq!(a.streams, b.streams);
     assert_eq!(a.final_loss, b.final_loss);
-    let c = train_and_probe(&ch, &s, 0.1, 8, &|| ()).unwrap();
-    assert_ne!(a.directions, c.directions);
+    let c = train_cell(&ch, &s, 0.1, 8, &|| ()).unwrap();
+    assert_ne!(a.streams, c.streams);
+    // the embedding and the 4 blocks' outputs, [12 features, 8 positions, 4]
+    let names: Vec<&str> = a.streams.iter().map(|s| s.hook.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "blocks.0.hook_resid_pre",
+            "blocks.0.hook_resid_post",
+            "blocks.1.hook_resid_post",
+            "blocks.2.hook_resid_post",
+            "blocks.3.hook_resid_post"
+        ]
+    );
+    assert!(a.streams.iter().all(|s| s.values.len() == 12 * 8 * 4));
+    // at the embedding every feature showing token t has the same vector (the embedding row)
+    let e = &a.streams[0].values;
+    let feats = ch.features();
+    for (i, &f) in feats.iter().enumerate() {
+        let t0 = ch.sequence(f, 8)[0] as usize;
+        let j = feats
+            .iter()
+            .position(|g| g.start as usize == t0 && g.chain != f.chain)
+            .unwrap();
+        assert_eq!(e[i * 32..i * 32 + 4], e[j * 32..j * 32 + 4]);
+    }
+    // so the same-token probes find no direction there, and do on a block's output
+    let p = ProbeSettings::default();
+    let emb = probe_stream(&ch, &a, 0, &p).unwrap();
+    assert!(emb.entanglement.iter().all(|x| x.is_nan()));
+    let out = probe_stream(&ch, &a, 4, &p).unwrap();
+    assert!(out.entanglement.iter().all(|x| (0.0..=1.0).contains(x)));
 }
 
 #[test]
@@ -240,6 +269,11 @@ fn t_intervals() {
     assert!(MeanCi::of(&[1.0]).ci_lo.is_nan());
 }
 
+/// A value as JSON (NaN as null, so that two results with NaN intervals compare equal).
+fn js<T: serde::Serialize>(x: &T) -> serde_json::Value {
+    serde_json::to_value(x).unwrap()
+}
+
 fn tiny_config(out: &std::path::Path) -> ToyConfig {
     ToyConfig {
         cell: CellSettings {
@@ -249,6 +283,7 @@ fn tiny_config(out: &std::path::Path) -> ToyConfig {
             seq: 8,
             ..CellSettings::default()
         },
+        probe: ProbeSettings::default(),
         shares: vec![0.05, 0.3],
         seeds: 1,
         out: out.to_path_buf(),
@@ -268,7 +303,8 @@ fn tiny_run_writes_well_formed_results_and_resumes() {
     assert_eq!(v["seeds"], 1);
     assert_eq!(v["settings"]["steps"], 5);
     assert_eq!(v["settings"]["d_model"], 4);
-    assert_eq!(v["settings"]["hook"], "resid-post");
+    assert_eq!(v["probe"]["hook"], "resid-post");
+    assert_eq!(v["hook"], "blocks.3.hook_resid_post");
     assert_eq!(v["features"].as_array().unwrap().len(), 12);
     assert_eq!(v["rare_features"], serde_json::json!([0, 1, 2, 3]));
     assert!((v["welch_bound"].as_f64().unwrap() - 0.4264).abs() < 1e-4);
@@ -285,12 +321,15 @@ fn tiny_run_writes_well_formed_results_and_resumes() {
         assert_eq!(p["rare"]["n"], 1);
         assert!(p["final_loss"]["mean"].as_f64().unwrap() > 0.0);
         assert_eq!(p["chain_excess_loss"].as_array().unwrap().len(), 3);
+        assert_eq!(p["entanglement_per_seed"][0].as_array().unwrap().len(), 12);
     }
     // every residual stream after the embedding has both groups
     let streams = v["streams"].as_array().unwrap();
     assert_eq!(streams.len(), 5);
     assert_eq!(streams[4]["hook"], "blocks.3.hook_resid_post");
     assert!(streams[4]["points"][0]["rare"]["mean"].as_f64().is_some());
+    // the embedding has no same-token direction: no points there
+    assert_eq!(streams[0]["points"].as_array().unwrap().len(), 0);
     // the main stream is the last block's output, as chosen
     assert_eq!(
         streams[4]["points"][1]["others"]["mean"],
@@ -316,7 +355,34 @@ fn tiny_run_writes_well_formed_results_and_resumes() {
         }
     }
 
-    // other settings in the same directory are refused, naming the field
+    // other probe settings reuse the cells: block 1's output is the main stream now
+    let mut at1 = cfg.clone();
+    at1.probe.layer = 1;
+    let r1 = run_toy(&at1, RunOptions { progress: false }).unwrap();
+    assert_eq!((r1.trained, r1.reused), (0, 2));
+    assert_eq!(r1.results.hook, "blocks.1.hook_resid_post");
+    // (as JSON: one seed's intervals are NaN, which equals nothing)
+    assert_eq!(js(&r1.results.points), js(&r1.results.streams[2].points));
+    let mut pre2 = cfg.clone();
+    pre2.probe.hook = Hook::ResidPre;
+    pre2.probe.layer = 2;
+    let r2 = run_toy(&pre2, RunOptions { progress: false }).unwrap();
+    assert_eq!(
+        js(&r2.results.points),
+        js(&r1.results.points),
+        "resid_pre of 2 is resid_post of 1"
+    );
+    // the embedding is refused as the probed stream
+    let mut emb = cfg.clone();
+    emb.probe.hook = Hook::ResidPre;
+    emb.probe.layer = 0;
+    let msg = format!(
+        "{:#}",
+        run_toy(&emb, RunOptions { progress: false }).unwrap_err()
+    );
+    assert!(msg.contains("no direction"), "{msg}");
+
+    // other training settings in the same directory are refused, naming the field
     let mut other = cfg.clone();
     other.cell.steps = 6;
     let err = run_toy(&other, RunOptions { progress: false }).unwrap_err();
@@ -331,7 +397,7 @@ fn tiny_run_writes_well_formed_results_and_resumes() {
 fn bad_settings_are_refused_with_the_flag_named() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = tiny_config(dir.path());
-    cfg.cell.layer = 4;
+    cfg.probe.layer = 4;
     let msg = format!(
         "{:#}",
         run_toy(&cfg, RunOptions { progress: false }).unwrap_err()

@@ -6,11 +6,18 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Parser;
 
-use baddata::toy::{run_toy, CellSettings, Hook, Negatives, RunOptions, ToyConfig, DEFAULT_SHARES};
+use baddata::toy::{
+    run_toy, CellSettings, Hook, Negatives, ProbeSettings, RunOptions, ToyConfig, DEFAULT_SHARES,
+};
 
-/// The defaults of the cell settings, for the flags' `default_value_t`.
+/// The defaults of the training settings, for the flags' `default_value_t`.
 fn d() -> CellSettings {
     CellSettings::default()
+}
+
+/// The defaults of the probe settings.
+fn p() -> ProbeSettings {
+    ProbeSettings::default()
 }
 
 #[derive(Parser, Debug)]
@@ -23,15 +30,17 @@ fn d() -> CellSettings {
 every feature and every token, an L2 logistic probe on one layer's residual stream separates that feature's \
 positions showing the token from the other features'; the feature's direction is the mean of its probes' unit \
 normals. A feature's entanglement is its largest |cos| with any other feature's direction.\n\n\
-Finished (share, seed) cells are saved in OUT/cells/ and skipped when the command is run again with the same \
-settings (other settings in the same OUT are refused).\n\n\
-Examples:\n  toy\n  toy --seeds 3 --shares 0.02,0.33 --out runs/toy-quick\n  toy --hook resid-pre --layer 2 --out runs/toy-l2pre",
+Finished (share, seed) cells (the trained model's residual streams on the 12 sequences) are saved in OUT/cells/ \
+and skipped when the command is run again with the same training settings (other training settings in the same \
+OUT are refused). The probes run on the saved streams, so a rerun with other probe settings (--hook, --layer, \
+--probe-from, --negatives, --probe-l2) trains nothing.\n\n\
+Examples:\n  toy\n  toy --seeds 3 --shares 0.02,0.33 --out runs/toy-quick\n  toy --layer 2        (the same models, probed at block 2's output)",
     after_help = "Outputs in --out:\n  \
 results.json     every setting, per share the per-seed entanglement of both groups with means and 95% t \
 intervals, the paired gap, the Welch bound, the D4 level, the random-directions level\n  \
 results.csv      the plotted numbers\n  \
 entanglement.png both groups against the share, error bars over seeds, the reference lines\n  \
-cells/           one JSON file per finished (share, seed): entanglement, directions, probe accuracy, loss"
+cells/           one JSON file per finished (share, seed): its settings, losses and residual streams"
 )]
 struct Args {
     /// Shares of training sequences drawn from the underrepresented chain, comma-separated, each
@@ -86,7 +95,7 @@ struct Args {
     #[arg(long, default_value_t = d().seq)]
     seq: usize,
     /// Residual-stream activation the probes read.
-    #[arg(long, value_enum, default_value_t = d().hook)]
+    #[arg(long, value_enum, default_value_t = p().hook)]
     hook: Hook,
     /// Layer of --hook, 0-based [default: the last layer, n_layers - 1 (3 with the default
     /// --n-layers): with --hook resid-post, the stream the final layernorm and the head read].
@@ -94,14 +103,14 @@ struct Args {
     layer: Option<usize>,
     /// First position probed (position 0 shows only the start token, so all three chains look
     /// alike there).
-    #[arg(long, default_value_t = d().probe_from)]
+    #[arg(long, default_value_t = p().probe_from)]
     probe_from: usize,
     /// What each (feature, token) probe is fit against: the other features' positions showing
     /// the same token, or every other position.
-    #[arg(long, value_enum, default_value_t = d().negatives)]
+    #[arg(long, value_enum, default_value_t = p().negatives)]
     negatives: Negatives,
     /// L2 strength of the probes on standardised activations (scikit-learn's 1/C).
-    #[arg(long, default_value_t = d().probe_l2)]
+    #[arg(long, default_value_t = p().probe_l2)]
     probe_l2: f64,
     /// Output directory.
     #[arg(long, default_value = "runs/toy")]
@@ -136,6 +145,8 @@ fn run() -> Result<()> {
             grad_clip: a.grad_clip,
             batch: a.batch,
             seq: a.seq,
+        },
+        probe: ProbeSettings {
             hook: a.hook,
             layer: a.layer.unwrap_or(a.n_layers.saturating_sub(1)),
             probe_from: a.probe_from,
@@ -177,6 +188,7 @@ fn run() -> Result<()> {
             p.loss_floor
         );
     }
+    println!("probed stream: {}", res.hook);
     let rare = res.settings.rare_chain;
     println!(
         "excess loss over the floor of the underrepresented chain's sequences (nats/token), by share: {}",
@@ -204,7 +216,18 @@ fn run() -> Result<()> {
             .iter()
             .map(|p| format!("{:.3}/{:.3}", p.rare.mean, p.others.mean))
             .collect();
-        println!("  {:<26} {}", st.hook, cells.join("  "));
+        let change = st.gap_change.as_ref().map_or(String::new(), |g| {
+            format!(
+                "  gap change {:.3} [{:.3}, {:.3}]",
+                g.summary.mean, g.summary.ci_lo, g.summary.ci_hi
+            )
+        });
+        let cells = if cells.is_empty() {
+            "no direction (a token looks the same in every feature)".to_string()
+        } else {
+            cells.join("  ")
+        };
+        println!("  {:<26} {cells}{change}", st.hook);
     }
     if let Some(g) = &res.gap_change {
         println!(

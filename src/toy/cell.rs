@@ -1,4 +1,5 @@
-//! One (share, seed) cell: train a fresh model on the chains, probe it, measure entanglement.
+//! One (share, seed) cell: train a fresh model on the chains and keep its residual streams; then
+//! (any number of times, with any probe settings) probe them and measure entanglement.
 //!
 //! Training is a small in-memory loop over the project's own parts, because the data is
 //! synthetic: [`Model::forward_backward`] on the CPU executor, the global gradient norm and
@@ -10,8 +11,8 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::chains::{Feature, ToyChains};
-use super::entanglement::{entanglement, probe_directions, TokenRows};
-use super::{CellSettings, Hook};
+use super::entanglement::{entanglement, probe_directions, FeatureProbe, TokenRows};
+use super::{CellSettings, Hook, ProbeSettings};
 use crate::backend::cpu::Cpu;
 use crate::backend::Backend;
 use crate::model::{init_params, Model};
@@ -26,6 +27,15 @@ const DATA_STREAM: u64 = 1;
 /// Steps averaged for [`CellResult::final_loss`].
 const LOSS_TAIL: usize = 50;
 
+/// One residual stream of the 12 feature sequences.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Stream {
+    /// The activation's name (`blocks.0.hook_resid_pre` is the embedding).
+    pub hook: String,
+    /// `[features, seq, d_model]` row-major, features in [`ToyChains::features`] order.
+    pub values: Vec<f32>,
+}
+
 /// The result of one cell, as saved in `cells/share-…-seed-….json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CellResult {
@@ -33,31 +43,22 @@ pub struct CellResult {
     pub share: f64,
     /// Seed of the initialisation and of the data.
     pub seed: u64,
-    /// The settings it was made with.
+    /// The settings it was trained with.
     pub settings: CellSettings,
     /// Mean training loss of the last 50 steps (nats per token).
     pub final_loss: f64,
     /// The lowest mean loss any model can reach on this mixture (nats per token): the
     /// entropy of the next token given the prefix, averaged over positions and rows.
     pub loss_floor: f64,
-    /// Per feature (in [`ToyChains::features`] order): largest |cos| with any other feature.
-    pub entanglement: Vec<f64>,
-    /// Per feature: the mean of its per-token probes' unit normals.
-    pub directions: Vec<Vec<f64>>,
-    /// Per feature, per token: the probe's accuracy on the positions it was fit on.
-    pub probe_accuracy: Vec<Vec<Option<f64>>>,
-    /// Per feature, per token: the probe's ROC AUC on those positions.
-    pub probe_auc: Vec<Vec<Option<f64>>>,
-    /// Per residual stream (0: the embeddings, `blocks.0.hook_resid_pre`; `k ≥ 1`:
-    /// `blocks.{k−1}.hook_resid_post`), per feature: the entanglement the same probes give there
-    /// (`None` where the probes found no direction, as at the embedding).
-    pub stream_entanglement: Vec<Vec<Option<f64>>>,
     /// Per chain: the model's mean loss on that chain's sequences (nats per token).
     pub chain_loss: Vec<f64>,
     /// Per chain: the lowest mean loss any model can reach on that chain's sequences, given the
     /// mixture (its position-0 prediction cannot know the chain).
     pub chain_floor: Vec<f64>,
-    /// Wall-clock seconds of training and probing.
+    /// Every residual stream of the trained model on each feature's sequence: the embedding,
+    /// then each block's output.
+    pub streams: Vec<Stream>,
+    /// Wall-clock seconds of training and recording.
     pub seconds: f64,
 }
 
@@ -118,9 +119,9 @@ pub fn loss_floor_on(
     }
 }
 
-/// Trains a fresh model for one (share, seed) and measures its features' entanglement;
-/// `tick` is called once per optimizer step.
-pub fn train_and_probe(
+/// Trains a fresh model for one (share, seed) and records its residual streams on the
+/// features' sequences; `tick` is called once per optimizer step.
+pub fn train_cell(
     chains: &ToyChains,
     s: &CellSettings,
     share: f64,
@@ -187,45 +188,20 @@ pub fn train_and_probe(
         }));
     }
 
-    // Probe: every feature's sequence once, every residual stream at every position.
+    // Every feature's sequence once; every residual stream at every position.
     let seqs: Vec<Vec<u32>> = feats.iter().map(|&f| chains.sequence(f, s.seq)).collect();
     let ids: Vec<u32> = seqs.iter().flatten().copied().collect();
     model.logits(&params, &ids, feats.len(), s.seq)?;
-    let lcfg = LogisticConfig {
-        l2: s.probe_l2,
-        ..LogisticConfig::default()
-    };
     let mut streams = Vec::with_capacity(s.n_layers + 1);
-    let mut main = None;
     for k in 0..=s.n_layers {
-        let (hook, layer) = if k == 0 {
-            (Hook::ResidPre, 0)
-        } else {
-            (Hook::ResidPost, k - 1)
-        };
-        let probed = probe_stream(&model, chains, s, &seqs, hook, layer, &lcfg)?;
-        let chosen = (hook, layer) == (s.hook, s.layer)
-            || (s.hook == Hook::ResidPre
-                && s.layer > 0
-                && (hook, layer) == (Hook::ResidPost, s.layer - 1));
-        if chosen {
-            main = Some(probed.clone());
-        }
-        streams.push(
-            probed
-                .entanglement
-                .iter()
-                .map(|e| e.is_finite().then_some(*e))
-                .collect(),
-        );
-    }
-    let main = main.context("the chosen hook is not one of the residual streams")?;
-    if let Some(f) = main.entanglement.iter().position(|e| !e.is_finite()) {
-        bail!(
-            "{}: the probes found no direction for feature {f} (its activations do not vary \
-             within a token, as at the embedding): probe a later layer",
-            s.hook.name(s.layer)
-        );
+        let hook = stream_name(k);
+        let (buf, b, t) = model
+            .activation(&hook)
+            .with_context(|| format!("no activation {hook}"))?;
+        ensure!(b == feats.len() && t == s.seq, "{hook}: shape [{b}, {t}]");
+        let mut values = model.backend().download(buf)?;
+        values.truncate(b * t * s.d_model);
+        streams.push(Stream { hook, values });
     }
     Ok(CellResult {
         share,
@@ -235,45 +211,63 @@ pub fn train_and_probe(
         loss_floor: loss_floor(chains, s.rare_chain, share, s.seq),
         chain_loss,
         chain_floor,
-        entanglement: main.entanglement,
-        directions: main.directions,
-        probe_accuracy: main.probe_accuracy,
-        probe_auc: main.probe_auc,
-        stream_entanglement: streams,
+        streams,
         seconds: t0.elapsed().as_secs_f64(),
     })
 }
 
-/// What the probes found on one residual stream.
-#[derive(Clone)]
-struct Probed {
-    entanglement: Vec<f64>,
-    directions: Vec<Vec<f64>>,
-    probe_accuracy: Vec<Vec<Option<f64>>>,
-    probe_auc: Vec<Vec<Option<f64>>>,
+/// The name of residual stream `k`: `blocks.0.hook_resid_pre` (the embedding) for 0,
+/// `blocks.{k−1}.hook_resid_post` after.
+pub fn stream_name(k: usize) -> String {
+    if k == 0 {
+        Hook::ResidPre.name(0)
+    } else {
+        Hook::ResidPost.name(k - 1)
+    }
 }
 
-/// Probes one residual stream of the last forward pass (the features' sequences, `[F, seq]`).
-fn probe_stream(
-    model: &Model<Cpu<f32>>,
+/// What the probes found on one residual stream of one cell.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Probed {
+    /// Per feature: largest |cos| with any other feature (NaN where the probes found no
+    /// direction, as at the embedding).
+    pub entanglement: Vec<f64>,
+    /// Per feature: the mean of its per-token probes' unit normals.
+    pub directions: Vec<Vec<f64>>,
+    /// Per feature, per token: the probe's accuracy on the positions it was fit on.
+    pub accuracy: Vec<Vec<Option<f64>>>,
+    /// Per feature, per token: the probe's ROC AUC on those positions.
+    pub auc: Vec<Vec<Option<f64>>>,
+}
+
+/// Probes stream `k` of a cell (see [`stream_name`]) with the given settings (their hook and
+/// layer are not used: `k` says which stream).
+pub fn probe_stream(
     chains: &ToyChains,
-    s: &CellSettings,
-    seqs: &[Vec<u32>],
-    hook: Hook,
-    layer: usize,
-    lcfg: &LogisticConfig,
+    cell: &CellResult,
+    k: usize,
+    p: &ProbeSettings,
 ) -> Result<Probed> {
-    let name = hook.name(layer);
-    let (buf, b, t) = model
-        .activation(&name)
-        .with_context(|| format!("no activation {name}"))?;
-    ensure!(b == seqs.len() && t == s.seq, "{name}: shape [{b}, {t}]");
+    let s = &cell.settings;
+    let stream = cell
+        .streams
+        .get(k)
+        .with_context(|| format!("the cell has no residual stream {k}"))?;
+    let feats = chains.features();
     let d = s.d_model;
-    let acts = model.backend().download(buf)?;
+    ensure!(
+        stream.values.len() == feats.len() * s.seq * d,
+        "{}: {} values, expected features {} x seq {} x d_model {d}",
+        stream.hook,
+        stream.values.len(),
+        feats.len(),
+        s.seq
+    );
     let mut per_token: Vec<(Vec<f64>, Vec<usize>)> = vec![(Vec::new(), Vec::new()); chains.vocab];
-    for (fi, sq) in seqs.iter().enumerate() {
-        for (p, &tok) in sq.iter().enumerate().skip(s.probe_from) {
-            let row = &acts[(fi * s.seq + p) * d..(fi * s.seq + p + 1) * d];
+    for (fi, &f) in feats.iter().enumerate() {
+        let sq = chains.sequence(f, s.seq);
+        for (pos, &tok) in sq.iter().enumerate().skip(p.probe_from) {
+            let row = &stream.values[(fi * s.seq + pos) * d..(fi * s.seq + pos + 1) * d];
             let slot = &mut per_token[tok as usize];
             slot.0.extend(row.iter().map(|&x| x as f64));
             slot.1.push(fi);
@@ -289,17 +283,21 @@ fn probe_stream(
             feature: f,
         })
         .collect();
-    let probes = probe_directions(&rows, seqs.len(), d, s.negatives, lcfg)
-        .with_context(|| format!("probing {name}"))?;
+    let lcfg = LogisticConfig {
+        l2: p.probe_l2,
+        ..LogisticConfig::default()
+    };
+    let probes = probe_directions(&rows, feats.len(), d, p.negatives, &lcfg)
+        .with_context(|| format!("probing {}", stream.hook))?;
     let directions: Vec<Vec<f64>> = probes.iter().map(|p| p.direction.clone()).collect();
     let entanglement = entanglement(&directions)?;
     // per feature, a per-token table (None where that token had no probe)
-    let by_token = |pick: &dyn Fn(&super::entanglement::FeatureProbe) -> &[f64]| {
+    let by_token = |pick: &dyn Fn(&FeatureProbe) -> &[f64]| {
         probes
             .iter()
-            .map(|p| {
+            .map(|fp| {
                 let mut t = vec![None; chains.vocab];
-                for (tr, a) in rows.iter().zip(pick(p)) {
+                for (tr, a) in rows.iter().zip(pick(fp)) {
                     t[tr.token as usize] = a.is_finite().then_some(*a);
                 }
                 t
@@ -309,7 +307,7 @@ fn probe_stream(
     Ok(Probed {
         entanglement,
         directions,
-        probe_accuracy: by_token(&|p| &p.accuracy),
-        probe_auc: by_token(&|p| &p.auc),
+        accuracy: by_token(&|fp| &fp.accuracy),
+        auc: by_token(&|fp| &fp.auc),
     })
 }

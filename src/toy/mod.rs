@@ -4,10 +4,12 @@
 //! Three deterministic cyclic Markov chains over 4 tokens define 12 features (chain, start)
 //! ([`chains`]). For each share of the underrepresented chain and each seed, the project's own
 //! model (an OLMo block stack with a 4-dimensional residual stream, on the CPU executor) is
-//! trained from scratch with the project's AdamW and schedule ([`cell`]); then one probe per
-//! (feature, token) on a chosen layer's residual stream gives each feature a direction, and the
-//! entanglement of each feature is its largest `|cos|` with any other ([`entanglement`]). The
-//! run writes one file per finished (share, seed) cell, so a rerun skips them, and at the end
+//! trained from scratch with the project's AdamW and schedule, and every residual stream of the
+//! 12 sequences run once through it is kept ([`cell`]: one file per finished (share, seed), so a
+//! rerun skips it). Then, for the chosen stream, one probe per (feature, token) gives each
+//! feature a direction, and the entanglement of each feature is its largest `|cos|` with any
+//! other ([`entanglement`]). The probes run after training, on the saved streams, so changing a
+//! probe setting (`--layer`, `--hook`, `--negatives`, …) retrains nothing. At the end:
 //! `results.json`, `results.csv` and `entanglement.png` ([`report`]).
 
 pub mod cell;
@@ -27,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::write_atomic;
 use crate::config::ModelConfig;
-use cell::{train_and_probe, CellResult};
+use cell::{train_cell, CellResult};
 use chains::ToyChains;
 pub use entanglement::Negatives;
 
@@ -81,8 +83,14 @@ pub struct CellSettings {
     pub grad_clip: f32,
     /// Sequences per step.
     pub batch: usize,
-    /// Tokens per training sequence (the model also sees `seq` tokens when probed).
+    /// Tokens per training sequence (the model also sees `seq` tokens when its streams are
+    /// recorded).
     pub seq: usize,
+}
+
+/// How the saved residual streams are probed (nothing here needs retraining).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProbeSettings {
     /// Residual-stream hook the probes read.
     pub hook: Hook,
     /// Layer of the hook.
@@ -93,6 +101,53 @@ pub struct CellSettings {
     pub negatives: Negatives,
     /// L2 strength of the probes on standardised activations (scikit-learn's 1/C).
     pub probe_l2: f64,
+}
+
+impl Default for ProbeSettings {
+    fn default() -> Self {
+        ProbeSettings {
+            hook: Hook::ResidPost,
+            layer: 3,
+            probe_from: 0,
+            negatives: Negatives::SameToken,
+            probe_l2: 1.0,
+        }
+    }
+}
+
+impl ProbeSettings {
+    /// Index of the probed stream among a cell's streams (0: the embedding,
+    /// `blocks.0.hook_resid_pre`; `k ≥ 1`: `blocks.{k−1}.hook_resid_post`, which is also
+    /// `blocks.{k}.hook_resid_pre`).
+    pub fn stream(&self) -> usize {
+        match self.hook {
+            Hook::ResidPre => self.layer,
+            Hook::ResidPost => self.layer + 1,
+        }
+    }
+
+    /// Checks the settings against the model's; errors name the flag.
+    pub fn validate(&self, cell: &CellSettings) -> Result<()> {
+        ensure!(
+            self.layer < cell.n_layers,
+            "--layer {}: the model has {} layers (0..{})",
+            self.layer,
+            cell.n_layers,
+            cell.n_layers - 1
+        );
+        ensure!(
+            self.probe_from < cell.seq,
+            "--probe-from {} must be below --seq {}",
+            self.probe_from,
+            cell.seq
+        );
+        ensure!(
+            self.probe_l2 > 0.0 && self.probe_l2.is_finite(),
+            "--probe-l2 must be positive, got {}",
+            self.probe_l2
+        );
+        Ok(())
+    }
 }
 
 impl Default for CellSettings {
@@ -112,11 +167,6 @@ impl Default for CellSettings {
             grad_clip: 1.0,
             batch: 64,
             seq: 16,
-            hook: Hook::ResidPost,
-            layer: 3,
-            probe_from: 0,
-            negatives: Negatives::SameToken,
-            probe_l2: 1.0,
         }
     }
 }
@@ -154,22 +204,9 @@ impl CellSettings {
         self.model_config(ch.vocab)
             .validate()
             .context("--n-layers / --d-model / --n-heads / --d-ff")?;
-        ensure!(
-            self.layer < self.n_layers,
-            "--layer {}: the model has {} layers (0..{})",
-            self.layer,
-            self.n_layers,
-            self.n_layers - 1
-        );
         ensure!(self.steps > 0, "--steps must be positive");
         ensure!(self.batch > 0, "--batch must be positive");
         ensure!(self.seq >= 2, "--seq must be at least 2, got {}", self.seq);
-        ensure!(
-            self.probe_from < self.seq,
-            "--probe-from {} must be below --seq {}",
-            self.probe_from,
-            self.seq
-        );
         ensure!(
             self.lr > 0.0 && self.lr.is_finite(),
             "--lr must be positive, got {}",
@@ -184,11 +221,6 @@ impl CellSettings {
             self.weight_decay >= 0.0 && self.grad_clip >= 0.0,
             "--weight-decay and --grad-clip must not be negative"
         );
-        ensure!(
-            self.probe_l2 > 0.0 && self.probe_l2.is_finite(),
-            "--probe-l2 must be positive, got {}",
-            self.probe_l2
-        );
         Ok(ch)
     }
 }
@@ -196,11 +228,13 @@ impl CellSettings {
 /// The default shares of the underrepresented chain (1/3 is the balanced mixture).
 pub const DEFAULT_SHARES: &[f64] = &[0.01, 0.03, 0.06, 0.1, 0.15, 0.2, 0.25, 1.0 / 3.0];
 
-/// A whole run: the cell settings, the grid and the output directory.
+/// A whole run: the cell settings, the probe settings, the grid and the output directory.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ToyConfig {
-    /// What every cell shares.
+    /// What every cell's training shares.
     pub cell: CellSettings,
+    /// How the cells' streams are probed.
+    pub probe: ProbeSettings,
     /// Shares of the underrepresented chain, each in (0, 1).
     pub shares: Vec<f64>,
     /// Seeds `0..seeds`: seed `s` initialises the model and draws the data, the same at every
@@ -268,9 +302,11 @@ fn read_cell(path: &Path, settings: &CellSettings) -> Result<Option<CellResult>>
 }
 
 /// Runs every (share, seed) cell not already in `out/cells/` (in parallel, one cell per rayon
-/// task), then writes `results.json`, `results.csv` and `entanglement.png` into `out`.
+/// task), probes them all, then writes `results.json`, `results.csv` and `entanglement.png`
+/// into `out`.
 pub fn run_toy(cfg: &ToyConfig, opts: RunOptions) -> Result<ToyReport> {
     let chains = cfg.cell.validate()?;
+    cfg.probe.validate(&cfg.cell)?;
     ensure!(!cfg.shares.is_empty(), "--shares: no shares given");
     for &s in &cfg.shares {
         ensure!(
@@ -330,7 +366,7 @@ pub fn run_toy(cfg: &ToyConfig, opts: RunOptions) -> Result<ToyReport> {
     let fresh: Vec<CellResult> = todo
         .par_iter()
         .map(|&(share, seed)| -> Result<CellResult> {
-            let cell = train_and_probe(&chains, &cfg.cell, share, seed, &|| bar.inc(1))
+            let cell = train_cell(&chains, &cfg.cell, share, seed, &|| bar.inc(1))
                 .with_context(|| format!("cell share {share} seed {seed}"))?;
             let path = cell_path(&cfg.out, share, seed);
             write_atomic(&path, serde_json::to_string_pretty(&cell)?.as_bytes())?;

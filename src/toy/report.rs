@@ -3,14 +3,15 @@
 
 use std::path::Path;
 
-use anyhow::{ensure, Result};
+use anyhow::{bail, ensure, Context, Result};
+use rayon::prelude::*;
 use serde::Serialize;
 
-use super::cell::CellResult;
+use super::cell::{probe_stream, stream_name, CellResult, Probed};
 use super::chains::{Feature, ToyChains};
 use super::entanglement::{random_entanglement, welch_bound, D4_ENTANGLEMENT};
 use super::summary::MeanCi;
-use super::{CellSettings, Hook, ToyConfig};
+use super::{CellSettings, Hook, ProbeSettings, ToyConfig};
 use crate::plot::{errorbar_chart, ErrorChart, ErrorSeries, RefLine};
 
 /// Draws of all the features' directions for the random-directions reference level.
@@ -30,12 +31,14 @@ pub struct RandomLevel {
     pub seed: u64,
 }
 
-/// One share's results over seeds.
+/// One share's results over seeds, on one residual stream.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct SharePoint {
     /// Share of the underrepresented chain.
     pub share: f64,
-    /// Per seed (seed order): the mean entanglement of the underrepresented chain's features.
+    /// Per seed (seed order), per feature: the entanglement.
+    pub entanglement_per_seed: Vec<Vec<f64>>,
+    /// Per seed: the mean entanglement of the underrepresented chain's features.
     pub rare_per_seed: Vec<f64>,
     /// Per seed: the mean entanglement of the other chains' features.
     pub others_per_seed: Vec<f64>,
@@ -45,40 +48,18 @@ pub struct SharePoint {
     pub others: MeanCi,
     /// Over seeds: underrepresented minus others (paired by seed).
     pub gap: MeanCi,
+    /// Over seeds: the mean ROC AUC of the underrepresented features' probes (over features and
+    /// tokens; 0.5 is chance).
+    pub rare_probe_auc: MeanCi,
+    /// Over seeds: the same for the other features' probes.
+    pub others_probe_auc: MeanCi,
     /// Over seeds: the final training loss (nats per token).
     pub final_loss: MeanCi,
     /// The lowest loss any model can reach on this mixture.
     pub loss_floor: f64,
-    /// Over seeds: the mean ROC AUC of the underrepresented features' probes (over features and
-    /// tokens; 0.5 is chance), on the chosen stream.
-    pub rare_probe_auc: MeanCi,
-    /// Over seeds: the same for the other features' probes.
-    pub others_probe_auc: MeanCi,
     /// Per chain, over seeds: the model's loss on that chain's sequences minus the lowest
     /// possible (nats per token; near 0: the chain is learned).
     pub chain_excess_loss: Vec<MeanCi>,
-}
-
-/// Both groups at one share on one residual stream.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct StreamPoint {
-    /// Share of the underrepresented chain.
-    pub share: f64,
-    /// Over seeds: the underrepresented features' entanglement.
-    pub rare: MeanCi,
-    /// Over seeds: the other features'.
-    pub others: MeanCi,
-    /// Over seeds: underrepresented minus others (paired by seed).
-    pub gap: MeanCi,
-}
-
-/// The same probes on every residual stream of the same models.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct StreamSummary {
-    /// The activation (`blocks.0.hook_resid_pre` is the embedding).
-    pub hook: String,
-    /// Per share.
-    pub points: Vec<StreamPoint>,
 }
 
 /// How the gap changes from the smallest share to the largest, paired by seed.
@@ -88,10 +69,23 @@ pub struct GapChange {
     pub from_share: f64,
     /// The largest share.
     pub to_share: f64,
-    /// Per seed: gap at `from_share` minus gap at `to_share` (positive: the gap closes).
+    /// Per seed: gap at `from_share` minus gap at `to_share` (positive: the gap closes, as in
+    /// the paper).
     pub per_seed: Vec<f64>,
     /// Over seeds.
     pub summary: MeanCi,
+}
+
+/// The whole measurement on one residual stream of the same models.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StreamSummary {
+    /// The activation (`blocks.0.hook_resid_pre` is the embedding).
+    pub hook: String,
+    /// Per share, in the order given; empty where the probes found no direction (with
+    /// `--negatives same-token`, the embedding: a token looks the same in every feature there).
+    pub points: Vec<SharePoint>,
+    /// The gap's change from the smallest to the largest share.
+    pub gap_change: Option<GapChange>,
 }
 
 /// Everything `results.json` holds.
@@ -99,15 +93,17 @@ pub struct GapChange {
 pub struct ToyResults {
     /// What this reproduces.
     pub experiment: &'static str,
-    /// The settings every cell shares.
+    /// The training settings every cell shares.
     pub settings: CellSettings,
+    /// How the streams were probed; `hook` and `layer` choose the stream of `points`.
+    pub probe: ProbeSettings,
     /// The shares run.
     pub shares: Vec<f64>,
     /// The seeds run (`0..seeds`).
     pub seeds: u64,
     /// The chains, as cycles of tokens.
     pub chains: Vec<String>,
-    /// The features, in the order of each cell's per-feature arrays.
+    /// The features, in the order of every per-feature array.
     pub features: Vec<Feature>,
     /// Indices of the underrepresented chain's features.
     pub rare_features: Vec<usize>,
@@ -117,9 +113,11 @@ pub struct ToyResults {
     pub d4_level: f64,
     /// The random-directions level.
     pub random_directions: RandomLevel,
-    /// Per share, in the order given.
+    /// The probed stream's name.
+    pub hook: String,
+    /// Per share, on the probed stream.
     pub points: Vec<SharePoint>,
-    /// The gap's change from the smallest to the largest share.
+    /// The gap's change from the smallest to the largest share, on the probed stream.
     pub gap_change: Option<GapChange>,
     /// The same measurement on every residual stream (embedding, then each block's output).
     pub streams: Vec<StreamSummary>,
@@ -127,9 +125,14 @@ pub struct ToyResults {
     pub train_seconds: f64,
     /// Cells trained by this invocation (the rest were read back).
     pub cells_trained: usize,
+    /// The cells' own wall-clock seconds of training, summed over all cells of the grid (each
+    /// cell runs on one thread, so on `c` free cores the grid takes about this over `c`).
+    pub cell_seconds_total: f64,
 }
 
-/// Groups the cells by share (each share's seeds `0..cfg.seeds` must all be there).
+/// Probes every cell on every stream and groups the results by share (each share's seeds
+/// `0..cfg.seeds` must all be there). Errors when the chosen stream has a feature without a
+/// direction.
 pub fn aggregate(
     cfg: &ToyConfig,
     chains: &ToyChains,
@@ -141,17 +144,10 @@ pub fn aggregate(
     let rare: Vec<usize> = (0..feats.len())
         .filter(|&i| feats[i].chain == cfg.cell.rare_chain)
         .collect();
-    // per seed: (underrepresented mean, others mean) of a per-feature vector
-    let groups = |e: &[f64]| -> (f64, f64) {
-        let mean = |pick: &dyn Fn(usize) -> bool| {
-            let v: Vec<f64> = (0..e.len()).filter(|&i| pick(i)).map(|i| e[i]).collect();
-            v.iter().sum::<f64>() / v.len() as f64
-        };
-        (mean(&|i| rare.contains(&i)), mean(&|i| !rare.contains(&i)))
-    };
     let n_streams = cfg.cell.n_layers + 1;
-    let mut points = Vec::new();
-    let mut stream_points: Vec<Vec<StreamPoint>> = vec![Vec::new(); n_streams];
+    let main = cfg.probe.stream();
+    // by share, the cells in seed order
+    let mut by_share: Vec<Vec<&CellResult>> = Vec::new();
     for &share in &cfg.shares {
         let mut these: Vec<&CellResult> = cells.iter().filter(|c| c.share == share).collect();
         these.sort_by_key(|c| c.seed);
@@ -163,122 +159,119 @@ pub fn aggregate(
         );
         for c in &these {
             ensure!(
-                c.entanglement.len() == feats.len()
-                    && c.stream_entanglement.len() == n_streams
-                    && c.stream_entanglement.iter().all(|e| e.len() == feats.len())
+                c.streams.len() == n_streams
                     && c.chain_loss.len() == chains.chains.len()
                     && c.chain_floor.len() == chains.chains.len(),
-                "share {share} seed {}: the cell's arrays do not match {} features, {} streams, {} chains",
+                "share {share} seed {}: the cell holds {} streams and {} chain losses, expected {n_streams} and {}",
                 c.seed,
-                feats.len(),
-                n_streams,
+                c.streams.len(),
+                c.chain_loss.len(),
                 chains.chains.len()
             );
         }
-        let split = |pick: &dyn Fn(&CellResult) -> Vec<f64>| -> (Vec<f64>, Vec<f64>, Vec<f64>) {
-            let g: Vec<(f64, f64)> = these.iter().map(|c| groups(&pick(c))).collect();
-            (
-                g.iter().map(|x| x.0).collect(),
-                g.iter().map(|x| x.1).collect(),
-                g.iter().map(|x| x.0 - x.1).collect(),
-            )
-        };
-        let (rare_per_seed, others_per_seed, gaps) = split(&|c| c.entanglement.clone());
-        for (k, sp) in stream_points.iter_mut().enumerate() {
-            let (r, o, g) = split(&|c| {
-                c.stream_entanglement[k]
-                    .iter()
-                    .map(|e| e.unwrap_or(f64::NAN))
-                    .collect()
-            });
-            sp.push(StreamPoint {
-                share,
-                rare: MeanCi::of(&r),
-                others: MeanCi::of(&o),
-                gap: MeanCi::of(&g),
-            });
-        }
-        let losses: Vec<f64> = these.iter().map(|c| c.final_loss).collect();
-        let auc = |want_rare: bool| {
-            let v: Vec<f64> = these
+        by_share.push(these);
+    }
+    // probes[share][seed][stream], all cells in parallel
+    let probes: Vec<Vec<Vec<Probed>>> = by_share
+        .par_iter()
+        .map(|these| {
+            these
                 .iter()
                 .map(|c| {
-                    let a: Vec<f64> = c
-                        .probe_auc
+                    (0..n_streams)
+                        .map(|k| probe_stream(chains, c, k, &cfg.probe))
+                        .collect::<Result<Vec<_>>>()
+                        .with_context(|| format!("share {} seed {}", c.share, c.seed))
+                })
+                .collect::<Result<Vec<_>>>()
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let main_name = stream_name(main);
+    for (these, pr) in by_share.iter().zip(&probes) {
+        for (c, p) in these.iter().zip(pr) {
+            if let Some(f) = p[main].entanglement.iter().position(|e| !e.is_finite()) {
+                bail!(
+                    "{main_name}: the probes found no direction for feature {f} (share {}, seed {}): \
+                     its activations do not vary within a token there, as at the embedding; probe a later layer",
+                    c.share,
+                    c.seed
+                );
+            }
+        }
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let groups = |e: &[f64]| -> (f64, f64) {
+        let pick = |want: bool| -> Vec<f64> {
+            (0..e.len())
+                .filter(|i| rare.contains(i) == want)
+                .map(|i| e[i])
+                .collect()
+        };
+        (mean(&pick(true)), mean(&pick(false)))
+    };
+    let auc_of = |p: &Probed, want_rare: bool| -> f64 {
+        let a: Vec<f64> = p
+            .auc
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| rare.contains(i) == want_rare)
+            .flat_map(|(_, t)| t.iter().flatten().copied())
+            .collect();
+        mean(&a)
+    };
+    let mut streams = Vec::with_capacity(n_streams);
+    for k in 0..n_streams {
+        let mut points = Vec::new();
+        for ((&share, these), pr) in cfg.shares.iter().zip(&by_share).zip(&probes) {
+            let ent: Vec<Vec<f64>> = pr.iter().map(|p| p[k].entanglement.clone()).collect();
+            if ent.iter().flatten().any(|e| !e.is_finite()) {
+                points.clear();
+                break;
+            }
+            let g: Vec<(f64, f64)> = ent.iter().map(|e| groups(e)).collect();
+            let rare_per_seed: Vec<f64> = g.iter().map(|x| x.0).collect();
+            let others_per_seed: Vec<f64> = g.iter().map(|x| x.1).collect();
+            let gaps: Vec<f64> = g.iter().map(|x| x.0 - x.1).collect();
+            let losses: Vec<f64> = these.iter().map(|c| c.final_loss).collect();
+            let chain_excess_loss = (0..chains.chains.len())
+                .map(|ch| {
+                    let v: Vec<f64> = these
                         .iter()
-                        .enumerate()
-                        .filter(|(i, _)| rare.contains(i) == want_rare)
-                        .flat_map(|(_, t)| t.iter().flatten().copied())
+                        .map(|c| c.chain_loss[ch] - c.chain_floor[ch])
                         .collect();
-                    a.iter().sum::<f64>() / a.len() as f64
+                    MeanCi::of(&v)
                 })
                 .collect();
-            MeanCi::of(&v)
-        };
-        let chain_excess_loss = (0..chains.chains.len())
-            .map(|k| {
-                let v: Vec<f64> = these
-                    .iter()
-                    .map(|c| c.chain_loss[k] - c.chain_floor[k])
-                    .collect();
-                MeanCi::of(&v)
-            })
-            .collect();
-        points.push(SharePoint {
-            share,
-            rare: MeanCi::of(&rare_per_seed),
-            others: MeanCi::of(&others_per_seed),
-            gap: MeanCi::of(&gaps),
-            rare_per_seed,
-            others_per_seed,
-            final_loss: MeanCi::of(&losses),
-            loss_floor: these[0].loss_floor,
-            rare_probe_auc: auc(true),
-            others_probe_auc: auc(false),
-            chain_excess_loss,
+            let rare_auc: Vec<f64> = pr.iter().map(|p| auc_of(&p[k], true)).collect();
+            let others_auc: Vec<f64> = pr.iter().map(|p| auc_of(&p[k], false)).collect();
+            points.push(SharePoint {
+                share,
+                entanglement_per_seed: ent,
+                rare: MeanCi::of(&rare_per_seed),
+                others: MeanCi::of(&others_per_seed),
+                gap: MeanCi::of(&gaps),
+                rare_per_seed,
+                others_per_seed,
+                rare_probe_auc: MeanCi::of(&rare_auc),
+                others_probe_auc: MeanCi::of(&others_auc),
+                final_loss: MeanCi::of(&losses),
+                loss_floor: these[0].loss_floor,
+                chain_excess_loss,
+            });
+        }
+        let gap_change = gap_change(&points);
+        streams.push(StreamSummary {
+            hook: stream_name(k),
+            points,
+            gap_change,
         });
     }
-    let streams = stream_points
-        .into_iter()
-        .enumerate()
-        .map(|(k, points)| StreamSummary {
-            hook: if k == 0 {
-                Hook::ResidPre.name(0)
-            } else {
-                Hook::ResidPost.name(k - 1)
-            },
-            points,
-        })
-        .collect();
-    let gap_change = if points.len() >= 2 {
-        let lo = points
-            .iter()
-            .min_by(|a, b| a.share.total_cmp(&b.share))
-            .expect("points");
-        let hi = points
-            .iter()
-            .max_by(|a, b| a.share.total_cmp(&b.share))
-            .expect("points");
-        let per_seed: Vec<f64> = (0..lo.rare_per_seed.len())
-            .map(|s| {
-                (lo.rare_per_seed[s] - lo.others_per_seed[s])
-                    - (hi.rare_per_seed[s] - hi.others_per_seed[s])
-            })
-            .collect();
-        Some(GapChange {
-            from_share: lo.share,
-            to_share: hi.share,
-            summary: MeanCi::of(&per_seed),
-            per_seed,
-        })
-    } else {
-        None
-    };
     let rand_seed = 0;
     let (rmean, rsd) = random_entanglement(feats.len(), cfg.cell.d_model, RANDOM_TRIALS, rand_seed);
     Ok(ToyResults {
         experiment: "arXiv 2505.04741 (When Bad Data Leads to Good Models), Section 2, Figure 3",
         settings: cfg.cell.clone(),
+        probe: cfg.probe.clone(),
         shares: cfg.shares.clone(),
         seeds: cfg.seeds,
         chains: chains.chains.iter().map(|c| c.label()).collect(),
@@ -292,11 +285,35 @@ pub fn aggregate(
             trials: RANDOM_TRIALS,
             seed: rand_seed,
         },
-        points,
-        gap_change,
+        hook: main_name,
+        points: streams[main].points.clone(),
+        gap_change: streams[main].gap_change.clone(),
         streams,
         train_seconds,
         cells_trained,
+        cell_seconds_total: by_share.iter().flatten().map(|c| c.seconds).sum(),
+    })
+}
+
+/// The gap at the smallest share minus the gap at the largest, per seed (`None` with fewer than
+/// two shares).
+fn gap_change(points: &[SharePoint]) -> Option<GapChange> {
+    if points.len() < 2 {
+        return None;
+    }
+    let lo = points.iter().min_by(|a, b| a.share.total_cmp(&b.share))?;
+    let hi = points.iter().max_by(|a, b| a.share.total_cmp(&b.share))?;
+    let per_seed: Vec<f64> = (0..lo.rare_per_seed.len())
+        .map(|s| {
+            (lo.rare_per_seed[s] - lo.others_per_seed[s])
+                - (hi.rare_per_seed[s] - hi.others_per_seed[s])
+        })
+        .collect();
+    Some(GapChange {
+        from_share: lo.share,
+        to_share: hi.share,
+        summary: MeanCi::of(&per_seed),
+        per_seed,
     })
 }
 
@@ -380,11 +397,11 @@ pub fn plot(r: &ToyResults, path: &Path) -> Result<()> {
     let title = format!(
         "Toy: entanglement vs data share ({} seeds, mean ± 95% CI; {} at layer {})",
         r.seeds,
-        match r.settings.hook {
-            super::Hook::ResidPre => "resid_pre",
-            super::Hook::ResidPost => "resid_post",
+        match r.probe.hook {
+            Hook::ResidPre => "resid_pre",
+            Hook::ResidPost => "resid_post",
         },
-        r.settings.layer
+        r.probe.layer
     );
     errorbar_chart(
         path,
