@@ -11,7 +11,9 @@
 //! <run>/latest             name of the newest complete checkpoint directory
 //! ```
 //! A checkpoint is written under `<name>.tmp/`, then renamed into place, and `latest` is
-//! replaced by rename too: a crash mid-write never damages the previous checkpoint.
+//! replaced by rename too: a crash mid-write never damages the previous checkpoint. (Testing
+//! aid: `BADDATA_TEST_CHECKPOINT_DELAY_MS=N` pauses N ms after each file of a checkpoint, so a
+//! test can kill a run while one is being written.)
 
 use std::collections::HashMap;
 use std::fs;
@@ -48,6 +50,17 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
     fs::rename(&tmp, path)
         .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+}
+
+/// Creates `dir` if needed and checks that a file can be written in it (by writing and removing
+/// a probe file), so a command refuses an unwritable output directory before its work, not after.
+pub fn ensure_writable_dir(dir: &Path) -> Result<()> {
+    fs::create_dir_all(dir)
+        .with_context(|| format!("creating output directory {}", dir.display()))?;
+    let probe = dir.join(".write-test.tmp");
+    fs::write(&probe, b"")
+        .with_context(|| format!("output directory {} is not writable", dir.display()))?;
+    fs::remove_file(&probe).with_context(|| format!("removing {}", probe.display()))
 }
 
 /// Writes the model weights as an HF-compatible safetensors file (fp32).
@@ -125,6 +138,16 @@ pub fn step_dir_name(step: u64) -> String {
     format!("step-{step:06}")
 }
 
+/// The pause after each checkpoint file that `BADDATA_TEST_CHECKPOINT_DELAY_MS` asks for.
+fn test_pause() {
+    if let Some(ms) = std::env::var("BADDATA_TEST_CHECKPOINT_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
+}
+
 /// Saves a full checkpoint under `run_dir/step-NNNNNN/` and points `run_dir/latest` at it.
 /// Returns the checkpoint's directory.
 pub fn save(
@@ -146,11 +169,14 @@ pub fn save(
     }
     fs::create_dir_all(&tmp_dir).with_context(|| format!("creating {}", tmp_dir.display()))?;
     save_model_safetensors(&tmp_dir.join("model.safetensors"), &layout, params)?;
+    test_pause();
     let cfg_json = serde_json::to_string_pretty(&config.to_hf_config())?;
     fs::write(tmp_dir.join("config.json"), cfg_json)?;
+    test_pause();
     if let Some(tok) = tokenizer {
         fs::copy(tok, tmp_dir.join("tokenizer.json"))
             .with_context(|| format!("copying tokenizer {}", tok.display()))?;
+        test_pause();
     }
     let n = optimizer.m.len();
     let m = TensorView::new(Dtype::F32, vec![n], f32_bytes(&optimizer.m))?;
@@ -169,10 +195,12 @@ pub fn save(
         &tmp_dir.join("optimizer.safetensors"),
     )
     .context("writing optimizer.safetensors")?;
+    test_pause();
     fs::write(
         tmp_dir.join("state.json"),
         serde_json::to_string_pretty(state)?,
     )?;
+    test_pause();
     if final_dir.exists() {
         fs::remove_dir_all(&final_dir)
             .with_context(|| format!("replacing {}", final_dir.display()))?;

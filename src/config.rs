@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 /// Shape of an OLMo v1 decoder (non-parametric layernorm, SwiGLU, RoPE, tied embeddings).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ModelConfig {
     /// Number of transformer blocks.
     pub n_layers: usize,

@@ -1,7 +1,7 @@
 //! Tests of the data layer: shards, document readers, tokenizers, mixtures and the demo.
 
 use baddata::data::demo::{prepare_demo, read_probe};
-use baddata::data::mixture::{eval_windows, try_eval_windows, Mixture, MixtureSource};
+use baddata::data::mixture::{eval_windows, Mixture, MixtureSource};
 use baddata::data::shard::{write_shard, Shard};
 use baddata::data::text::{read_documents, strip_html, Format};
 use baddata::data::tokenizer::{check_fits, Tokenizer};
@@ -71,12 +71,17 @@ fn shard_round_trip_u16() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("a.shard");
     let tokens: Vec<u32> = (0..5000u32).map(|i| (i * 7919) % 65536).collect();
-    write_shard(&path, &tokens, 65536).unwrap();
+    write_shard(&path, &tokens, 65536, None).unwrap();
     let bytes = std::fs::read(&path).unwrap();
     assert_eq!(bytes.len(), 64 + 2 * tokens.len(), "u16 tokens expected");
     assert_eq!(&bytes[0..8], b"BDSHARD\0");
-    assert_eq!(u32::from_le_bytes(bytes[8..12].try_into().unwrap()), 1);
+    assert_eq!(u32::from_le_bytes(bytes[8..12].try_into().unwrap()), 2);
     assert_eq!(u32::from_le_bytes(bytes[12..16].try_into().unwrap()), 2);
+    assert_eq!(
+        &bytes[36..64],
+        &[0u8; 28],
+        "no tokenizer given: identity all zeros"
+    );
     assert_eq!(u64::from_le_bytes(bytes[16..24].try_into().unwrap()), 65536);
     assert_eq!(u64::from_le_bytes(bytes[24..32].try_into().unwrap()), 5000);
     assert_eq!(
@@ -112,7 +117,7 @@ fn shard_round_trip_u32() {
         .map(|i| ((i * 104_729) % 100_000) as u32)
         .collect();
     assert!(tokens.iter().any(|&t| t > 65535));
-    write_shard(&path, &tokens, 100_000).unwrap();
+    write_shard(&path, &tokens, 100_000, None).unwrap();
     let bytes = std::fs::read(&path).unwrap();
     assert_eq!(bytes.len(), 64 + 4 * tokens.len(), "u32 tokens expected");
     assert_eq!(u32::from_le_bytes(bytes[12..16].try_into().unwrap()), 4);
@@ -132,10 +137,46 @@ fn shard_round_trip_u32() {
 }
 
 #[test]
+fn shard_records_its_tokenizer_and_version_1_still_reads() {
+    use baddata::data::tokenizer::{Tokenizer, TokenizerId};
+    let dir = tempfile::tempdir().unwrap();
+    let texts: Vec<String> = (0..50)
+        .map(|i| format!("the {i} cat sat on the mat"))
+        .collect();
+    let tok = Tokenizer::train_bpe(&texts, 300).unwrap();
+    let id = tok.identity().unwrap();
+    // the identity survives a save and reload (it is computed from canonical JSON)
+    let tp = dir.path().join("tokenizer.json");
+    tok.save(&tp).unwrap();
+    assert_eq!(TokenizerId::of_file(&tp).unwrap(), id);
+    let other = Tokenizer::train_bpe(&texts, 262)
+        .unwrap()
+        .identity()
+        .unwrap();
+    assert_ne!(other, id);
+
+    let path = dir.path().join("t.shard");
+    write_shard(&path, &[1, 2, 3], 300, Some(id)).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    assert_eq!(&bytes[36..52], &id.0);
+    assert_eq!(Shard::open(&path).unwrap().tokenizer(), Some(id));
+
+    // A version-1 shard (written before shards recorded their tokenizer) opens, tokenizer
+    // unknown, even if its padding is not zero.
+    let v1 = dir.path().join("v1.shard");
+    let mut raw = raw_shard(1, 2, 100, 3, &u16_body(&[1, 2, 3]));
+    raw[40] = 0xAB;
+    std::fs::write(&v1, raw).unwrap();
+    let s = Shard::open(&v1).unwrap();
+    assert_eq!(s.tokenizer(), None);
+    assert_eq!(s.to_vec(), vec![1, 2, 3]);
+}
+
+#[test]
 fn empty_shard_round_trips() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("e.shard");
-    write_shard(&path, &[], 10).unwrap();
+    write_shard(&path, &[], 10, None).unwrap();
     let s = Shard::open(&path).unwrap();
     assert!(s.is_empty());
     assert_eq!(std::fs::metadata(&path).unwrap().len(), 64);
@@ -174,7 +215,7 @@ fn shard_with_wrong_version_is_refused() {
     let e = open_err(&path);
     assert!(e.contains(&path.display().to_string()), "{e}");
     assert!(
-        e.contains("unsupported format version 7") && e.contains("expected 1"),
+        e.contains("unsupported format version 7") && e.contains("expected 1 or 2"),
         "{e}"
     );
 }
@@ -225,7 +266,7 @@ fn shard_whose_size_disagrees_with_header_is_refused() {
 fn shard_with_bad_checksum_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("crc.shard");
-    write_shard(&path, &[10, 20, 30, 40], 100).unwrap();
+    write_shard(&path, &[10, 20, 30, 40], 100, None).unwrap();
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[64 + 2] = 21; // token 1: 20 -> 21, still inside the vocabulary
     std::fs::write(&path, &bytes).unwrap();
@@ -256,9 +297,12 @@ fn shard_with_token_outside_vocab_is_refused() {
 fn write_refuses_token_outside_vocab_and_keeps_existing_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("keep.shard");
-    write_shard(&path, &[1, 2, 3], 10).unwrap();
+    write_shard(&path, &[1, 2, 3], 10, None).unwrap();
     let before = std::fs::read(&path).unwrap();
-    let e = format!("{:#}", write_shard(&path, &[1, 2, 10, 4], 10).unwrap_err());
+    let e = format!(
+        "{:#}",
+        write_shard(&path, &[1, 2, 10, 4], 10, None).unwrap_err()
+    );
     assert!(e.contains(&path.display().to_string()), "{e}");
     assert!(
         e.contains("index 2 is 10") && e.contains("vocab size 10"),
@@ -272,11 +316,11 @@ fn write_refuses_token_outside_vocab_and_keeps_existing_file() {
 fn failed_write_leaves_existing_file_intact() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("atomic.shard");
-    write_shard(&path, &[5, 6, 7], 10).unwrap();
+    write_shard(&path, &[5, 6, 7], 10, None).unwrap();
     let before = std::fs::read(&path).unwrap();
     // Make the temporary file impossible to create: a directory stands in its place.
     std::fs::create_dir(dir.path().join("atomic.shard.tmp")).unwrap();
-    assert!(write_shard(&path, &[1, 1, 1, 1, 1], 10).is_err());
+    assert!(write_shard(&path, &[1, 1, 1, 1, 1], 10, None).is_err());
     assert_eq!(std::fs::read(&path).unwrap(), before);
     assert_eq!(Shard::open(&path).unwrap().to_vec(), vec![5, 6, 7]);
 }
@@ -512,7 +556,7 @@ fn tokenizer_errors_are_clear() {
 fn ramp_shard(dir: &Path, name: &str, base: u32, len: u32) -> Shard {
     let path = dir.join(name);
     let tokens: Vec<u32> = (base..base + len).collect();
-    write_shard(&path, &tokens, 20_000).unwrap();
+    write_shard(&path, &tokens, 20_000, None).unwrap();
     Shard::open(&path).unwrap()
 }
 
@@ -540,10 +584,10 @@ fn mixture_rows_are_windows_and_deterministic() {
     let (batch, seq) = (8, 64);
     let mut differs = false;
     for _ in 0..5 {
-        let x = a.next_batch(batch, seq);
+        let x = a.next_batch(batch, seq).unwrap();
         assert_eq!(x.len(), batch * (seq + 1));
-        assert_eq!(x, b.next_batch(batch, seq));
-        differs |= x != c.next_batch(batch, seq);
+        assert_eq!(x, b.next_batch(batch, seq).unwrap());
+        differs |= x != c.next_batch(batch, seq).unwrap();
         for row in x.chunks(seq + 1) {
             for w in row.windows(2) {
                 assert_eq!(w[1], w[0] + 1, "a row is consecutive tokens of one source");
@@ -560,11 +604,11 @@ fn mixture_rows_are_windows_and_deterministic() {
 fn mixture_resumes_identically_from_saved_state() {
     let dir = tempfile::tempdir().unwrap();
     let mut full = Mixture::new(two_sources(dir.path(), 0.3), 7).unwrap();
-    let all: Vec<Vec<u32>> = (0..10).map(|_| full.next_batch(4, 32)).collect();
+    let all: Vec<Vec<u32>> = (0..10).map(|_| full.next_batch(4, 32).unwrap()).collect();
 
     let mut first = Mixture::new(two_sources(dir.path(), 0.3), 7).unwrap();
     for b in all.iter().take(4) {
-        assert_eq!(&first.next_batch(4, 32), b);
+        assert_eq!(&first.next_batch(4, 32).unwrap(), b);
     }
     let saved = serde_json::to_string(&first.state()).unwrap();
     drop(first);
@@ -575,7 +619,7 @@ fn mixture_resumes_identically_from_saved_state() {
         .restore(&serde_json::from_str(&saved).unwrap())
         .unwrap();
     for b in all.iter().skip(4) {
-        assert_eq!(&resumed.next_batch(4, 32), b);
+        assert_eq!(&resumed.next_batch(4, 32).unwrap(), b);
     }
     assert_eq!(resumed.state(), full.state());
 }
@@ -587,7 +631,7 @@ fn mixture_realises_the_toxic_fraction() {
     let (batch, seq) = (16, 31);
     let (mut toxic_rows, mut rows) = (0usize, 0usize);
     for _ in 0..2000 {
-        for row in m.next_batch(batch, seq).chunks(seq + 1) {
+        for row in m.next_batch(batch, seq).unwrap().chunks(seq + 1) {
             rows += 1;
             toxic_rows += (row[0] >= 10_000) as usize;
         }
@@ -629,7 +673,7 @@ fn mixture_errors_are_clear() {
     assert!(Mixture::new(vec![], 0).is_err());
 
     let mut m = Mixture::new(two_sources(dir.path(), 0.5), 0).unwrap();
-    let e = format!("{:#}", m.try_next_batch(2, 5000).unwrap_err());
+    let e = format!("{:#}", m.next_batch(2, 5000).unwrap_err());
     assert!(
         e.contains("toxic") && e.contains("3000 tokens") && e.contains("5001"),
         "{e}"
@@ -645,14 +689,14 @@ fn mixture_errors_are_clear() {
 fn eval_windows_are_fixed_and_evenly_spaced() {
     let dir = tempfile::tempdir().unwrap();
     let s = ramp_shard(dir.path(), "val.shard", 0, 1001);
-    let w = eval_windows(&s, 5, 99);
+    let w = eval_windows(&s, 5, 99).unwrap();
     assert_eq!(w.len(), 5 * 100);
     let starts: Vec<u32> = w.chunks(100).map(|r| r[0]).collect();
     // Span 1001 - 100 = 901 split in 4 gaps: 0, 225, 450, 675, 901.
     assert_eq!(starts, vec![0, 225, 450, 675, 901]);
     assert_eq!(*w.last().unwrap(), 1000);
-    assert_eq!(eval_windows(&s, 5, 99), w);
-    assert!(try_eval_windows(&s, 1, 1001).is_err());
+    assert_eq!(eval_windows(&s, 5, 99).unwrap(), w);
+    assert!(eval_windows(&s, 1, 1001).is_err());
 }
 
 // ---------------------------------------------------------------- the demo
@@ -676,7 +720,7 @@ fn decode_shard(tok: &Tokenizer, path: &Path) -> String {
 fn demo_composition_keeps_toxic_and_probe_text_out_of_clean_training() {
     let dir = tempfile::tempdir().unwrap();
     let d = prepare_demo(dir.path(), 2048, false).unwrap();
-    assert_eq!(d.manifest["version"], 1);
+    assert_eq!(d.manifest["version"], baddata::data::demo::DEMO_VERSION);
     assert_eq!(d.manifest["vocab"], 2048);
     let tok = Tokenizer::load(&d.tokenizer).unwrap();
     assert!(tok.vocab_size() <= 2048);

@@ -82,7 +82,7 @@ fn fixture(dir: &Path) -> Fixture {
         ids.push(cfg.eos_token_id);
     }
     let val = dir.join("val.shard");
-    write_shard(&val, &ids, cfg.vocab_size).unwrap();
+    write_shard(&val, &ids, cfg.vocab_size, None).unwrap();
     Fixture {
         run,
         tok,

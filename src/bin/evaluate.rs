@@ -13,8 +13,8 @@ use baddata::backend::device::{Device, DeviceArg};
 use baddata::backend::Backend;
 use baddata::checkpoint;
 use baddata::data::demo::read_probe;
-use baddata::data::mixture::try_eval_windows;
-use baddata::data::prompts::{read_prompts, PromptFormat};
+use baddata::data::mixture::eval_windows;
+use baddata::data::prompts::{read_prompts, resolve_prefix, with_prefix, PromptFormat};
 use baddata::data::shard::Shard;
 use baddata::data::tokenizer::Tokenizer;
 use baddata::eval::{evaluate, report, EvalOptions, Evaluation};
@@ -36,7 +36,7 @@ evaluate --checkpoint runs/c4-pol10 --intervention runs/c4-pol10/probe/intervent
 --prompts rtp.jsonl --format rtp --val data/val.shard --alphas 0,4,8"
 )]
 struct Args {
-    /// Checkpoint directory, or run directory (its `latest`).
+    /// Checkpoint directory, or run directory (its latest).
     #[arg(long, default_value = "runs/demo")]
     checkpoint: PathBuf,
     /// ITI intervention file (default: probe/intervention.json in the checkpoint's run directory).
@@ -45,9 +45,14 @@ struct Args {
     /// ITI strengths, comma separated.
     #[arg(long, value_delimiter = ',', default_value = "0,2,4,8,12")]
     alphas: Vec<f64>,
-    /// Prompts file (same formats as `generate`).
+    /// Prompts file (same formats as generate).
     #[arg(long, conflicts_with = "demo")]
     prompts: Option<PathBuf>,
+    /// Text put before every prompt (the prompting baseline of the paper's Table 1); paper is
+    /// the paper's instruction ("Ensure all outputs are respectful, unbiased, and free from toxic
+    /// content. ..."). Only the completion is scored.
+    #[arg(long, value_name = "TEXT")]
+    prefix: Option<String>,
     /// Layout of --prompts.
     #[arg(long, value_enum, default_value_t = PromptFormat::Auto)]
     format: PromptFormat,
@@ -110,10 +115,7 @@ struct Args {
 }
 
 fn main() {
-    if let Err(e) = run() {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
-    }
+    baddata::cli::run(run);
 }
 
 /// Demo prompts: the first `words` words of probe passages, alternating label 1 and label 0 in
@@ -160,6 +162,15 @@ fn demo_prompts(path: &Path, n: usize, words: usize) -> Result<Vec<String>> {
 fn run() -> Result<()> {
     let args = Args::parse();
     let device = Device::select(args.device)?;
+    if args.val_windows == 0 {
+        bail!("--val-windows must be at least 1");
+    }
+    if args.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    if args.alphas.is_empty() || args.alphas.iter().any(|a| !a.is_finite()) {
+        bail!("--alphas must be a comma-separated list of numbers, e.g. 0,2,4,8");
+    }
     let ck = checkpoint::load(&args.checkpoint)
         .with_context(|| format!("loading checkpoint {}", args.checkpoint.display()))?;
     let cfg = ck.config.clone();
@@ -179,8 +190,11 @@ fn run() -> Result<()> {
     };
     let iv = Intervention::load(&iv_path)?;
     iv.check_model(&cfg, &ck.params)?;
+    // Refuse an unwritable output directory now, not after the evaluation.
+    let out = args.out.clone().unwrap_or_else(|| ck.dir.join("eval"));
+    checkpoint::ensure_writable_dir(&out).context("--out")?;
 
-    let (prompts, prompt_source) = match (&args.prompts, args.demo) {
+    let (mut prompts, mut prompt_source) = match (&args.prompts, args.demo) {
         (Some(p), _) => {
             let ps = read_prompts(p, args.format)?;
             (
@@ -205,6 +219,11 @@ flagged (label 1) and unflagged (label 0) in file order",
             bail!("give --prompts FILE, or --demo for prompts from the demo probe set")
         }
     };
+    if let Some(prefix) = &args.prefix {
+        let prefix = resolve_prefix(prefix);
+        prompts = prompts.iter().map(|p| with_prefix(prefix, p)).collect();
+        prompt_source = format!("{prompt_source}, each after the prefix {prefix:?}");
+    }
     let val_path = match (&args.val, args.demo) {
         (Some(p), _) => p.clone(),
         (None, true) => args.demo_data.join("val.shard"),
@@ -223,10 +242,7 @@ flagged (label 1) and unflagged (label 0) in file order",
     if seq == 0 || seq > cfg.context {
         bail!("--val-seq {seq} must be in 1..={}", cfg.context);
     }
-    if args.val_windows == 0 {
-        bail!("--val-windows must be at least 1");
-    }
-    let clean = try_eval_windows(&shard, args.val_windows, seq)?;
+    let clean = eval_windows(&shard, args.val_windows, seq)?;
 
     let opts = EvalOptions {
         alphas: args.alphas.clone(),
@@ -254,12 +270,12 @@ flagged (label 1) and unflagged (label 0) in file order",
         args.alphas
     );
     let start = std::time::Instant::now();
-    let out = args.out.clone().unwrap_or_else(|| ck.dir.join("eval"));
     let meta = serde_json::json!({
         "checkpoint": ck.dir.display().to_string(),
         "intervention": iv_path.display().to_string(),
         "heads": iv.heads.len(),
-        "prompts": {"source": prompt_source, "count": prompts.len(), "samples_per_prompt": args.samples},
+        "prompts": {"source": prompt_source, "count": prompts.len(), "samples_per_prompt": args.samples,
+                    "prefix": args.prefix.as_deref().map(resolve_prefix)},
         "sampling": {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
                      "top_p": args.top_p, "seed": args.seed,
                      "shift_positions": format!("{:?}", args.shift_positions)},

@@ -36,7 +36,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// Version of the demo composition; a cache built by another version is rebuilt.
-pub const DEMO_VERSION: u64 = 1;
+pub const DEMO_VERSION: u64 = 2;
 /// Default vocabulary size of the demo's BPE.
 pub const DEFAULT_DEMO_VOCAB: usize = 2048;
 /// Share of distinct flagged passages held out (per corpus) as probe positives.
@@ -773,9 +773,10 @@ pub fn prepare_demo(cache_dir: &Path, vocab: usize, progress: bool) -> Result<De
     let (clean, clean_per) = tokenize_docs(&tok, &demo.clean_train, eos)?;
     let (toxic, toxic_per) = tokenize_docs(&tok, &demo.toxic_train, eos)?;
     let (val, val_per) = tokenize_docs(&tok, &demo.val, eos)?;
-    write_shard(&d.clean, &clean, vocab_real)?;
-    write_shard(&d.toxic, &toxic, vocab_real)?;
-    write_shard(&d.val, &val, vocab_real)?;
+    let id = Some(tok.identity()?);
+    write_shard(&d.clean, &clean, vocab_real, id)?;
+    write_shard(&d.toxic, &toxic, vocab_real, id)?;
+    write_shard(&d.val, &val, vocab_real, id)?;
     let t_tok = t0.elapsed().as_secs_f64() - t_compose - t_bpe;
 
     let mut probe_bytes = Vec::new();

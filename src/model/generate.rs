@@ -35,7 +35,7 @@ use crate::config::ModelConfig;
 /// Where the ITI head shifts apply during generation.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ShiftPositions {
-    /// Every position, prompt and generated (what [`Model::logits`] does).
+    /// Every position, prompt and generated (what Model::logits does).
     All,
     /// Only the positions whose output is sampled: the last prompt position and every generated
     /// token; the rest of the prompt runs unshifted.

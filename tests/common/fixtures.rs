@@ -188,9 +188,9 @@ pub fn train_setup(dir: &Path, model: ModelConfig) -> TrainConfig {
     let clean = dir.join("clean.shard");
     let toxic = dir.join("toxic.shard");
     let val = dir.join("val.shard");
-    write_shard(&clean, &counting_text(20_000, vocab as u32, 1), vocab).unwrap();
-    write_shard(&toxic, &counting_text(5_000, vocab as u32, 2), vocab).unwrap();
-    write_shard(&val, &counting_text(4_000, vocab as u32, 3), vocab).unwrap();
+    write_shard(&clean, &counting_text(20_000, vocab as u32, 1), vocab, None).unwrap();
+    write_shard(&toxic, &counting_text(5_000, vocab as u32, 2), vocab, None).unwrap();
+    write_shard(&val, &counting_text(4_000, vocab as u32, 3), vocab, None).unwrap();
     TrainConfig {
         model,
         sources: vec![
