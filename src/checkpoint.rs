@@ -91,7 +91,8 @@ pub fn load_model_safetensors(path: &Path, layout: &ParamLayout) -> Result<Vec<f
     let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let st = SafeTensors::deserialize(&bytes)
         .with_context(|| format!("{}: not a valid safetensors file", path.display()))?;
-    let mut out = vec![0f32; layout.len()];
+    // Every tensor is checked before the buffer is allocated, so its size is bounded by the file.
+    let mut views = Vec::with_capacity(layout.tensors.len());
     for t in &layout.tensors {
         let v = st
             .tensor(&t.name)
@@ -105,6 +106,10 @@ pub fn load_model_safetensors(path: &Path, layout: &ParamLayout) -> Result<Vec<f
                 t.shape
             );
         }
+        views.push(v);
+    }
+    let mut out = vec![0f32; layout.len()];
+    for (t, v) in layout.tensors.iter().zip(views) {
         let dst = &mut out[t.range()];
         let data = v.data();
         match v.dtype() {

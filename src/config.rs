@@ -32,6 +32,9 @@ pub struct ModelConfig {
     pub eos_token_id: u32,
 }
 
+/// The largest parameter count [`ModelConfig::validate`] accepts (2^38, about 275 billion).
+pub const MAX_PARAMS: u64 = 1 << 38;
+
 /// Names accepted by `--preset`.
 pub const PRESETS: &[&str] = &["tiny", "olmo-124m", "olmo-1b"];
 
@@ -134,6 +137,28 @@ impl ModelConfig {
         }
         if self.context == 0 {
             bail!("model config: context must be positive");
+        }
+        // Far beyond any model this runs, and small enough that no size computed from the
+        // config overflows: a corrupt or hostile config.json is refused here, before anything
+        // is allocated from it.
+        let (l, d, f, v) = (
+            self.n_layers as u128,
+            self.d_model as u128,
+            self.d_ff as u128,
+            self.vocab_size as u128,
+        );
+        let params = l * (4 * d * d + 3 * d * f) + v * d;
+        if self.n_layers > 4096 || self.context > 1 << 24 || params > MAX_PARAMS as u128 {
+            bail!(
+                "model config: {} layers, d_model {}, d_ff {}, vocab {}, context {}: {params} \
+                 parameters, more than the {MAX_PARAMS} (or 4096 layers, or a context of 2^24) \
+                 this engine accepts; is the config corrupt?",
+                self.n_layers,
+                self.d_model,
+                self.d_ff,
+                self.vocab_size,
+                self.context
+            );
         }
         Ok(())
     }

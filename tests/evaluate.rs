@@ -421,4 +421,28 @@ fn bad_inputs_are_refused_with_clear_errors() {
     a[k + 1] = "64".into();
     let e = err(run(a));
     assert!(e.contains("--val-seq 64 must be in 1..=32"), "{e}");
+
+    // An --out that cannot be created is refused before the evaluation, not after it: with
+    // 2,000 prompts of 200 tokens the evaluation would take minutes, the refusal takes less.
+    let blocker = dir.path().join("a-file");
+    std::fs::write(&blocker, "").unwrap();
+    let many = dir.path().join("many.txt");
+    std::fs::write(&many, "the garden was quiet\n".repeat(2000)).unwrap();
+    let mut a = base(&f.iv_path);
+    let k = a.iter().position(|s| s == "--out").unwrap();
+    a[k + 1] = blocker.join("eval").display().to_string();
+    let k = a.iter().position(|s| s == "--prompts").unwrap();
+    a[k + 1] = many.display().to_string();
+    let k = a.iter().position(|s| s == "--max-new-tokens").unwrap();
+    a[k + 1] = "200".into();
+    let t = std::time::Instant::now();
+    let o = run(a);
+    assert_eq!(o.status.code(), Some(1));
+    let e = err(o);
+    assert!(e.contains("--out") && e.contains("a-file"), "{e}");
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(10),
+        "{:?}",
+        t.elapsed()
+    );
 }
