@@ -169,11 +169,14 @@ fn mutate(seed: &[u8], rng: &mut ChaCha8Rng) -> Vec<u8> {
     b
 }
 
+/// How a reader reads the file at a path.
+type ReadFn = Box<dyn Fn(&Path) -> Result<()>>;
+
 /// A reader under test: the file it reads (relative to the case directory) and how.
 struct Reader {
     name: &'static str,
     file: &'static str,
-    read: Box<dyn Fn(&Path) -> Result<()>>,
+    read: ReadFn,
 }
 
 fn cases() -> usize {
@@ -261,7 +264,7 @@ fn readers_refuse_mutated_and_random_bytes_without_panics_hangs_or_huge_allocati
 
     // --- the readers, each with its seed file
     let mut seeds_of: Vec<(Reader, Vec<u8>)> = Vec::new();
-    let mut add = |name, file, seed: Vec<u8>, read: Box<dyn Fn(&Path) -> Result<()>>| {
+    let mut add = |name, file, seed: Vec<u8>, read: ReadFn| {
         seeds_of.push((Reader { name, file, read }, seed));
     };
     add(
