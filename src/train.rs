@@ -4,6 +4,7 @@
 
 pub mod interrupt;
 pub mod run_dir;
+pub mod setup;
 
 use std::fs;
 use std::io::Write;

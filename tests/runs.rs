@@ -377,24 +377,28 @@ fn ctrl_c_saves_the_last_completed_step_and_the_resumed_run_is_bit_identical() {
 fn a_second_ctrl_c_exits_at_once_and_keeps_the_last_checkpoint() {
     let d = tempfile::tempdir().unwrap();
     let run_dir = d.path().join("run");
-    let mut c = small_run(
-        d.path(),
-        serde_json::json!({"steps": 100000, "save_every": 10, "eval_every": 100000}),
-    );
-    // every checkpoint file takes a second to write, so the save after Ctrl-C is slow
-    c.env("BADDATA_TEST_CHECKPOINT_DELAY_MS", "1000");
+    let long = serde_json::json!({"steps": 100000, "save_every": 100000, "eval_every": 100000});
+    // a first checkpoint at step 10
+    let mut c = small_run(d.path(), long);
+    c.args(["--stop-after", "10"]);
+    ok(&run(c));
+    // resumed with every checkpoint file taking a second to write: the save after Ctrl-C is slow
+    let mut c = train_cmd(d.path());
+    c.args(["--resume", "--out", run_dir.to_str().unwrap()])
+        .env("BADDATA_TEST_CHECKPOINT_DELAY_MS", "1000");
     let child = c.stderr(Stdio::piped()).spawn().unwrap();
-    wait_until("the first checkpoint", Duration::from_secs(60), || {
-        run_dir.join("latest").exists()
+    wait_until("steps past the checkpoint", Duration::from_secs(60), || {
+        log_lines(&run_dir) > 15
     });
     signal(&child, "-INT");
     wait_until(
         "the interrupt's checkpoint to start",
         Duration::from_secs(60),
         || {
-            std::fs::read_dir(&run_dir)
-                .unwrap()
-                .any(|e| e.unwrap().file_name().to_string_lossy().ends_with(".tmp"))
+            std::fs::read_dir(&run_dir).unwrap().any(|e| {
+                let n = e.unwrap().file_name().to_string_lossy().into_owned();
+                n.starts_with("step-") && n.ends_with(".tmp")
+            })
         },
     );
     let t = Instant::now();
@@ -411,6 +415,16 @@ fn a_second_ctrl_c_exits_at_once_and_keeps_the_last_checkpoint() {
         std::fs::read_to_string(run_dir.join("latest")).unwrap(),
         "step-000010"
     );
+    // and the run still resumes from it
+    let mut c = train_cmd(d.path());
+    c.args([
+        "--resume",
+        "--out",
+        run_dir.to_str().unwrap(),
+        "--stop-after",
+        "12",
+    ]);
+    assert!(ok(&run(c)).contains("from step 10 of 100000"));
 }
 
 // ---------------------------------------------------------------- SIGKILL at seeded moments
