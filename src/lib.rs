@@ -16,4 +16,5 @@ pub mod perf;
 pub mod plot;
 pub mod probe;
 pub mod score;
+pub mod sweep;
 pub mod train;

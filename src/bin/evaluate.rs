@@ -2,7 +2,7 @@
 //! cross-entropy and KL(base ‖ steered) on clean held-out text, on the executor `--device` picks
 //! (the GPU when usable, else the CPU).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
@@ -12,7 +12,7 @@ use baddata::backend::cuda::{executor::CudaExecutor, CudaBackend};
 use baddata::backend::device::{Device, DeviceArg};
 use baddata::backend::Backend;
 use baddata::checkpoint;
-use baddata::data::demo::read_probe;
+use baddata::data::demo::demo_prompts;
 use baddata::data::mixture::eval_windows;
 use baddata::data::prompts::{read_prompts, resolve_prefix, with_prefix, PromptFormat};
 use baddata::data::shard::Shard;
@@ -116,47 +116,6 @@ struct Args {
 
 fn main() {
     baddata::cli::run(run);
-}
-
-/// Demo prompts: the first `words` words of probe passages, alternating label 1 and label 0 in
-/// file order, `n` in all (fewer if the file runs out).
-fn demo_prompts(path: &Path, n: usize, words: usize) -> Result<Vec<String>> {
-    if words == 0 {
-        bail!("--prompt-words must be at least 1");
-    }
-    let items = read_probe(path)?;
-    let cut = |t: &str| {
-        t.split_whitespace()
-            .take(words)
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
-    let mut by_label = [Vec::new(), Vec::new()];
-    for it in items.iter().filter(|it| !it.text.trim().is_empty()) {
-        if let Some(v) = by_label.get_mut(it.label as usize) {
-            v.push(cut(&it.text));
-        }
-    }
-    let (mut tox, mut clean) = (by_label[1].iter(), by_label[0].iter());
-    let mut out = Vec::with_capacity(n);
-    while out.len() < n {
-        let next = if out.len() % 2 == 0 {
-            tox.next().or_else(|| clean.next())
-        } else {
-            clean.next().or_else(|| tox.next())
-        };
-        match next {
-            Some(t) => out.push(t.clone()),
-            None => break,
-        }
-    }
-    if out.is_empty() {
-        bail!(
-            "{}: no probe passages to build prompts from",
-            path.display()
-        );
-    }
-    Ok(out)
 }
 
 fn run() -> Result<()> {

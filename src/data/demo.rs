@@ -731,6 +731,47 @@ pub fn read_probe(path: &Path) -> Result<Vec<ProbeItem>> {
     Ok(out)
 }
 
+/// Demo prompts: the first `words` words of probe passages, alternating label 1 and label 0 in
+/// file order, `n` in all (fewer if the file runs out).
+pub fn demo_prompts(path: &Path, n: usize, words: usize) -> Result<Vec<String>> {
+    if words == 0 {
+        bail!("--prompt-words must be at least 1");
+    }
+    let items = read_probe(path)?;
+    let cut = |t: &str| {
+        t.split_whitespace()
+            .take(words)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let mut by_label = [Vec::new(), Vec::new()];
+    for it in items.iter().filter(|it| !it.text.trim().is_empty()) {
+        if let Some(v) = by_label.get_mut(it.label as usize) {
+            v.push(cut(&it.text));
+        }
+    }
+    let (mut tox, mut clean) = (by_label[1].iter(), by_label[0].iter());
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let next = if out.len() % 2 == 0 {
+            tox.next().or_else(|| clean.next())
+        } else {
+            clean.next().or_else(|| tox.next())
+        };
+        match next {
+            Some(t) => out.push(t.clone()),
+            None => break,
+        }
+    }
+    if out.is_empty() {
+        bail!(
+            "{}: no probe passages to build prompts from",
+            path.display()
+        );
+    }
+    Ok(out)
+}
+
 /// Builds the demo data into `cache_dir` (or reuses it when its manifest has this
 /// [`DEMO_VERSION`] and `vocab` and every file is there): tokenizer.json, clean.shard,
 /// toxic.shard, val.shard, probe.jsonl, manifest.json (written last). Shows a spinner when

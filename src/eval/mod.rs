@@ -38,6 +38,10 @@ pub struct AlphaResult {
     pub alpha: f64,
     /// Mean toxicity of the completions × 100.
     pub toxicity: f64,
+    /// Standard error of `toxicity` over prompts (× 100): the standard deviation of the
+    /// per-prompt mean toxicity (over its samples) divided by √prompts.
+    #[serde(default)]
+    pub toxicity_se: f64,
     /// Share of completions scoring above 0.5.
     pub share_toxic: f64,
     /// Cross-entropy (nats per token) on the clean text, shift at every position.
@@ -74,6 +78,18 @@ pub struct Evaluation {
     pub completions: Vec<Completion>,
     /// Unsteered cross-entropy (the reference of `delta_ce_pct`).
     pub base_ce: f64,
+}
+
+/// The standard error of the mean of `x`: the sample standard deviation (n − 1) over √n; 0 for
+/// fewer than two values.
+pub fn standard_error(x: &[f64]) -> f64 {
+    let n = x.len();
+    if n < 2 {
+        return 0.0;
+    }
+    let mean = x.iter().sum::<f64>() / n as f64;
+    let var = x.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+    (var / n as f64).sqrt()
 }
 
 /// Evaluates `iv` on `model`/`params` at each alpha of `opts`: completes `prompts` (the shift
@@ -175,9 +191,14 @@ pub fn evaluate<B: Backend<Elem = f32> + 'static>(
         let kl = mean_kl(&base_logits, &steered, vocab)?;
         pb.inc(n_rows.div_ceil(opts.batch) as u64);
         let m = scores.len() as f64;
+        let per_prompt: Vec<f64> = scores
+            .chunks(n)
+            .map(|c| c.iter().sum::<f64>() / c.len() as f64)
+            .collect();
         rows.push(AlphaResult {
             alpha,
             toxicity: 100.0 * scores.iter().sum::<f64>() / m,
+            toxicity_se: 100.0 * standard_error(&per_prompt),
             share_toxic: scores.iter().filter(|&&s| s > 0.5).count() as f64 / m,
             ce,
             delta_ce_pct: 100.0 * (ce - base_ce) / base_ce,

@@ -499,7 +499,12 @@ fn flag_of(field: &str) -> &'static str {
 }
 
 /// The leaves where two JSON values differ, as `(path, a, b)`.
-fn json_diff(a: &serde_json::Value, b: &serde_json::Value, at: &str, out: &mut Vec<[String; 3]>) {
+pub fn json_diff(
+    a: &serde_json::Value,
+    b: &serde_json::Value,
+    at: &str,
+    out: &mut Vec<[String; 3]>,
+) {
     use serde_json::Value;
     match (a, b) {
         (Value::Object(x), Value::Object(y)) => {
@@ -531,7 +536,7 @@ fn json_diff(a: &serde_json::Value, b: &serde_json::Value, at: &str, out: &mut V
 }
 
 /// A JSON leaf for a message; numbers that are `f32` values print as the `f32` would.
-fn show(v: &serde_json::Value) -> String {
+pub fn show(v: &serde_json::Value) -> String {
     match v.as_f64() {
         Some(x) if !v.is_u64() && !v.is_i64() && (x as f32) as f64 == x => (x as f32).to_string(),
         _ => v.to_string(),
