@@ -372,28 +372,49 @@ fn evaluate_benchmark_command() {
 fn greedy_match_counts_for_cloze_accuracy() {
     use baddata::eval::benchmark::{Doc, TaskData};
     let mut f = fixture();
-    let query = "Question: Which technology was developed most recently?\nAnswer:";
-    let ids = f.tok.encode(query).unwrap();
     let params = f.params.clone();
-    let logits = f.model.logits(&params, &ids, 1, ids.len()).unwrap();
-    let v = f.model.cfg.vocab_size;
-    let last = &logits[(ids.len() - 1) * v..];
-    let real = f.model.cfg.vocab_real;
-    let best = (1..real).max_by(|&a, &b| last[a].total_cmp(&last[b])).unwrap();
-    let worst = (1..real).min_by(|&a, &b| last[a].total_cmp(&last[b])).unwrap();
-    let word = |t: usize| f.tok.decode(&[t as u32]).unwrap();
-    let (good, bad) = (word(best), word(worst));
-    // both strings must tokenize back to their one token after the query for the check to mean anything
-    for w in [&good, &bad] {
-        let (_, cont) = encode_pair(&f.tok, query, w).unwrap();
-        assert_eq!(cont.len(), 1, "{w:?} is not one token after the query");
+    let (v, real) = (f.model.cfg.vocab_size, f.model.cfg.vocab_real);
+    // the first fixture query whose argmax next token comes back as that one token after the
+    // query (byte fragments and merges with the query's end do not), and the lowest-scored
+    // token that does
+    let mut queries = Vec::new();
+    for b in [
+        Benchmark::ArcEasy,
+        Benchmark::Mmlu,
+        Benchmark::Hellaswag,
+        Benchmark::Lambada,
+    ] {
+        let t = tasks::load(b, &fixtures(), false).unwrap();
+        queries.extend(t.docs.into_iter().map(|d| d.query));
     }
+    let mut found = None;
+    for query in &queries {
+        let ids = f.tok.encode(query).unwrap();
+        if ids.len() > f.model.cfg.context {
+            continue;
+        }
+        let logits = f.model.logits(&params, &ids, 1, ids.len()).unwrap();
+        let last = &logits[(ids.len() - 1) * v..];
+        let mut order: Vec<usize> = (0..v).collect();
+        order.sort_by(|&a, &b| last[b].total_cmp(&last[a]));
+        let round_trips = |t: usize| -> Option<String> {
+            let w = f.tok.decode(&[t as u32]).ok()?;
+            let (_, cont) = encode_pair(&f.tok, query, &w).ok()?;
+            (t < real && cont == [t as u32]).then_some(w)
+        };
+        if let Some(good) = round_trips(order[0]) {
+            let bad = order.iter().rev().find_map(|&t| round_trips(t)).unwrap();
+            found = Some((query.clone(), good, bad));
+            break;
+        }
+    }
+    let (query, good, bad) = found.expect("no fixture query with a round-tripping argmax");
     let task = TaskData {
         benchmark: Benchmark::Lambada,
         docs: [good, bad]
             .into_iter()
             .map(|w| Doc {
-                query: query.to_string(),
+                query: query.clone(),
                 choices: vec![w],
                 gold: 0,
                 subject: None,

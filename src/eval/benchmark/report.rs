@@ -18,11 +18,12 @@ fn pm(m: &Metric) -> String {
     }
 }
 
-/// The markdown table of a run: one line per benchmark.
+/// The markdown table of a run: one line per benchmark (`truncated`: items whose context was
+/// left-truncated; `skipped`: items not scored, a continuation being longer than the window).
 pub fn markdown_table(results: &[BenchmarkResult]) -> String {
     let mut s = String::from(
-        "| benchmark | split | items | shots | acc ± stderr | acc_norm ± stderr | perplexity | chance | truncated |\n\
-         |---|---|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| benchmark | split | items | shots | acc ± stderr | acc_norm ± stderr | perplexity | chance | truncated | skipped |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in results {
         let norm = r.acc_norm.as_ref().map_or("—".to_string(), pm);
@@ -32,7 +33,7 @@ pub fn markdown_table(results: &[BenchmarkResult]) -> String {
             TaskKind::Cloze => "—".to_string(),
         };
         s += &format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             r.benchmark.name(),
             r.split,
             r.n_items,
@@ -41,7 +42,8 @@ pub fn markdown_table(results: &[BenchmarkResult]) -> String {
             norm,
             ppl,
             chance,
-            r.n_truncated
+            r.n_truncated,
+            r.skipped.len()
         );
     }
     s
