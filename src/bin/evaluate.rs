@@ -117,7 +117,8 @@ struct Args {
     /// Few-shot examples per benchmark item (with --benchmark).
     #[arg(long, default_value_t = 0, requires = "benchmark")]
     shots: usize,
-    /// Score only the first N items of each benchmark (with --benchmark).
+    /// Score only the first N items of each benchmark, of each subject for MMLU (with
+    /// --benchmark).
     #[arg(long, value_name = "N", requires = "benchmark")]
     limit: Option<usize>,
     /// Directory of the benchmark files (with --benchmark; default: assets/benchmarks of the

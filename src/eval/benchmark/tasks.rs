@@ -150,7 +150,7 @@ impl Benchmark {
         }
     }
 
-    /// The header and fields of a row of the benchmark's file, for error messages.
+    /// The fields a row of the benchmark's file must have, for error messages.
     fn row_fields(self) -> &'static str {
         match self {
             Benchmark::Hellaswag => {
