@@ -112,6 +112,24 @@ struct Args {
     /// Where to run: auto, cpu or cuda.
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     device: DeviceArg,
+    /// Instead of the ITI evaluation, score capability benchmarks as lm-evaluation-harness
+    /// v0.4.12 does (comma separated): hellaswag, arc_easy, arc_challenge, piqa, mmlu, lambada,
+    /// or all. Uses --checkpoint, --batch, --seed (few-shot draw), --out (default:
+    /// CHECKPOINT/benchmarks), --quiet and --device.
+    #[arg(long, value_delimiter = ',', value_name = "NAMES",
+          conflicts_with_all = ["intervention", "prompts", "demo", "val", "random_control"])]
+    benchmark: Vec<String>,
+    /// Few-shot examples per benchmark item (with --benchmark).
+    #[arg(long, default_value_t = 0, requires = "benchmark")]
+    shots: usize,
+    /// Score only the first N items of each benchmark, of each subject for MMLU (with
+    /// --benchmark).
+    #[arg(long, value_name = "N", requires = "benchmark")]
+    limit: Option<usize>,
+    /// Directory of the benchmark files (with --benchmark; default: assets/benchmarks of the
+    /// source tree).
+    #[arg(long, value_name = "DIR", requires = "benchmark")]
+    benchmark_dir: Option<PathBuf>,
 }
 
 fn main() {
@@ -120,6 +138,9 @@ fn main() {
 
 fn run() -> Result<()> {
     let args = Args::parse();
+    if !args.benchmark.is_empty() {
+        return run_benchmarks(&args);
+    }
     let device = Device::select(args.device)?;
     if args.val_windows == 0 {
         bail!("--val-windows must be at least 1");
@@ -351,4 +372,20 @@ impl Job<'_> {
         }
         Ok(())
     }
+}
+
+/// `--benchmark`: scores the checkpoint on the named benchmarks and writes the reports.
+fn run_benchmarks(args: &Args) -> Result<()> {
+    baddata::eval::benchmark::command::run(&baddata::eval::benchmark::command::Command {
+        checkpoint: args.checkpoint.clone(),
+        names: args.benchmark.clone(),
+        dir: args.benchmark_dir.clone(),
+        shots: args.shots,
+        seed: args.seed,
+        limit: args.limit,
+        batch: args.batch,
+        out: args.out.clone(),
+        progress: !args.quiet,
+        device: args.device,
+    })
 }

@@ -1,6 +1,7 @@
 //! Evaluation of ITI steering at several strengths: toxicity of sampled completions (offline
 //! scorer), cross-entropy on clean held-out text, and KL(base ‖ steered) on that text.
 
+pub mod benchmark;
 pub mod metrics;
 pub mod report;
 
