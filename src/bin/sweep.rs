@@ -123,6 +123,15 @@ struct Args {
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
+    /// Instead of running, redraw the summary and figures of the sweep in --out from toxicity
+    /// scores made elsewhere (Perspective API) for its completions.jsonl: FILE holds one JSON
+    /// line per completion with its cell, set, condition, alpha, prompt_index and sample and the
+    /// score in --score-field; writes summary-imported.md/.json and figures-imported/.
+    #[arg(long, value_name = "FILE")]
+    import_scores: Option<PathBuf>,
+    /// The field of --import-scores lines that holds the score, in [0, 1].
+    #[arg(long, default_value = baddata::eval::import::DEFAULT_SCORE_FIELD)]
+    score_field: String,
 }
 
 fn main() {
@@ -211,6 +220,22 @@ fn run() -> Result<Outcome> {
             format!("runs/sweep-{preset}")
         })
     });
+    if let Some(file) = &args.import_scores {
+        let spec = sweep::read_spec(&out)?.with_context(|| {
+            format!(
+                "--import-scores: {} holds no sweep ({} missing)",
+                out.display(),
+                sweep::SPEC_FILE
+            )
+        })?;
+        sweep::import_scores(&spec, &out, file, &args.score_field)?;
+        eprintln!(
+            "sweep: summary-imported.md and figures-imported/ in {}, from {}",
+            out.display(),
+            file.display()
+        );
+        return Ok(Outcome::Finished);
+    }
     let device = Device::select(args.device)?;
 
     // the cells: each ratio's training config, the clean budget held fixed

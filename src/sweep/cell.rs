@@ -304,6 +304,7 @@ pub fn run_cell(spec: &SweepSpec, out: &Path, cell: &CellSpec, sh: &Shared) -> R
         let tokenizer = Tokenizer::load(&ck.dir.join("tokenizer.json"))?;
         let iv = Intervention::load(&dir.join("probe").join("intervention.json"))?;
         let job = Eval {
+            cell: cell.name(),
             spec,
             ck: &ck,
             tokenizer: &tokenizer,
@@ -347,6 +348,7 @@ impl ExecutorJob for Probe<'_, '_> {
 
 /// The evaluation stage on an executor: every prompt set under every condition.
 struct Eval<'a> {
+    cell: String,
     spec: &'a SweepSpec,
     ck: &'a checkpoint::Checkpoint,
     tokenizer: &'a Tokenizer,
@@ -395,7 +397,7 @@ impl ExecutorJob for Eval<'_> {
                 )?;
                 for c in &ev.completions {
                     lines.push(serde_json::json!({
-                        "set": name, "condition": cond, "alpha": c.alpha,
+                        "cell": self.cell, "set": name, "condition": cond, "alpha": c.alpha,
                         "prompt_index": c.prompt_index, "sample": c.sample,
                         "prompt": c.prompt, "completion": c.completion, "toxicity": c.toxicity,
                     }));
@@ -429,4 +431,30 @@ impl ExecutorJob for Eval<'_> {
             lines,
         ))
     }
+}
+
+/// `eval` with its toxicity recomputed from imported scores (see [`crate::eval::import`]), from
+/// the completions the cell in `cell_dir` (named `cell`) wrote.
+pub fn rescore_eval(
+    eval: &EvalResult,
+    cell: &str,
+    cell_dir: &Path,
+    scores: &std::collections::HashMap<String, f64>,
+) -> Result<EvalResult> {
+    use crate::eval::import::{read_completions, rescore};
+    let lines = read_completions(&cell_dir.join("completions.jsonl"))?;
+    let mut out = eval.clone();
+    for s in &mut out.sets {
+        let set = s.name.clone();
+        let re = |r: &AlphaResult, cond: &str| rescore(r, &lines, Some((cell, &set, cond)), scores);
+        s.none = re(&s.none, "iti")?;
+        s.prompting = re(&s.prompting, "prompting")?;
+        s.iti = s.iti.iter().map(|r| re(r, "iti")).collect::<Result<_>>()?;
+        s.control = s
+            .control
+            .iter()
+            .map(|r| re(r, "random-control"))
+            .collect::<Result<_>>()?;
+    }
+    Ok(out)
 }

@@ -242,6 +242,34 @@ pub fn write_spec(out: &Path, spec: &SweepSpec) -> Result<()> {
     )
 }
 
+/// Writes `out/completions.jsonl`: every finished cell's completions, each line placed by its
+/// cell, set, condition, alpha, prompt and sample: the file to score with Perspective API and
+/// bring back with `sweep --import-scores`.
+pub fn export_completions(spec: &SweepSpec, out: &Path) -> Result<PathBuf> {
+    let mut text = String::new();
+    for c in &spec.cells {
+        let p = SweepSpec::cell_dir(out, c).join("completions.jsonl");
+        if p.is_file() {
+            text +=
+                &std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+        }
+    }
+    let path = out.join("completions.jsonl");
+    crate::checkpoint::write_atomic(&path, text.as_bytes())?;
+    Ok(path)
+}
+
+/// Redraws the summary and figures from imported toxicity scores, as `summary-imported.md`,
+/// `summary-imported.json` and `figures-imported/`, beside the offline scorer's.
+pub fn import_scores(spec: &SweepSpec, out: &Path, file: &Path, field: &str) -> Result<()> {
+    let scores = crate::eval::import::read_scores(file, field)?;
+    let from = format!("{} (field {field})", file.display());
+    let s = summary::summarise(spec, out, Some((&scores, &from)))?;
+    summary::write(spec, out, "summary-imported", &s)?;
+    figures::draw(spec, &out.join("figures-imported"), &s)?;
+    Ok(())
+}
+
 /// How the sweep's cells went in one invocation.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Outcome {
@@ -307,10 +335,11 @@ pub fn run(spec: &SweepSpec, out: &Path, shared: &cell::Shared) -> Result<Outcom
                 crate::perf::human_duration(s)
             ))
         );
-        let s = summary::summarise(spec, out)?;
-        summary::write(spec, out, &s)?;
-        figures::draw(spec, out, &s)?;
+        let s = summary::summarise(spec, out, None)?;
+        summary::write(spec, out, "summary", &s)?;
+        figures::draw(spec, &out.join("figures"), &s)?;
     }
+    export_completions(spec, out)?;
     eprintln!(
         "sweep: all {} cells done ({} in this run); summary in {}",
         spec.cells.len(),

@@ -86,6 +86,8 @@ pub struct TrainRow {
 /// Everything the summary holds.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
+    /// What scored the completions: the offline scorer, or an imported file.
+    pub toxicity_from: String,
     /// Cells finished, of all.
     pub cells_done: usize,
     /// Cells in the sweep.
@@ -118,14 +120,26 @@ fn condition_result<'a>(e: &'a EvalResult, set: usize, condition: &str) -> Optio
     }
 }
 
-/// Collects every finished cell of the sweep in `out` into a [`Summary`].
-pub fn summarise(spec: &SweepSpec, out: &Path) -> Result<Summary> {
+/// Collects every finished cell of the sweep in `out` into a [`Summary`]; with `scores`, each
+/// cell's toxicity is recomputed from those imported scores ([`crate::eval::import`]).
+pub fn summarise(
+    spec: &SweepSpec,
+    out: &Path,
+    scores: Option<(&std::collections::HashMap<String, f64>, &str)>,
+) -> Result<Summary> {
     let mut per_ratio: Vec<Vec<CellResults>> = Vec::new();
     let mut done = 0;
     for &r in &spec.ratios {
         let mut v = Vec::new();
         for c in spec.cells.iter().filter(|c| c.ratio == r) {
-            let res = read_results(&SweepSpec::cell_dir(out, c))?;
+            let dir = SweepSpec::cell_dir(out, c);
+            let mut res = read_results(&dir)?;
+            if let (Some((scores, _)), Some(e)) = (scores, &res.eval) {
+                res.eval = Some(
+                    super::cell::rescore_eval(e, &c.name(), &dir, scores)
+                        .with_context(|| format!("rescoring cell {}", c.name()))?,
+                );
+            }
             done += res.eval.is_some() as usize;
             v.push(res);
         }
@@ -236,6 +250,10 @@ pub fn summarise(spec: &SweepSpec, out: &Path) -> Result<Summary> {
         _ => None,
     };
     Ok(Summary {
+        toxicity_from: scores.map_or_else(
+            || "the offline scorer (a bag-of-words classifier), on the completion only".to_string(),
+            |(_, from)| format!("scores imported from {from}"),
+        ),
         cells_done: done,
         cells: spec.cells.len(),
         seeds: spec.seeds.len(),
@@ -294,8 +312,8 @@ pub fn markdown(spec: &SweepSpec, s: &Summary) -> String {
         spec.probe.direction.as_str(),
         spec.eval.alphas
     );
-    md += "Toxicity ×100 of the completions (offline scorer, completion only); ± is the 95% \
-           confidence interval over seeds (with one seed: the standard error over prompts). \
+    md += &format!("Toxicity ×100 of the completions, by {}; ", s.toxicity_from);
+    md += "± is the 95% confidence interval over seeds (with one seed: the standard error over prompts). \
            CE: cross-entropy on clean held-out text (nats per token; prompting leaves it \
            unchanged, since the prefix applies to the prompts only).\n\n";
     md += "| toxic ratio | condition |";
@@ -347,13 +365,16 @@ pub fn markdown(spec: &SweepSpec, s: &Summary) -> String {
     md
 }
 
-/// Writes `summary.json` and `summary.md` into `out`.
-pub fn write(spec: &SweepSpec, out: &Path, s: &Summary) -> Result<()> {
+/// Writes `<name>.json` and `<name>.md` (e.g. `summary`) into `out`.
+pub fn write(spec: &SweepSpec, out: &Path, name: &str, s: &Summary) -> Result<()> {
     crate::checkpoint::write_atomic(
-        &out.join("summary.json"),
+        &out.join(format!("{name}.json")),
         serde_json::to_string_pretty(s)?.as_bytes(),
     )
-    .context("writing summary.json")?;
-    crate::checkpoint::write_atomic(&out.join("summary.md"), markdown(spec, s).as_bytes())
-        .context("writing summary.md")
+    .with_context(|| format!("writing {name}.json"))?;
+    crate::checkpoint::write_atomic(
+        &out.join(format!("{name}.md")),
+        markdown(spec, s).as_bytes(),
+    )
+    .with_context(|| format!("writing {name}.md"))
 }
