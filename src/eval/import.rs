@@ -68,7 +68,7 @@ pub fn read_scores(path: &Path, field: &str) -> Result<HashMap<String, f64>> {
         if !(0.0..=1.0).contains(&score) {
             bail!("{at}: field {field:?} is {score}, expected a score in [0, 1]");
         }
-        let key = key_of(&v).with_context(|| format!("{at}"))?;
+        let key = key_of(&v).with_context(|| at.clone())?;
         if out.insert(key.clone(), score).is_some() {
             bail!("{at}: a second score for the same completion ({key})");
         }
