@@ -16,3 +16,4 @@ pub mod plot;
 pub mod probe;
 pub mod score;
 pub mod train;
+pub mod weights;
