@@ -20,7 +20,8 @@ use baddata::train::{train, RunOptions, SourceSpec, TrainConfig, TrainReport};
 #[command(
     name = "train",
     about = "Pretrain an OLMo v1 model on a mixture of clean and toxic text",
-    long_about = "Pretrain an OLMo v1 model (non-parametric layernorm, SwiGLU, RoPE, tied embeddings) on a \
+    long_about = "Pretrain an OLMo v1 model (non-parametric layernorm, SwiGLU, RoPE, tied embeddings; or continue \
+a released one with --init-from) on a \
 mixture of token shards drawn at fixed token fractions, with AdamW, a cosine schedule and global-norm clipping.\n\n\
 With no arguments: the `tiny` preset on the embedded demo (clean = Brown + fortunes + Shakespeare, toxic = \
 passages of the same texts that an offline classifier scores above 0.5, 10% of training tokens), a BPE trained on \
@@ -35,6 +36,14 @@ struct Args {
     /// Model preset: tiny (CPU demo), olmo-124m, olmo-1b.
     #[arg(long, default_value = "tiny")]
     preset: String,
+    /// Continued pretraining: start from this checkpoint's weights (ours, or a Hugging Face OLMo
+    /// v1 release such as allenai/OLMo-1B-hf or OLMo-1B-0724-hf, single or sharded) with a fresh
+    /// optimizer and this run's data. The model shape is the checkpoint's, so --preset is refused
+    /// beside it; the data must be tokenized with the checkpoint's tokenizer. Defaults as for
+    /// olmo-1b (lr 4e-4, warm-up 2000, batch 8), seq min(context, 2048); out runs/init-NAME.
+    /// With --resume, give it again: the shape comes from it, the weights from the run.
+    #[arg(long, value_name = "DIR", conflicts_with = "preset")]
+    init_from: Option<PathBuf>,
     /// JSON file with training-config fields (model, sources, val, lr, steps, ...); flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -155,6 +164,7 @@ fn demo_defaults(
         eval_windows: 32,
         save_every: 500,
         synthetic: false,
+        init_from: None,
     }
 }
 
@@ -167,6 +177,11 @@ fn real_defaults(preset: &str, mut cfg: TrainConfig) -> TrainConfig {
     cfg.save_every = 1000;
     cfg.seq = cfg.model.context;
     cfg.batch = if preset == "olmo-1b" { 8 } else { 64 };
+    if preset.starts_with("init-") {
+        // continued pretraining of a released model on one GPU
+        cfg.seq = cfg.model.context.min(2048);
+        cfg.batch = 8;
+    }
     cfg
 }
 
@@ -204,14 +219,40 @@ fn shard_in(dir_or_file: &Path, name: &str) -> Result<PathBuf> {
 fn run() -> Result<()> {
     let args = Args::parse();
     let device = Device::select(args.device)?;
-    let mut model = ModelConfig::preset(&args.preset)?;
+    // The model shape: the preset's, or with --init-from the checkpoint's (never re-sized below).
+    let mut init_dir = None;
+    let (mut model, preset) = match &args.init_from {
+        Some(dir) => {
+            let (ck_dir, m) = baddata::checkpoint::read_config(dir)
+                .with_context(|| format!("--init-from {}", dir.display()))?;
+            eprintln!(
+                "--init-from {}: the model shape is the checkpoint's ({} layers, d_model {}, {} heads, \
+                 vocab {}, context {}, {} head{})",
+                ck_dir.display(),
+                m.n_layers,
+                m.d_model,
+                m.n_heads,
+                m.vocab_size,
+                m.context,
+                if m.tie_word_embeddings { "tied" } else { "untied" },
+                m.clip_qkv.map_or(String::new(), |c| format!(", clip_qkv {c}"))
+            );
+            let name = ck_dir
+                .file_name()
+                .map_or("checkpoint".into(), |n| n.to_string_lossy().into_owned());
+            init_dir = Some(ck_dir);
+            (m, format!("init-{name}"))
+        }
+        None => (ModelConfig::preset(&args.preset)?, args.preset.clone()),
+    };
+    let init = init_dir.is_some();
     let demo =
         args.data.is_none() && args.sources.is_empty() && args.config.is_none() && !args.synthetic;
     let out = args.out.clone().unwrap_or_else(|| {
         if demo {
             PathBuf::from("runs/demo")
         } else {
-            PathBuf::from(format!("runs/{}", args.preset))
+            PathBuf::from(format!("runs/{preset}"))
         }
     });
 
@@ -220,14 +261,20 @@ fn run() -> Result<()> {
             bail!("--synthetic trains on random tokens: drop --data, --toxic and --source");
         }
         let c = demo_defaults(model, Vec::new(), PathBuf::new(), None, out.clone());
-        let mut c = if args.preset == "tiny" {
+        let mut c = if preset == "tiny" {
             c
         } else {
-            real_defaults(&args.preset, c)
+            real_defaults(&preset, c)
         };
         c.synthetic = true;
         c
     } else if demo {
+        if init {
+            bail!(
+                "--init-from needs --data (or --source) tokenized with the checkpoint's tokenizer: \
+                 the embedded demo's shards use a BPE of their own"
+            );
+        }
         let d = prepare_demo(Path::new("runs/demo-data"), args.demo_vocab, !args.quiet)?;
         let tok = Tokenizer::load(&d.tokenizer)?;
         model = model.with_vocab(tok.vocab_size(), tok.eos_id()?);
@@ -250,8 +297,8 @@ fn run() -> Result<()> {
             Some(d.tokenizer.clone()),
             out.clone(),
         );
-        if args.preset != "tiny" {
-            c = real_defaults(&args.preset, c);
+        if preset != "tiny" {
+            c = real_defaults(&preset, c);
         }
         c
     } else {
@@ -297,20 +344,24 @@ fn run() -> Result<()> {
         }
         if let Some(t) = &tokenizer {
             let tok = Tokenizer::load(t)?;
-            if args.preset == "tiny" {
+            if preset == "tiny" {
                 // the demo-sized model takes its vocabulary from the tokenizer
                 model = model.with_vocab(tok.vocab_size(), tok.eos_id()?);
             } else {
                 baddata::data::tokenizer::check_fits(tok.vocab_size(), model.vocab_real, t)?;
             }
+            if let Some(dir) = &init_dir {
+                check_same_tokenizer(&tok, t, dir)?;
+            }
         }
         let c = demo_defaults(model, sources, val, tokenizer, out.clone());
-        if args.preset == "tiny" {
+        if preset == "tiny" {
             c
         } else {
-            real_defaults(&args.preset, c)
+            real_defaults(&preset, c)
         }
     };
+    cfg.init_from.clone_from(&args.init_from);
 
     if let Some(path) = &args.config {
         cfg = overlay_config_file(cfg, path)?;
@@ -332,7 +383,7 @@ fn run() -> Result<()> {
     };
     eprintln!(
         "training {} ({:.2}M parameters) on {}: {} steps of {}×{} tokens{}, sources {}",
-        args.preset,
+        preset,
         cfg.model.n_params() as f64 / 1e6,
         device.describe(),
         cfg.steps,
@@ -363,7 +414,7 @@ fn run() -> Result<()> {
         profile: args.profile,
     };
     let rep = train(&cfg, &opts)?;
-    let summary = write_summary(&cfg, &args.preset, &rep)?;
+    let summary = write_summary(&cfg, &preset, &rep)?;
     let ckpt = if args.no_checkpoint {
         "none (--no-checkpoint)".to_string()
     } else {
@@ -393,6 +444,37 @@ fn run() -> Result<()> {
         cfg.out.join("loss.png").display(),
         summary.display()
     );
+    Ok(())
+}
+
+/// With `--init-from DIR`: the data's tokenizer `tok` (file `path`) must be the checkpoint's,
+/// when the checkpoint has one (same vocabulary size, same ids for a sample text); otherwise a
+/// line says it could not be checked.
+fn check_same_tokenizer(tok: &Tokenizer, path: &Path, ck_dir: &Path) -> Result<()> {
+    let theirs = ck_dir.join("tokenizer.json");
+    if !theirs.is_file() {
+        eprintln!(
+            "--init-from: {} has no tokenizer.json, so it is not checked that the data was \
+             tokenized with the checkpoint's tokenizer ({} was used)",
+            ck_dir.display(),
+            path.display()
+        );
+        return Ok(());
+    }
+    let other = Tokenizer::load(&theirs)?;
+    let sample = "The quick brown fox, 1,234 times: naïve café <|endoftext|> over the lazy dog.";
+    if tok.vocab_size() != other.vocab_size() || tok.encode(sample)? != other.encode(sample)? {
+        bail!(
+            "the data's tokenizer {} differs from the --init-from checkpoint's {} ({} vs {} ids, or \
+             other ids for the same text): tokenize the data with the checkpoint's tokenizer \
+             (`prepare --tokenizer {}`)",
+            path.display(),
+            theirs.display(),
+            tok.vocab_size(),
+            other.vocab_size(),
+            theirs.display()
+        );
+    }
     Ok(())
 }
 

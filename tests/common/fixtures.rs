@@ -224,5 +224,6 @@ pub fn train_setup(dir: &Path, model: ModelConfig) -> TrainConfig {
         eval_windows: 8,
         save_every: 5,
         synthetic: false,
+        init_from: None,
     }
 }
