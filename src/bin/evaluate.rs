@@ -36,9 +36,13 @@ evaluate --checkpoint runs/c4-pol10 --intervention runs/c4-pol10/probe/intervent
 --prompts rtp.jsonl --format rtp --val data/val.shard --alphas 0,4,8"
 )]
 struct Args {
-    /// Checkpoint directory, or run directory (its latest).
+    /// Checkpoint directory (ours, or a Hugging Face OLMo v1 release: single or sharded
+    /// safetensors), or run directory (its latest).
     #[arg(long, default_value = "runs/demo")]
     checkpoint: PathBuf,
+    /// Tokenizer (default: the checkpoint's tokenizer.json).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
     /// ITI intervention file (default: probe/intervention.json in the checkpoint's run directory).
     #[arg(long)]
     intervention: Option<PathBuf>,
@@ -177,10 +181,7 @@ fn run() -> Result<()> {
     let ck = checkpoint::load(&args.checkpoint)
         .with_context(|| format!("loading checkpoint {}", args.checkpoint.display()))?;
     let cfg = ck.config.clone();
-    let tok_path = ck.dir.join("tokenizer.json");
-    if !tok_path.is_file() {
-        bail!("{} has no tokenizer.json", ck.dir.display());
-    }
+    let tok_path = ck.tokenizer_path(args.tokenizer.as_deref())?;
     let tokenizer = Tokenizer::load(&tok_path)?;
     baddata::data::tokenizer::check_fits(tokenizer.vocab_size(), cfg.vocab_size, &tok_path)?;
     let iv_path = match &args.intervention {
