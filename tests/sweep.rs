@@ -97,7 +97,19 @@ fn sweep_cmd(dir: &Path, f: &Fixture, out: &str) -> Command {
             "2",
         ])
         .args([
-            "--alphas", "1,2,4", "--prefix", "be nice:", "--device", "cpu", "--quiet", "--out", out,
+            "--alphas",
+            "1,2,4",
+            "--prefix",
+            "be nice:",
+            "--device",
+            "cpu",
+            "--quiet",
+            "--out",
+            out,
+            "--benchmarks",
+            "arc_easy",
+            "--benchmark-limit",
+            "3",
         ]);
     c
 }
@@ -174,6 +186,16 @@ fn a_micro_sweep_runs_end_to_end_and_resumes_to_the_same_summary() {
     assert!(train[1]["toxic_tokens"].as_f64().unwrap() > 0.0);
     let md = std::fs::read_to_string(out.join("summary.md")).unwrap();
     assert!(md.contains("| 25% | ITI strong (α 4) |"), "{md}");
+    // the capability benchmark beside it, per ratio
+    let b = s["benchmarks"].as_array().unwrap();
+    assert_eq!(b.len(), 2);
+    // the first 3 items, less those too long for the micro model's context: the same at both ratios
+    let n = b[0]["n_items"].as_u64().unwrap();
+    assert!((1..=3).contains(&n), "{b:?}");
+    assert!(b
+        .iter()
+        .all(|r| r["name"] == "arc_easy" && r["n_items"] == n));
+    assert!(md.contains(&format!("| 0% | arc_easy | {n} |")), "{md}");
 
     // scores from elsewhere (here: half the offline score) redraw the summary beside it
     let lines = std::fs::read_to_string(out.join("completions.jsonl")).unwrap();

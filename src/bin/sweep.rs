@@ -108,6 +108,15 @@ struct Args {
     /// No random-direction control.
     #[arg(long)]
     no_random_control: bool,
+    /// Capability benchmarks scored on every cell's model without intervention, as `evaluate
+    /// --benchmark` scores them (comma separated: hellaswag, arc-easy, arc-challenge, piqa,
+    /// mmlu, lambada, or all) [default: none].
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    benchmarks: Vec<String>,
+    /// Items of each benchmark scored per cell (the first N; per subject for MMLU) [default:
+    /// all].
+    #[arg(long, value_name = "N")]
+    benchmark_limit: Option<usize>,
     /// Output directory [default: runs/sweep-demo, or runs/sweep-PRESET].
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
@@ -206,6 +215,7 @@ fn run() -> Result<Outcome> {
             args.alphas
         );
     }
+    baddata::eval::benchmark::Benchmark::parse_list(&args.benchmarks)?;
     check_flags(flags)?;
     let file = flags.config.as_deref().map(read_config_file).transpose()?;
     let demo = flags.is_demo(file.as_ref());
@@ -347,6 +357,8 @@ fn run() -> Result<Outcome> {
             random_control: (!args.no_random_control).then_some(args.random_control),
             batch: 16,
         },
+        benchmarks: args.benchmarks.clone(),
+        benchmark_limit: args.benchmark_limit,
         cells,
     };
     spec.validate()?;
@@ -492,6 +504,12 @@ fn shared(spec: &SweepSpec, device: &Device, args: &Args) -> Result<Shared> {
         };
         labels::read_labelled(&p.data, f, p.threshold)?
     };
+    let names = baddata::eval::benchmark::Benchmark::parse_list(&spec.benchmarks)?;
+    let dir = baddata::eval::benchmark::default_dir();
+    let benchmarks = names
+        .iter()
+        .map(|&b| baddata::eval::benchmark::tasks::load(b, &dir, false))
+        .collect::<Result<Vec<_>>>()?;
     let shard = Shard::open(&spec.eval.val)?;
     let clean = eval_windows(&shard, spec.eval.val_windows, spec.eval.val_seq)?;
     Ok(Shared {
@@ -502,5 +520,6 @@ fn shared(spec: &SweepSpec, device: &Device, args: &Args) -> Result<Shared> {
         device: device.clone(),
         progress: !args.quiet,
         interrupt: Some(Interrupt::install()?),
+        benchmarks,
     })
 }

@@ -40,6 +40,23 @@ pub struct Shared {
     pub progress: bool,
     /// Stop between (and, in training, within) stages when set.
     pub interrupt: Option<Interrupt>,
+    /// The capability benchmarks' items, loaded once.
+    pub benchmarks: Vec<crate::eval::benchmark::tasks::TaskData>,
+}
+
+/// One benchmark's score in `bench.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BenchScore {
+    /// The benchmark's name.
+    pub name: String,
+    /// Items scored.
+    pub n_items: usize,
+    /// Accuracy and its standard error.
+    pub acc: (f64, f64),
+    /// Length-normalised accuracy and its standard error, where the harness reports it.
+    pub acc_norm: Option<(f64, f64)>,
+    /// A uniform random guess's expected accuracy.
+    pub chance: f64,
 }
 
 /// `train.json`: what the cell's training did (written when it finished).
@@ -150,6 +167,8 @@ pub struct CellResults {
     pub probe: Option<ProbeResult>,
     /// `eval.json`.
     pub eval: Option<EvalResult>,
+    /// `bench.json`.
+    pub bench: Option<Vec<BenchScore>>,
 }
 
 /// Reads the results of the cell in `cell_dir`.
@@ -161,6 +180,7 @@ pub fn read_results(cell_dir: &Path) -> Result<CellResults> {
         train: get(&cell_dir.join("train.json"))?,
         probe: get(&cell_dir.join("probe.json"))?,
         eval: get(&cell_dir.join("eval.json"))?,
+        bench: get(&cell_dir.join("bench.json"))?,
     })
 }
 
@@ -328,6 +348,44 @@ pub fn run_cell(spec: &SweepSpec, out: &Path, cell: &CellSpec, sh: &Shared) -> R
         }
         std::fs::rename(&tmp, &p).with_context(|| format!("renaming to {}", p.display()))?;
         write_json(&dir.join("eval.json"), &result)?;
+    }
+    if stop() {
+        return Ok(CellStatus::Interrupted);
+    }
+
+    // 4. capability benchmarks (counted with the evaluation's time)
+    if !sh.benchmarks.is_empty() && !dir.join("bench.json").is_file() {
+        let t = Instant::now();
+        let ck = checkpoint::load(&train_dir)?;
+        let tokenizer = Tokenizer::load(&ck.dir.join("tokenizer.json"))?;
+        let opts = crate::eval::benchmark::BenchmarkOptions {
+            shots: 0,
+            seed: 0,
+            limit: spec.benchmark_limit,
+            batch: 16,
+            progress: sh.progress,
+        };
+        let results = crate::eval::benchmark::run_on_device(
+            &sh.device,
+            &ck.config,
+            &ck.params,
+            &tokenizer,
+            &sh.benchmarks,
+            &opts,
+            &mut |_| Ok(()),
+        )?;
+        let scores: Vec<BenchScore> = results
+            .iter()
+            .map(|r| BenchScore {
+                name: r.benchmark.name().to_string(),
+                n_items: r.n_items,
+                acc: (r.acc.value, r.acc.stderr),
+                acc_norm: r.acc_norm.as_ref().map(|m| (m.value, m.stderr)),
+                chance: r.chance,
+            })
+            .collect();
+        write_json(&dir.join("bench.json"), &scores)?;
+        t_eval += t.elapsed().as_secs_f64();
     }
     Ok(CellStatus::Done {
         train: t_train,

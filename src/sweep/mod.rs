@@ -8,6 +8,7 @@
 //! <out>/cells/r0.100-s1/probe/          probe_accuracy.json, heatmap, intervention.json
 //! <out>/cells/r0.100-s1/probe.json      per-head validation accuracies (the stage's marker)
 //! <out>/cells/r0.100-s1/eval.json       every condition's metrics (the stage's marker)
+//! <out>/cells/r0.100-s1/bench.json      capability benchmarks, when asked for
 //! <out>/summary.json, summary.md        Table 1's layout, with uncertainty
 //! <out>/figures/*.png + *.csv           the figures and the numbers they plot
 //! ```
@@ -163,6 +164,13 @@ pub struct SweepSpec {
     pub probe: ProbeSpec,
     /// The evaluation.
     pub eval: EvalSpec,
+    /// Capability benchmarks scored on every cell's model without intervention (names as
+    /// `evaluate --benchmark` takes them), beside the clean cross-entropy.
+    #[serde(default)]
+    pub benchmarks: Vec<String>,
+    /// Items of each benchmark scored (the first N; of each subject for MMLU); `None`: all.
+    #[serde(default)]
+    pub benchmark_limit: Option<usize>,
     /// The cells, ratio-major.
     pub cells: Vec<CellSpec>,
 }

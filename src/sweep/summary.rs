@@ -103,6 +103,25 @@ pub struct Summary {
     pub probe_test: Option<RankTest>,
     /// Training per ratio.
     pub train: Vec<TrainRow>,
+    /// Capability benchmarks per ratio (when the sweep scores them).
+    pub benchmarks: Vec<BenchRow>,
+}
+
+/// One benchmark at one ratio, over seeds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BenchRow {
+    /// Toxic ratio.
+    pub ratio: f64,
+    /// The benchmark.
+    pub name: String,
+    /// Items per cell.
+    pub n_items: usize,
+    /// Accuracy, mean over seeds with its 95% interval.
+    pub acc: Estimate,
+    /// Mean over seeds of each cell's standard error over items.
+    pub item_se: f64,
+    /// A uniform random guess's expected accuracy.
+    pub chance: f64,
 }
 
 fn condition_result<'a>(e: &'a EvalResult, set: usize, condition: &str) -> Option<&'a AlphaResult> {
@@ -148,6 +167,7 @@ pub fn summarise(
     let mut rows = Vec::new();
     let mut probes = Vec::new();
     let mut train = Vec::new();
+    let mut benchmarks = Vec::new();
     for (ri, &ratio) in spec.ratios.iter().enumerate() {
         let cells = &per_ratio[ri];
         let evals: Vec<&EvalResult> = cells.iter().filter_map(|c| c.eval.as_ref()).collect();
@@ -216,6 +236,30 @@ pub fn summarise(
                 best: estimate(&bests),
             });
         }
+        let benches: Vec<&Vec<super::cell::BenchScore>> =
+            cells.iter().filter_map(|c| c.bench.as_ref()).collect();
+        if let Some(first) = benches.first() {
+            for (k, b) in first.iter().enumerate() {
+                let accs: Vec<f64> = benches
+                    .iter()
+                    .filter_map(|v| v.get(k))
+                    .map(|s| s.acc.0)
+                    .collect();
+                let ses: Vec<f64> = benches
+                    .iter()
+                    .filter_map(|v| v.get(k))
+                    .map(|s| s.acc.1)
+                    .collect();
+                benchmarks.push(BenchRow {
+                    ratio,
+                    name: b.name.clone(),
+                    n_items: b.n_items,
+                    acc: estimate(&accs),
+                    item_se: super::stats::mean(&ses),
+                    chance: b.chance,
+                });
+            }
+        }
         let trains: Vec<&TrainResult> = cells.iter().filter_map(|c| c.train.as_ref()).collect();
         if !trains.is_empty() {
             let tokens = |name: &str| {
@@ -261,6 +305,7 @@ pub fn summarise(
         probes,
         probe_test,
         train,
+        benchmarks,
     })
 }
 
@@ -361,6 +406,25 @@ pub fn markdown(spec: &SweepSpec, s: &Summary) -> String {
             t.effect,
             t.p
         );
+    }
+    if !s.benchmarks.is_empty() {
+        md +=
+            "\n## Capability benchmarks (no intervention; lm-evaluation-harness rules, 0-shot)\n\n\
+               | toxic ratio | benchmark | items | acc | chance |\n|---:|---|---:|---:|---:|\n";
+        for b in &s.benchmarks {
+            let acc = if b.acc.ci95.is_finite() {
+                format!("{:.4} ± {:.4}", b.acc.mean, b.acc.ci95)
+            } else {
+                format!("{:.4} (s.e. {:.4})", b.acc.mean, b.item_se)
+            };
+            md += &format!(
+                "| {:.0}% | {} | {} | {acc} | {:.3} |\n",
+                b.ratio * 100.0,
+                b.name,
+                b.n_items,
+                b.chance
+            );
+        }
     }
     md
 }
