@@ -48,6 +48,8 @@ fn main() -> Result<()> {
         rope_theta: 10_000.0,
         layer_norm_eps: 1e-5,
         eos_token_id: 0,
+        tie_word_embeddings: true,
+        clip_qkv: None,
     }
     .with_vocab(tok.vocab_size(), tok.eos_id()?);
     let layout = ParamLayout::new(&cfg);

@@ -18,3 +18,4 @@ pub mod probe;
 pub mod score;
 pub mod sweep;
 pub mod train;
+pub mod weights;

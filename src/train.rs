@@ -90,6 +90,12 @@ pub struct TrainConfig {
     /// at any preset without data or tokenizer); no validation loss is measured.
     #[serde(default)]
     pub synthetic: bool,
+    /// Start from the weights of this checkpoint (ours or a Hugging Face OLMo v1 release)
+    /// instead of a random init: continued pretraining, with a fresh optimizer and this run's
+    /// data mixture. `model` must be that checkpoint's shape. A resumed run takes its weights
+    /// from its own checkpoint, not from here.
+    #[serde(default)]
+    pub init_from: Option<PathBuf>,
 }
 
 /// One line of `log.jsonl`.
@@ -464,7 +470,24 @@ fn run<B: Backend<Elem = f32>>(cfg: &TrainConfig, opts: &RunOptions, be: B) -> R
             (ck.params, opt, st.step, log)
         }
         None => {
-            let params = crate::model::init_params(&cfg.model, &layout, cfg.seed);
+            let params = match &cfg.init_from {
+                Some(dir) => {
+                    let ck = checkpoint::load_model(dir)
+                        .with_context(|| format!("--init-from {}", dir.display()))?;
+                    if ck.config != cfg.model {
+                        bail!(
+                            "--init-from {}: the checkpoint's model config ({:?}) differs from \
+                             this run's ({:?})",
+                            ck.dir.display(),
+                            ck.config,
+                            cfg.model
+                        );
+                    }
+                    ck.params
+                }
+                None => crate::model::init_params(&cfg.model, &layout, cfg.seed),
+            };
+            // the embedding, first in the buffer, is not decayed (an untied lm_head is)
             let embed_len = layout.tensors[0].len();
             (
                 params,

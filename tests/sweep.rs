@@ -97,7 +97,19 @@ fn sweep_cmd(dir: &Path, f: &Fixture, out: &str) -> Command {
             "2",
         ])
         .args([
-            "--alphas", "1,2,4", "--prefix", "be nice:", "--device", "cpu", "--quiet", "--out", out,
+            "--alphas",
+            "1,2,4",
+            "--prefix",
+            "be nice:",
+            "--device",
+            "cpu",
+            "--quiet",
+            "--out",
+            out,
+            "--benchmarks",
+            "arc_easy",
+            "--benchmark-limit",
+            "3",
         ]);
     c
 }
@@ -174,6 +186,67 @@ fn a_micro_sweep_runs_end_to_end_and_resumes_to_the_same_summary() {
     assert!(train[1]["toxic_tokens"].as_f64().unwrap() > 0.0);
     let md = std::fs::read_to_string(out.join("summary.md")).unwrap();
     assert!(md.contains("| 25% | ITI strong (α 4) |"), "{md}");
+    // the capability benchmark beside it, per ratio
+    let b = s["benchmarks"].as_array().unwrap();
+    assert_eq!(b.len(), 2);
+    // the first 3 items, less those too long for the micro model's context: the same at both ratios
+    let n = b[0]["n_items"].as_u64().unwrap();
+    assert!((1..=3).contains(&n), "{b:?}");
+    assert!(b
+        .iter()
+        .all(|r| r["name"] == "arc_easy" && r["n_items"] == n));
+    assert!(md.contains(&format!("| 0% | arc_easy | {n} |")), "{md}");
+
+    // scores from elsewhere (here: half the offline score) redraw the summary beside it
+    let lines = std::fs::read_to_string(out.join("completions.jsonl")).unwrap();
+    assert_eq!(
+        lines.lines().count(),
+        2 * 4 * (4 + 1 + 3),
+        "cells × prompts × conditions"
+    );
+    let scored: String = lines
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["perspective_toxicity"] = serde_json::json!(v["toxicity"].as_f64().unwrap() / 2.0);
+            v.to_string() + "\n"
+        })
+        .collect();
+    std::fs::write(d.path().join("scored.jsonl"), &scored).unwrap();
+    let mut c = sweep_cmd(d.path(), &f, "whole");
+    c.arg("--import-scores").arg(d.path().join("scored.jsonl"));
+    ok(&run(c));
+    let imported: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("summary-imported.json")).unwrap()).unwrap();
+    for (a, b) in s["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(imported["rows"].as_array().unwrap())
+    {
+        let (x, y) = (
+            a["sets"][0]["toxicity"]["mean"].as_f64().unwrap(),
+            b["sets"][0]["toxicity"]["mean"].as_f64().unwrap(),
+        );
+        assert!((y - x / 2.0).abs() < 1e-9, "{x} {y}");
+        assert_eq!(a["ce"], b["ce"]);
+    }
+    assert!(out.join("figures-imported/tradeoff.png").is_file());
+    // a completion left unscored is named
+    let short: String = scored
+        .lines()
+        .skip(1)
+        .map(|l| l.to_string() + "\n")
+        .collect();
+    std::fs::write(d.path().join("short.jsonl"), short).unwrap();
+    let mut c = sweep_cmd(d.path(), &f, "whole");
+    c.arg("--import-scores").arg(d.path().join("short.jsonl"));
+    let o = run(c);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        o.status.code() == Some(1) && e.contains("no imported score"),
+        "{e}"
+    );
 
     // the same command again: nothing to redo
     let e = ok(&run(sweep_cmd(d.path(), &f, "whole")));

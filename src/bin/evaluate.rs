@@ -36,9 +36,13 @@ evaluate --checkpoint runs/c4-pol10 --intervention runs/c4-pol10/probe/intervent
 --prompts rtp.jsonl --format rtp --val data/val.shard --alphas 0,4,8"
 )]
 struct Args {
-    /// Checkpoint directory, or run directory (its latest).
+    /// Checkpoint directory (ours, or a Hugging Face OLMo v1 release: single or sharded
+    /// safetensors), or run directory (its latest).
     #[arg(long, default_value = "runs/demo")]
     checkpoint: PathBuf,
+    /// Tokenizer (default: the checkpoint's tokenizer.json).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
     /// ITI intervention file (default: probe/intervention.json in the checkpoint's run directory).
     #[arg(long)]
     intervention: Option<PathBuf>,
@@ -135,6 +139,16 @@ struct Args {
     /// source tree).
     #[arg(long, value_name = "DIR", requires = "benchmark")]
     benchmark_dir: Option<PathBuf>,
+    /// Instead of evaluating, bring back toxicity scores made elsewhere (Perspective API) for the
+    /// completions of an earlier evaluation in --out (default CHECKPOINT/eval): FILE holds one
+    /// JSON line per completion with its alpha, prompt_index and sample (as completions.jsonl
+    /// has them) and the score in --score-field. Every table and plot is redrawn from them in
+    /// OUT/imported/ (and OUT/random-control/imported/ when a control's scores are there too).
+    #[arg(long, value_name = "FILE")]
+    import_scores: Option<PathBuf>,
+    /// The field of --import-scores lines that holds the score, in [0, 1].
+    #[arg(long, default_value = baddata::eval::import::DEFAULT_SCORE_FIELD)]
+    score_field: String,
 }
 
 fn main() {
@@ -145,6 +159,19 @@ fn run() -> Result<()> {
     let args = Args::parse();
     if !args.benchmark.is_empty() {
         return run_benchmarks(&args);
+    }
+    if let Some(file) = &args.import_scores {
+        let out = args
+            .out
+            .clone()
+            .unwrap_or_else(|| args.checkpoint.join("eval"));
+        let out = if out.join("results.json").is_file() {
+            out
+        } else {
+            // a run directory: its latest checkpoint's evaluation
+            checkpoint::resolve(&args.checkpoint)?.join("eval")
+        };
+        return import_scores(&out, file, &args.score_field);
     }
     let device = Device::select(args.device)?;
     if args.val_windows == 0 {
@@ -159,10 +186,7 @@ fn run() -> Result<()> {
     let ck = checkpoint::load(&args.checkpoint)
         .with_context(|| format!("loading checkpoint {}", args.checkpoint.display()))?;
     let cfg = ck.config.clone();
-    let tok_path = ck.dir.join("tokenizer.json");
-    if !tok_path.is_file() {
-        bail!("{} has no tokenizer.json", ck.dir.display());
-    }
+    let tok_path = ck.tokenizer_path(args.tokenizer.as_deref())?;
     let tokenizer = Tokenizer::load(&tok_path)?;
     baddata::data::tokenizer::check_fits(tokenizer.vocab_size(), cfg.vocab_size, &tok_path)?;
     let iv_path = match &args.intervention {
@@ -386,4 +410,73 @@ fn run_benchmarks(args: &Args) -> Result<()> {
         progress: !args.quiet,
         device: args.device,
     })
+}
+
+/// `--import-scores`: recomputes the evaluation in `dir` (and its random-direction control, when
+/// the file scores it too) from imported scores, into `dir/imported/`.
+fn import_scores(dir: &std::path::Path, file: &std::path::Path, field: &str) -> Result<()> {
+    use baddata::eval::import::{read_completions, read_scores, rescore};
+    let scores = read_scores(file, field)?;
+    let mut done = 0;
+    for d in [dir.to_path_buf(), dir.join("random-control")] {
+        let results = d.join("results.json");
+        if !results.is_file() {
+            continue;
+        }
+        let text = std::fs::read_to_string(&results)
+            .with_context(|| format!("reading {}", results.display()))?;
+        let j: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{}: invalid JSON", results.display()))?;
+        let rows: Vec<baddata::eval::AlphaResult> = serde_json::from_value(j["rows"].clone())
+            .with_context(|| format!("{}: field `rows`", results.display()))?;
+        let lines = read_completions(&d.join("completions.jsonl"))?;
+        let rescored = match rows
+            .iter()
+            .map(|r| rescore(r, &lines, None, &scores))
+            .collect::<Result<Vec<_>>>()
+        {
+            Ok(r) => r,
+            // the control is optional: its completions may not have been scored
+            Err(e) if d != dir => {
+                eprintln!("import: {} left as it was: {e:#}", d.display());
+                continue;
+            }
+            Err(e) => return Err(e.context(format!("rescoring {}", results.display()))),
+        };
+        let mut completions: Vec<baddata::eval::Completion> = lines
+            .iter()
+            .map(|l| serde_json::from_value(l.clone()))
+            .collect::<std::result::Result<_, _>>()
+            .with_context(|| {
+                format!("{}: not completions", d.join("completions.jsonl").display())
+            })?;
+        for (c, l) in completions.iter_mut().zip(&lines) {
+            c.toxicity = scores[&baddata::eval::import::key_of(l)?];
+        }
+        let ev = Evaluation {
+            rows: rescored,
+            completions,
+            base_ce: j["base_ce"].as_f64().unwrap_or(f64::NAN),
+        };
+        let mut meta = j["meta"].clone();
+        meta["toxicity"] = serde_json::json!(format!(
+            "imported from {} (field {field}); toxicity is the mean score x100",
+            file.display()
+        ));
+        let desc = format!(
+            "# ITI evaluation, rescored\n\nToxicity from {} (field `{field}`) instead of the offline \
+             scorer; cross-entropy and KL as measured. The offline scorer's table is in {}.",
+            file.display(),
+            results.with_extension("md").display()
+        );
+        let out = d.join("imported");
+        report::write_all(&out, &ev, meta, &desc)?;
+        eprintln!("imported scores for {} ({}):", d.display(), out.display());
+        eprint!("{}", report::markdown_table(&ev));
+        done += 1;
+    }
+    if done == 0 {
+        bail!("{}: no results.json of an evaluation there", dir.display());
+    }
+    Ok(())
 }

@@ -40,9 +40,13 @@ Output (--out, or stdout), one JSON object per prompt:\n  \
 \"eos\"|\"max_new_tokens\"|\"context\"}"
 )]
 struct Args {
-    /// Checkpoint directory, or run directory (its latest).
+    /// Checkpoint directory (ours, or a Hugging Face OLMo v1 release: single or sharded
+    /// safetensors), or run directory (its latest).
     #[arg(long, default_value = "runs/demo")]
     checkpoint: PathBuf,
+    /// Tokenizer (default: the checkpoint's tokenizer.json).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
     /// Prompts file (see --format).
     #[arg(long)]
     prompts: PathBuf,
@@ -102,10 +106,7 @@ fn run() -> Result<()> {
     }
     let ck = checkpoint::load(&args.checkpoint)
         .with_context(|| format!("loading checkpoint {}", args.checkpoint.display()))?;
-    let tok_path = ck.dir.join("tokenizer.json");
-    if !tok_path.is_file() {
-        bail!("{} has no tokenizer.json", ck.dir.display());
-    }
+    let tok_path = ck.tokenizer_path(args.tokenizer.as_deref())?;
     let tokenizer = Tokenizer::load(&tok_path)?;
     let cfg = ck.config.clone();
     baddata::data::tokenizer::check_fits(tokenizer.vocab_size(), cfg.vocab_size, &tok_path)?;

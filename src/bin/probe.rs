@@ -43,7 +43,8 @@ intervention.json    top-K heads {layer, head, direction, sigma, probe_accuracy}
 weights hash (refused for any other model)"
 )]
 struct Args {
-    /// Checkpoint directory, or run directory (its latest). Default with --demo: runs/demo.
+    /// Checkpoint directory (ours, or a Hugging Face OLMo v1 release: single or sharded
+    /// safetensors), or run directory (its latest). Default with --demo: runs/demo.
     #[arg(long)]
     checkpoint: Option<PathBuf>,
     /// Labelled texts (JSON lines, see --format).
@@ -156,17 +157,11 @@ fn run() -> Result<()> {
         let t = labels::read_labelled(&p, args.format, args.threshold)?;
         (t, p.display().to_string(), None)
     };
-    let tok_path = args
-        .tokenizer
-        .clone()
-        .or_else(|| Some(ck.dir.join("tokenizer.json")).filter(|p| p.is_file()))
-        .or(demo_tok)
-        .with_context(|| {
-            format!(
-                "{} has no tokenizer.json: pass --tokenizer FILE",
-                ck.dir.display()
-            )
-        })?;
+    let tok_path = match (ck.tokenizer_path(args.tokenizer.as_deref()), demo_tok) {
+        (Ok(p), _) => p,
+        (Err(_), Some(demo)) => demo,
+        (Err(e), None) => return Err(e),
+    };
     let tokenizer = Tokenizer::load(&tok_path)?;
     let out = args.out.clone().unwrap_or_else(|| ck_path.join("probe"));
     baddata::checkpoint::ensure_writable_dir(&out).context("--out")?;

@@ -105,6 +105,15 @@ struct Args {
     /// No random-direction control.
     #[arg(long)]
     no_random_control: bool,
+    /// Capability benchmarks scored on every cell's model without intervention, as `evaluate
+    /// --benchmark` scores them (comma separated: hellaswag, arc-easy, arc-challenge, piqa,
+    /// mmlu, lambada, or all) [default: none].
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    benchmarks: Vec<String>,
+    /// Items of each benchmark scored per cell (the first N; per subject for MMLU) [default:
+    /// all].
+    #[arg(long, value_name = "N")]
+    benchmark_limit: Option<usize>,
     /// Output directory [default: runs/sweep-demo, or runs/sweep-PRESET].
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
@@ -120,6 +129,15 @@ struct Args {
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
+    /// Instead of running, redraw the summary and figures of the sweep in --out from toxicity
+    /// scores made elsewhere (Perspective API) for its completions.jsonl: FILE holds one JSON
+    /// line per completion with its cell, set, condition, alpha, prompt_index and sample and the
+    /// score in --score-field; writes summary-imported.md/.json and figures-imported/.
+    #[arg(long, value_name = "FILE")]
+    import_scores: Option<PathBuf>,
+    /// The field of --import-scores lines that holds the score, in [0, 1].
+    #[arg(long, default_value = baddata::eval::import::DEFAULT_SCORE_FIELD)]
+    score_field: String,
 }
 
 fn main() {
@@ -194,6 +212,7 @@ fn run() -> Result<Outcome> {
             args.alphas
         );
     }
+    baddata::eval::benchmark::Benchmark::parse_list(&args.benchmarks)?;
     check_flags(flags)?;
     let file = flags.config.as_deref().map(read_config_file).transpose()?;
     let demo = flags.is_demo(file.as_ref());
@@ -208,6 +227,22 @@ fn run() -> Result<Outcome> {
             format!("runs/sweep-{preset}")
         })
     });
+    if let Some(file) = &args.import_scores {
+        let spec = sweep::read_spec(&out)?.with_context(|| {
+            format!(
+                "--import-scores: {} holds no sweep ({} missing)",
+                out.display(),
+                sweep::SPEC_FILE
+            )
+        })?;
+        sweep::import_scores(&spec, &out, file, &args.score_field)?;
+        eprintln!(
+            "sweep: summary-imported.md and figures-imported/ in {}, from {}",
+            out.display(),
+            file.display()
+        );
+        return Ok(Outcome::Finished);
+    }
     let device = Device::select(args.device)?;
 
     // the cells: each ratio's training config, the clean budget held fixed
@@ -319,6 +354,8 @@ fn run() -> Result<Outcome> {
             random_control: (!args.no_random_control).then_some(args.random_control),
             batch: 16,
         },
+        benchmarks: args.benchmarks.clone(),
+        benchmark_limit: args.benchmark_limit,
         cells,
     };
     spec.validate()?;
@@ -464,6 +501,12 @@ fn shared(spec: &SweepSpec, device: &Device, args: &Args) -> Result<Shared> {
         };
         labels::read_labelled(&p.data, f, p.threshold)?
     };
+    let names = baddata::eval::benchmark::Benchmark::parse_list(&spec.benchmarks)?;
+    let dir = baddata::eval::benchmark::default_dir();
+    let benchmarks = names
+        .iter()
+        .map(|&b| baddata::eval::benchmark::tasks::load(b, &dir, false))
+        .collect::<Result<Vec<_>>>()?;
     let shard = Shard::open(&spec.eval.val)?;
     let clean = eval_windows(&shard, spec.eval.val_windows, spec.eval.val_seq)?;
     Ok(Shared {
@@ -474,5 +517,6 @@ fn shared(spec: &SweepSpec, device: &Device, args: &Args) -> Result<Shared> {
         device: device.clone(),
         progress: !args.quiet,
         interrupt: Some(Interrupt::install()?),
+        benchmarks,
     })
 }

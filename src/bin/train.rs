@@ -15,7 +15,7 @@ use baddata::perf;
 use baddata::train::interrupt::{Interrupt, EXIT_INTERRUPTED};
 use baddata::train::run_dir;
 use baddata::train::setup::{
-    check_flags, fresh_config, read_config_file, resumed_config, TrainFlags, DEMO_DATA,
+    base_model, check_flags, fresh_config, read_config_file, resumed_config, TrainFlags, DEMO_DATA,
 };
 use baddata::train::{train, RunOptions, TrainConfig, TrainReport};
 
@@ -23,7 +23,8 @@ use baddata::train::{train, RunOptions, TrainConfig, TrainReport};
 #[command(
     name = "train",
     about = "Pretrain an OLMo v1 model on a mixture of clean and toxic text",
-    long_about = "Pretrain an OLMo v1 model (non-parametric layernorm, SwiGLU, RoPE, tied embeddings) on a \
+    long_about = "Pretrain an OLMo v1 model (non-parametric layernorm, SwiGLU, RoPE, tied embeddings; or continue \
+a released one with --init-from) on a \
 mixture of token shards drawn at fixed token fractions, with AdamW, a cosine schedule and global-norm clipping.\n\n\
 With no arguments: the tiny preset on the embedded demo (clean = Brown + fortunes + Shakespeare, toxic = \
 passages of the same texts that an offline classifier scores above 0.5, 10% of training tokens), a BPE trained on \
@@ -100,7 +101,21 @@ fn run() -> Result<Outcome> {
     check_flags(flags)?;
     let file = flags.config.as_deref().map(read_config_file).transpose()?;
     let mut demo = flags.is_demo(file.as_ref());
-    let preset = flags.preset.clone().unwrap_or_else(|| "tiny".into());
+    let (base, preset, init_dir) = base_model(flags)?;
+    if let Some(dir) = &init_dir {
+        eprintln!(
+            "--init-from {}: the model shape is the checkpoint's ({} layers, d_model {}, {} heads, \
+             vocab {}, context {}, {} head{})",
+            dir.display(),
+            base.n_layers,
+            base.d_model,
+            base.n_heads,
+            base.vocab_size,
+            base.context,
+            if base.tie_word_embeddings { "tied" } else { "untied" },
+            base.clip_qkv.map_or(String::new(), |c| format!(", clip_qkv {c}"))
+        );
+    }
     let out = args.out.clone().unwrap_or_else(|| {
         if demo {
             PathBuf::from("runs/demo")

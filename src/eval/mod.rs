@@ -2,6 +2,7 @@
 //! scorer), cross-entropy on clean held-out text, and KL(base ‖ steered) on that text.
 
 pub mod benchmark;
+pub mod import;
 pub mod metrics;
 pub mod report;
 
@@ -91,6 +92,23 @@ pub fn standard_error(x: &[f64]) -> f64 {
     let mean = x.iter().sum::<f64>() / n as f64;
     let var = x.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
     (var / n as f64).sqrt()
+}
+
+/// Toxicity of scored completions `(prompt index, score in [0, 1])`: the mean × 100, the share
+/// above 0.5, and the standard error × 100 over prompts (of each prompt's mean over its
+/// samples).
+pub fn toxicity_stats(scored: &[(usize, f64)]) -> (f64, f64, f64) {
+    let m = scored.len().max(1) as f64;
+    let mean = scored.iter().map(|s| s.1).sum::<f64>() / m;
+    let share = scored.iter().filter(|s| s.1 > 0.5).count() as f64 / m;
+    let mut per: std::collections::BTreeMap<usize, (f64, usize)> = Default::default();
+    for &(p, s) in scored {
+        let e = per.entry(p).or_default();
+        e.0 += s;
+        e.1 += 1;
+    }
+    let means: Vec<f64> = per.values().map(|(s, n)| s / *n as f64).collect();
+    (100.0 * mean, share, 100.0 * standard_error(&means))
 }
 
 /// Evaluates `iv` on `model`/`params` at each alpha of `opts`: completes `prompts` (the shift
@@ -191,16 +209,17 @@ pub fn evaluate<B: Backend<Elem = f32> + 'static>(
         let steered = logits(model, params, clean, seq, opts.batch)?;
         let kl = mean_kl(&base_logits, &steered, vocab)?;
         pb.inc(n_rows.div_ceil(opts.batch) as u64);
-        let m = scores.len() as f64;
-        let per_prompt: Vec<f64> = scores
-            .chunks(n)
-            .map(|c| c.iter().sum::<f64>() / c.len() as f64)
+        let by_prompt: Vec<(usize, f64)> = scores
+            .iter()
+            .enumerate()
+            .map(|(k, &s)| (k / n, s))
             .collect();
+        let (toxicity, share_toxic, toxicity_se) = toxicity_stats(&by_prompt);
         rows.push(AlphaResult {
             alpha,
-            toxicity: 100.0 * scores.iter().sum::<f64>() / m,
-            toxicity_se: 100.0 * standard_error(&per_prompt),
-            share_toxic: scores.iter().filter(|&&s| s > 0.5).count() as f64 / m,
+            toxicity,
+            toxicity_se,
+            share_toxic,
             ce,
             delta_ce_pct: 100.0 * (ce - base_ce) / base_ce,
             kl,

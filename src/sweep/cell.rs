@@ -40,6 +40,23 @@ pub struct Shared {
     pub progress: bool,
     /// Stop between (and, in training, within) stages when set.
     pub interrupt: Option<Interrupt>,
+    /// The capability benchmarks' items, loaded once.
+    pub benchmarks: Vec<crate::eval::benchmark::tasks::TaskData>,
+}
+
+/// One benchmark's score in `bench.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BenchScore {
+    /// The benchmark's name.
+    pub name: String,
+    /// Items scored.
+    pub n_items: usize,
+    /// Accuracy and its standard error.
+    pub acc: (f64, f64),
+    /// Length-normalised accuracy and its standard error, where the harness reports it.
+    pub acc_norm: Option<(f64, f64)>,
+    /// A uniform random guess's expected accuracy.
+    pub chance: f64,
 }
 
 /// `train.json`: what the cell's training did (written when it finished).
@@ -150,6 +167,8 @@ pub struct CellResults {
     pub probe: Option<ProbeResult>,
     /// `eval.json`.
     pub eval: Option<EvalResult>,
+    /// `bench.json`.
+    pub bench: Option<Vec<BenchScore>>,
 }
 
 /// Reads the results of the cell in `cell_dir`.
@@ -161,6 +180,7 @@ pub fn read_results(cell_dir: &Path) -> Result<CellResults> {
         train: get(&cell_dir.join("train.json"))?,
         probe: get(&cell_dir.join("probe.json"))?,
         eval: get(&cell_dir.join("eval.json"))?,
+        bench: get(&cell_dir.join("bench.json"))?,
     })
 }
 
@@ -304,6 +324,7 @@ pub fn run_cell(spec: &SweepSpec, out: &Path, cell: &CellSpec, sh: &Shared) -> R
         let tokenizer = Tokenizer::load(&ck.dir.join("tokenizer.json"))?;
         let iv = Intervention::load(&dir.join("probe").join("intervention.json"))?;
         let job = Eval {
+            cell: cell.name(),
             spec,
             ck: &ck,
             tokenizer: &tokenizer,
@@ -328,6 +349,44 @@ pub fn run_cell(spec: &SweepSpec, out: &Path, cell: &CellSpec, sh: &Shared) -> R
         std::fs::rename(&tmp, &p).with_context(|| format!("renaming to {}", p.display()))?;
         write_json(&dir.join("eval.json"), &result)?;
     }
+    if stop() {
+        return Ok(CellStatus::Interrupted);
+    }
+
+    // 4. capability benchmarks (counted with the evaluation's time)
+    if !sh.benchmarks.is_empty() && !dir.join("bench.json").is_file() {
+        let t = Instant::now();
+        let ck = checkpoint::load(&train_dir)?;
+        let tokenizer = Tokenizer::load(&ck.dir.join("tokenizer.json"))?;
+        let opts = crate::eval::benchmark::BenchmarkOptions {
+            shots: 0,
+            seed: 0,
+            limit: spec.benchmark_limit,
+            batch: 16,
+            progress: sh.progress,
+        };
+        let results = crate::eval::benchmark::run_on_device(
+            &sh.device,
+            &ck.config,
+            &ck.params,
+            &tokenizer,
+            &sh.benchmarks,
+            &opts,
+            &mut |_| Ok(()),
+        )?;
+        let scores: Vec<BenchScore> = results
+            .iter()
+            .map(|r| BenchScore {
+                name: r.benchmark.name().to_string(),
+                n_items: r.n_items,
+                acc: (r.acc.value, r.acc.stderr),
+                acc_norm: r.acc_norm.as_ref().map(|m| (m.value, m.stderr)),
+                chance: r.chance,
+            })
+            .collect();
+        write_json(&dir.join("bench.json"), &scores)?;
+        t_eval += t.elapsed().as_secs_f64();
+    }
     Ok(CellStatus::Done {
         train: t_train,
         probe: t_probe,
@@ -347,6 +406,7 @@ impl ExecutorJob for Probe<'_, '_> {
 
 /// The evaluation stage on an executor: every prompt set under every condition.
 struct Eval<'a> {
+    cell: String,
     spec: &'a SweepSpec,
     ck: &'a checkpoint::Checkpoint,
     tokenizer: &'a Tokenizer,
@@ -395,7 +455,7 @@ impl ExecutorJob for Eval<'_> {
                 )?;
                 for c in &ev.completions {
                     lines.push(serde_json::json!({
-                        "set": name, "condition": cond, "alpha": c.alpha,
+                        "cell": self.cell, "set": name, "condition": cond, "alpha": c.alpha,
                         "prompt_index": c.prompt_index, "sample": c.sample,
                         "prompt": c.prompt, "completion": c.completion, "toxicity": c.toxicity,
                     }));
@@ -429,4 +489,30 @@ impl ExecutorJob for Eval<'_> {
             lines,
         ))
     }
+}
+
+/// `eval` with its toxicity recomputed from imported scores (see [`crate::eval::import`]), from
+/// the completions the cell in `cell_dir` (named `cell`) wrote.
+pub fn rescore_eval(
+    eval: &EvalResult,
+    cell: &str,
+    cell_dir: &Path,
+    scores: &std::collections::HashMap<String, f64>,
+) -> Result<EvalResult> {
+    use crate::eval::import::{read_completions, rescore};
+    let lines = read_completions(&cell_dir.join("completions.jsonl"))?;
+    let mut out = eval.clone();
+    for s in &mut out.sets {
+        let set = s.name.clone();
+        let re = |r: &AlphaResult, cond: &str| rescore(r, &lines, Some((cell, &set, cond)), scores);
+        s.none = re(&s.none, "iti")?;
+        s.prompting = re(&s.prompting, "prompting")?;
+        s.iti = s.iti.iter().map(|r| re(r, "iti")).collect::<Result<_>>()?;
+        s.control = s
+            .control
+            .iter()
+            .map(|r| re(r, "random-control"))
+            .collect::<Result<_>>()?;
+    }
+    Ok(out)
 }

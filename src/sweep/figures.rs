@@ -18,9 +18,9 @@ fn write(path: &Path, text: &str) -> Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
-/// Draws every figure of `s` into `out/figures/`; returns the files written.
-pub fn draw(spec: &SweepSpec, out: &Path, s: &Summary) -> Result<Vec<PathBuf>> {
-    let dir = out.join("figures");
+/// Draws every figure of `s` into `dir`; returns the files written.
+pub fn draw(spec: &SweepSpec, dir: &Path, s: &Summary) -> Result<Vec<PathBuf>> {
+    let dir = dir.to_path_buf();
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut files = Vec::new();
     let seeds = s.seeds;

@@ -8,6 +8,7 @@
 //! <out>/cells/r0.100-s1/probe/          probe_accuracy.json, heatmap, intervention.json
 //! <out>/cells/r0.100-s1/probe.json      per-head validation accuracies (the stage's marker)
 //! <out>/cells/r0.100-s1/eval.json       every condition's metrics (the stage's marker)
+//! <out>/cells/r0.100-s1/bench.json      capability benchmarks, when asked for
 //! <out>/summary.json, summary.md        Table 1's layout, with uncertainty
 //! <out>/figures/*.png + *.csv           the figures and the numbers they plot
 //! ```
@@ -163,6 +164,13 @@ pub struct SweepSpec {
     pub probe: ProbeSpec,
     /// The evaluation.
     pub eval: EvalSpec,
+    /// Capability benchmarks scored on every cell's model without intervention (names as
+    /// `evaluate --benchmark` takes them), beside the clean cross-entropy.
+    #[serde(default)]
+    pub benchmarks: Vec<String>,
+    /// Items of each benchmark scored (the first N; of each subject for MMLU); `None`: all.
+    #[serde(default)]
+    pub benchmark_limit: Option<usize>,
     /// The cells, ratio-major.
     pub cells: Vec<CellSpec>,
 }
@@ -242,6 +250,34 @@ pub fn write_spec(out: &Path, spec: &SweepSpec) -> Result<()> {
     )
 }
 
+/// Writes `out/completions.jsonl`: every finished cell's completions, each line placed by its
+/// cell, set, condition, alpha, prompt and sample: the file to score with Perspective API and
+/// bring back with `sweep --import-scores`.
+pub fn export_completions(spec: &SweepSpec, out: &Path) -> Result<PathBuf> {
+    let mut text = String::new();
+    for c in &spec.cells {
+        let p = SweepSpec::cell_dir(out, c).join("completions.jsonl");
+        if p.is_file() {
+            text +=
+                &std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+        }
+    }
+    let path = out.join("completions.jsonl");
+    crate::checkpoint::write_atomic(&path, text.as_bytes())?;
+    Ok(path)
+}
+
+/// Redraws the summary and figures from imported toxicity scores, as `summary-imported.md`,
+/// `summary-imported.json` and `figures-imported/`, beside the offline scorer's.
+pub fn import_scores(spec: &SweepSpec, out: &Path, file: &Path, field: &str) -> Result<()> {
+    let scores = crate::eval::import::read_scores(file, field)?;
+    let from = format!("{} (field {field})", file.display());
+    let s = summary::summarise(spec, out, Some((&scores, &from)))?;
+    summary::write(spec, out, "summary-imported", &s)?;
+    figures::draw(spec, &out.join("figures-imported"), &s)?;
+    Ok(())
+}
+
 /// How the sweep's cells went in one invocation.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Outcome {
@@ -307,10 +343,11 @@ pub fn run(spec: &SweepSpec, out: &Path, shared: &cell::Shared) -> Result<Outcom
                 crate::perf::human_duration(s)
             ))
         );
-        let s = summary::summarise(spec, out)?;
-        summary::write(spec, out, &s)?;
-        figures::draw(spec, out, &s)?;
+        let s = summary::summarise(spec, out, None)?;
+        summary::write(spec, out, "summary", &s)?;
+        figures::draw(spec, &out.join("figures"), &s)?;
     }
+    export_completions(spec, out)?;
     eprintln!(
         "sweep: all {} cells done ({} in this run); summary in {}",
         spec.cells.len(),

@@ -86,6 +86,8 @@ pub struct TrainRow {
 /// Everything the summary holds.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
+    /// What scored the completions: the offline scorer, or an imported file.
+    pub toxicity_from: String,
     /// Cells finished, of all.
     pub cells_done: usize,
     /// Cells in the sweep.
@@ -101,6 +103,25 @@ pub struct Summary {
     pub probe_test: Option<RankTest>,
     /// Training per ratio.
     pub train: Vec<TrainRow>,
+    /// Capability benchmarks per ratio (when the sweep scores them).
+    pub benchmarks: Vec<BenchRow>,
+}
+
+/// One benchmark at one ratio, over seeds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BenchRow {
+    /// Toxic ratio.
+    pub ratio: f64,
+    /// The benchmark.
+    pub name: String,
+    /// Items per cell.
+    pub n_items: usize,
+    /// Accuracy, mean over seeds with its 95% interval.
+    pub acc: Estimate,
+    /// Mean over seeds of each cell's standard error over items.
+    pub item_se: f64,
+    /// A uniform random guess's expected accuracy.
+    pub chance: f64,
 }
 
 fn condition_result<'a>(e: &'a EvalResult, set: usize, condition: &str) -> Option<&'a AlphaResult> {
@@ -118,14 +139,26 @@ fn condition_result<'a>(e: &'a EvalResult, set: usize, condition: &str) -> Optio
     }
 }
 
-/// Collects every finished cell of the sweep in `out` into a [`Summary`].
-pub fn summarise(spec: &SweepSpec, out: &Path) -> Result<Summary> {
+/// Collects every finished cell of the sweep in `out` into a [`Summary`]; with `scores`, each
+/// cell's toxicity is recomputed from those imported scores ([`crate::eval::import`]).
+pub fn summarise(
+    spec: &SweepSpec,
+    out: &Path,
+    scores: Option<(&std::collections::HashMap<String, f64>, &str)>,
+) -> Result<Summary> {
     let mut per_ratio: Vec<Vec<CellResults>> = Vec::new();
     let mut done = 0;
     for &r in &spec.ratios {
         let mut v = Vec::new();
         for c in spec.cells.iter().filter(|c| c.ratio == r) {
-            let res = read_results(&SweepSpec::cell_dir(out, c))?;
+            let dir = SweepSpec::cell_dir(out, c);
+            let mut res = read_results(&dir)?;
+            if let (Some((scores, _)), Some(e)) = (scores, &res.eval) {
+                res.eval = Some(
+                    super::cell::rescore_eval(e, &c.name(), &dir, scores)
+                        .with_context(|| format!("rescoring cell {}", c.name()))?,
+                );
+            }
             done += res.eval.is_some() as usize;
             v.push(res);
         }
@@ -134,6 +167,7 @@ pub fn summarise(spec: &SweepSpec, out: &Path) -> Result<Summary> {
     let mut rows = Vec::new();
     let mut probes = Vec::new();
     let mut train = Vec::new();
+    let mut benchmarks = Vec::new();
     for (ri, &ratio) in spec.ratios.iter().enumerate() {
         let cells = &per_ratio[ri];
         let evals: Vec<&EvalResult> = cells.iter().filter_map(|c| c.eval.as_ref()).collect();
@@ -202,6 +236,30 @@ pub fn summarise(spec: &SweepSpec, out: &Path) -> Result<Summary> {
                 best: estimate(&bests),
             });
         }
+        let benches: Vec<&Vec<super::cell::BenchScore>> =
+            cells.iter().filter_map(|c| c.bench.as_ref()).collect();
+        if let Some(first) = benches.first() {
+            for (k, b) in first.iter().enumerate() {
+                let accs: Vec<f64> = benches
+                    .iter()
+                    .filter_map(|v| v.get(k))
+                    .map(|s| s.acc.0)
+                    .collect();
+                let ses: Vec<f64> = benches
+                    .iter()
+                    .filter_map(|v| v.get(k))
+                    .map(|s| s.acc.1)
+                    .collect();
+                benchmarks.push(BenchRow {
+                    ratio,
+                    name: b.name.clone(),
+                    n_items: b.n_items,
+                    acc: estimate(&accs),
+                    item_se: super::stats::mean(&ses),
+                    chance: b.chance,
+                });
+            }
+        }
         let trains: Vec<&TrainResult> = cells.iter().filter_map(|c| c.train.as_ref()).collect();
         if !trains.is_empty() {
             let tokens = |name: &str| {
@@ -236,6 +294,10 @@ pub fn summarise(spec: &SweepSpec, out: &Path) -> Result<Summary> {
         _ => None,
     };
     Ok(Summary {
+        toxicity_from: scores.map_or_else(
+            || "the offline scorer (a bag-of-words classifier), on the completion only".to_string(),
+            |(_, from)| format!("scores imported from {from}"),
+        ),
         cells_done: done,
         cells: spec.cells.len(),
         seeds: spec.seeds.len(),
@@ -243,6 +305,7 @@ pub fn summarise(spec: &SweepSpec, out: &Path) -> Result<Summary> {
         probes,
         probe_test,
         train,
+        benchmarks,
     })
 }
 
@@ -294,8 +357,8 @@ pub fn markdown(spec: &SweepSpec, s: &Summary) -> String {
         spec.probe.direction.as_str(),
         spec.eval.alphas
     );
-    md += "Toxicity ×100 of the completions (offline scorer, completion only); ± is the 95% \
-           confidence interval over seeds (with one seed: the standard error over prompts). \
+    md += &format!("Toxicity ×100 of the completions, by {}; ", s.toxicity_from);
+    md += "± is the 95% confidence interval over seeds (with one seed: the standard error over prompts). \
            CE: cross-entropy on clean held-out text (nats per token; prompting leaves it \
            unchanged, since the prefix applies to the prompts only).\n\n";
     md += "| toxic ratio | condition |";
@@ -344,16 +407,38 @@ pub fn markdown(spec: &SweepSpec, s: &Summary) -> String {
             t.p
         );
     }
+    if !s.benchmarks.is_empty() {
+        md +=
+            "\n## Capability benchmarks (no intervention; lm-evaluation-harness rules, 0-shot)\n\n\
+               | toxic ratio | benchmark | items | acc | chance |\n|---:|---|---:|---:|---:|\n";
+        for b in &s.benchmarks {
+            let acc = if b.acc.ci95.is_finite() {
+                format!("{:.4} ± {:.4}", b.acc.mean, b.acc.ci95)
+            } else {
+                format!("{:.4} (s.e. {:.4})", b.acc.mean, b.item_se)
+            };
+            md += &format!(
+                "| {:.0}% | {} | {} | {acc} | {:.3} |\n",
+                b.ratio * 100.0,
+                b.name,
+                b.n_items,
+                b.chance
+            );
+        }
+    }
     md
 }
 
-/// Writes `summary.json` and `summary.md` into `out`.
-pub fn write(spec: &SweepSpec, out: &Path, s: &Summary) -> Result<()> {
+/// Writes `<name>.json` and `<name>.md` (e.g. `summary`) into `out`.
+pub fn write(spec: &SweepSpec, out: &Path, name: &str, s: &Summary) -> Result<()> {
     crate::checkpoint::write_atomic(
-        &out.join("summary.json"),
+        &out.join(format!("{name}.json")),
         serde_json::to_string_pretty(s)?.as_bytes(),
     )
-    .context("writing summary.json")?;
-    crate::checkpoint::write_atomic(&out.join("summary.md"), markdown(spec, s).as_bytes())
-        .context("writing summary.md")
+    .with_context(|| format!("writing {name}.json"))?;
+    crate::checkpoint::write_atomic(
+        &out.join(format!("{name}.md")),
+        markdown(spec, s).as_bytes(),
+    )
+    .with_context(|| format!("writing {name}.md"))
 }

@@ -24,6 +24,13 @@ pub struct TrainFlags {
     /// Model preset: tiny (CPU demo), olmo-124m, olmo-1b [default: tiny].
     #[arg(long, value_name = "NAME")]
     pub preset: Option<String>,
+    /// Continued pretraining: start from this checkpoint's weights (ours, or a Hugging Face OLMo
+    /// v1 release such as allenai/OLMo-1B-hf or OLMo-1B-0724-hf, single or sharded) with a fresh
+    /// optimizer and this run's data. The model shape is the checkpoint's, so --preset is refused
+    /// beside it; the data must be tokenized with the checkpoint's tokenizer. Defaults as for
+    /// olmo-1b (lr 4e-4, warm-up 2000, batch 8), seq min(context, 2048); out runs/init-NAME.
+    #[arg(long, value_name = "DIR", conflicts_with = "preset")]
+    pub init_from: Option<PathBuf>,
     /// JSON file with training-config fields (model, sources, val, lr, steps, adamw, ...; nested
     /// objects merge field by field); flags override it. Without sources in it, it adjusts the
     /// demo.
@@ -149,6 +156,7 @@ pub fn demo_defaults(
         eval_windows: 32,
         save_every: 500,
         synthetic: false,
+        init_from: None,
     }
 }
 
@@ -161,7 +169,61 @@ pub fn real_defaults(preset: &str, mut cfg: TrainConfig) -> TrainConfig {
     cfg.save_every = 1000;
     cfg.seq = cfg.model.context;
     cfg.batch = if preset == "olmo-1b" { 8 } else { 64 };
+    if preset.starts_with("init-") {
+        // continued pretraining of a released model on one GPU
+        cfg.seq = cfg.model.context.min(2048);
+        cfg.batch = 8;
+    }
     cfg
+}
+
+/// The model shape and the preset name a run starts from: the preset's, or with `--init-from`
+/// the checkpoint's (named `init-DIRNAME`; never re-sized to a tokenizer).
+pub fn base_model(args: &TrainFlags) -> Result<(ModelConfig, String, Option<PathBuf>)> {
+    match &args.init_from {
+        Some(dir) => {
+            let (ck_dir, m) = crate::checkpoint::read_config(dir)
+                .with_context(|| format!("--init-from {}", dir.display()))?;
+            let name = ck_dir
+                .file_name()
+                .map_or("checkpoint".into(), |n| n.to_string_lossy().into_owned());
+            Ok((m, format!("init-{name}"), Some(ck_dir)))
+        }
+        None => {
+            let p = args.preset.clone().unwrap_or_else(|| "tiny".into());
+            Ok((ModelConfig::preset(&p)?, p, None))
+        }
+    }
+}
+
+/// With `--init-from`: the data's tokenizer (file `path`) must be the checkpoint's, when the
+/// checkpoint has one (the same identity, [`crate::data::tokenizer::TokenizerId`]); without one
+/// a line says it could not be checked.
+fn check_same_tokenizer(path: &Path, ck_dir: &Path) -> Result<()> {
+    use crate::data::tokenizer::TokenizerId;
+    let theirs = ck_dir.join("tokenizer.json");
+    if !theirs.is_file() {
+        eprintln!(
+            "--init-from: {} has no tokenizer.json, so it is not checked that the data was \
+             tokenized with the checkpoint's tokenizer ({} was used)",
+            ck_dir.display(),
+            path.display()
+        );
+        return Ok(());
+    }
+    let (a, b) = (TokenizerId::of_file(path)?, TokenizerId::of_file(&theirs)?);
+    if a != b {
+        bail!(
+            "the data's tokenizer {} ({}) differs from the --init-from checkpoint's {} ({}): \
+             tokenize the data with the checkpoint's tokenizer (prepare --tokenizer {})",
+            path.display(),
+            a.short(),
+            theirs.display(),
+            b.short(),
+            theirs.display()
+        );
+    }
+    Ok(())
 }
 
 /// Parses `--source NAME=SHARD:FRACTION`.
@@ -278,8 +340,8 @@ pub fn fresh_config(
     out: &Path,
     progress: bool,
 ) -> Result<TrainConfig> {
-    let preset = args.preset.as_deref().unwrap_or("tiny");
-    let mut model = ModelConfig::preset(preset)?;
+    let (mut model, preset, init_dir) = base_model(args)?;
+    let preset = preset.as_str();
     let defaults = |c: TrainConfig| {
         if preset == "tiny" {
             c
@@ -298,6 +360,12 @@ pub fn fresh_config(
         c.synthetic = true;
         c
     } else if demo {
+        if init_dir.is_some() {
+            bail!(
+                "--init-from needs --data (or --source) tokenized with the checkpoint's tokenizer: \
+                 the embedded demo's shards use a BPE of their own"
+            );
+        }
         let vocab = args
             .demo_vocab
             .unwrap_or(crate::data::demo::DEFAULT_DEMO_VOCAB);
@@ -343,6 +411,9 @@ pub fn fresh_config(
             } else {
                 crate::data::tokenizer::check_fits(tok.vocab_size(), model.vocab_real, t)?;
             }
+            if let Some(dir) = &init_dir {
+                check_same_tokenizer(t, dir)?;
+            }
         }
         defaults(demo_defaults(model, sources, val, tokenizer, out.into()))
     };
@@ -361,6 +432,7 @@ pub fn fresh_config(
                 .with_vocab(tok.vocab_size(), tok.eos_id()?);
         }
     }
+    cfg.init_from.clone_from(&args.init_from);
     apply_flags(&mut cfg, args);
     cfg.out = out.into();
     Ok(cfg)

@@ -35,6 +35,8 @@ pub fn two_layer_config(context: usize) -> ModelConfig {
         rope_theta: 10_000.0,
         layer_norm_eps: 1e-5,
         eos_token_id: 0,
+        tie_word_embeddings: true,
+        clip_qkv: None,
     }
 }
 
@@ -222,5 +224,6 @@ pub fn train_setup(dir: &Path, model: ModelConfig) -> TrainConfig {
         eval_windows: 8,
         save_every: 5,
         synthetic: false,
+        init_from: None,
     }
 }

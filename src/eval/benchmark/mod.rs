@@ -24,9 +24,7 @@ use anyhow::{ensure, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-use crate::backend::cpu::Cpu;
-use crate::backend::cuda::{executor::CudaExecutor, CudaBackend};
-use crate::backend::device::Device;
+use crate::backend::device::{Device, ExecutorJob};
 use crate::backend::Backend;
 use crate::config::ModelConfig;
 use crate::data::tokenizer::Tokenizer;
@@ -345,16 +343,34 @@ pub fn run_on_device(
     opts: &BenchmarkOptions,
     done: &mut dyn FnMut(&BenchmarkResult) -> Result<()>,
 ) -> Result<Vec<BenchmarkResult>> {
-    match device {
-        Device::Cpu => run_tasks(Cpu::<f32>::new(), cfg, params, tok, tasks, opts, done),
-        Device::Cuda(ctx) => run_tasks(
-            CudaExecutor::new(CudaBackend::new(ctx.clone())?)?,
-            cfg,
-            params,
-            tok,
-            tasks,
-            opts,
-            done,
-        ),
+    struct Job<'a> {
+        cfg: &'a ModelConfig,
+        params: &'a [f32],
+        tok: &'a Tokenizer,
+        tasks: &'a [TaskData],
+        opts: &'a BenchmarkOptions,
+        done: &'a mut dyn FnMut(&BenchmarkResult) -> Result<()>,
     }
+    impl ExecutorJob for Job<'_> {
+        type Output = Vec<BenchmarkResult>;
+        fn run<B: Backend<Elem = f32> + 'static>(self, be: B) -> Result<Self::Output> {
+            run_tasks(
+                be,
+                self.cfg,
+                self.params,
+                self.tok,
+                self.tasks,
+                self.opts,
+                self.done,
+            )
+        }
+    }
+    device.run(Job {
+        cfg,
+        params,
+        tok,
+        tasks,
+        opts,
+        done,
+    })
 }
