@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Recomposes the demo data that baddata ships in assets/demo/composed/ (clean/toxic/val texts,
 # the probe set, the 2,048-id BPE and composition.json) from the corpora in assets/demo/, with
-# examples/compose_demo (see docs/shards.md). Deterministic: on an unchanged tree it rewrites the
+# tools/compose_demo (see docs/shards.md). Deterministic: on an unchanged tree it rewrites the
 # same contents. About 20 s in a release build, plus the build.
 #
 # Usage: bash tools/compose-demo.sh           rewrite assets/demo/composed/

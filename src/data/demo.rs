@@ -9,7 +9,7 @@
 //! when it scores at most [`CLEAN_THRESHOLD`], and a passage in between is used nowhere. See
 //! assets/SOURCES.md and docs/shards.md.
 //!
-//! The texts in `assets/demo/composed/` are written by `examples/compose_demo`
+//! The texts in `assets/demo/composed/` are written by `tools/compose_demo`
 //! (`bash tools/compose-demo.sh`) from `assets/demo/{brown,fortunes,shakespeare,toxic-demo}.jsonl.gz`;
 //! the prompts in `assets/rtp/` by `tools/extract_rtp.py`. Nothing here composes: the library
 //! tokenizes what was shipped, deterministically, and checks the result against the hashes the
