@@ -289,7 +289,8 @@ fn command_end_to_end_with_a_prompt_file_and_with_demo_data() {
     let png = std::fs::read(out.join("toxicity_vs_ce.png")).unwrap();
     assert_eq!(&png[..4], b"\x89PNG");
 
-    // --demo: prompts from probe.jsonl (first words, flagged and unflagged alternating).
+    // --demo --demo-prompts probe: prompts from probe.jsonl (first words, toxic and clean
+    // alternating).
     let demo = dir.path().join("demo-data");
     std::fs::create_dir_all(&demo).unwrap();
     std::fs::copy(&f.val, demo.join("val.shard")).unwrap();
@@ -309,6 +310,8 @@ fn command_end_to_end_with_a_prompt_file_and_with_demo_data() {
         "--demo",
         "--demo-data",
         demo.to_str().unwrap(),
+        "--demo-prompts",
+        "probe",
         "--n-prompts",
         "3",
         "--prompt-words",
@@ -332,6 +335,50 @@ fn command_end_to_end_with_a_prompt_file_and_with_demo_data() {
         .map(|c| c["prompt"].as_str().unwrap())
         .collect();
     assert_eq!(ps, ["shut up", "the garden", "get lost"]);
+
+    // --demo: by default the RealToxicityPrompts prompts of rtp.jsonl, whole, the first N.
+    let out3 = dir.path().join("eval3");
+    let args3 = [
+        "--checkpoint",
+        f.run.to_str().unwrap(),
+        "--intervention",
+        f.iv_path.to_str().unwrap(),
+        "--demo",
+        "--demo-data",
+        demo.to_str().unwrap(),
+        "--n-prompts",
+        "2",
+        "--val-seq",
+        "8",
+        "--val-windows",
+        "2",
+        "--alphas",
+        "0",
+        "--max-new-tokens",
+        "2",
+        "--out",
+        out3.to_str().unwrap(),
+        "--quiet",
+    ];
+    let o = run_bin(&args3);
+    assert!(!o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("rtp.jsonl") && e.contains("rebuild"), "{e}");
+    std::fs::write(
+        demo.join("rtp.jsonl"),
+        "{\"prompt\": {\"text\": \"So I told him he was a\", \"toxicity\": 0.9}}\n\
+         {\"prompt\": {\"text\": \"The garden\", \"toxicity\": null}}\n\
+         {\"prompt\": {\"text\": \"never reached\", \"toxicity\": null}}\n",
+    )
+    .unwrap();
+    let o = run_bin(&args3);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let comps = lines(&out3.join("completions.jsonl"));
+    let ps: Vec<&str> = comps
+        .iter()
+        .map(|c| c["prompt"].as_str().unwrap())
+        .collect();
+    assert_eq!(ps, ["So I told him he was a", "The garden"]);
 }
 
 #[test]

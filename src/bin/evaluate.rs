@@ -12,7 +12,7 @@ use baddata::backend::cuda::{executor::CudaExecutor, CudaBackend};
 use baddata::backend::device::{Device, DeviceArg};
 use baddata::backend::Backend;
 use baddata::checkpoint;
-use baddata::data::demo::demo_prompts;
+use baddata::data::demo::{demo_prompt_set, DemoPrompts};
 use baddata::data::mixture::eval_windows;
 use baddata::data::prompts::{read_prompts, resolve_prefix, with_prefix, PromptFormat};
 use baddata::data::shard::Shard;
@@ -60,17 +60,22 @@ struct Args {
     /// Layout of --prompts.
     #[arg(long, value_enum, default_value_t = PromptFormat::Auto)]
     format: PromptFormat,
-    /// Use the demo data: prompts are the first --prompt-words words of the probe passages
-    /// (--n-prompts of them, alternating flagged and unflagged), clean text is its val.shard.
+    /// Use the demo data: prompts from --demo-prompts (--n-prompts of them), clean text is its
+    /// val.shard.
     #[arg(long)]
     demo: bool,
     /// Demo data directory (with --demo).
     #[arg(long, default_value = "runs/demo-data")]
     demo_data: PathBuf,
-    /// Number of prompts built from the demo probe set (with --demo).
+    /// The demo's prompts (with --demo): rtp, the RealToxicityPrompts prompts (1,519, apart from
+    /// everything the demo trains and probes on); probe, the first --prompt-words words of the
+    /// held-out probe passages, toxic and clean alternating.
+    #[arg(long, value_enum, default_value_t = DemoPrompts::Rtp)]
+    demo_prompts: DemoPrompts,
+    /// Number of demo prompts, the first N of the set (with --demo).
     #[arg(long, default_value_t = 100)]
     n_prompts: usize,
-    /// Words per demo prompt (with --demo).
+    /// Words per demo prompt (with --demo --demo-prompts probe).
     #[arg(long, default_value_t = 6)]
     prompt_words: usize,
     /// Clean held-out token shard for cross-entropy and KL (default with --demo: its val.shard).
@@ -206,21 +211,14 @@ fn run() -> Result<()> {
                 format!("{} ({:?} format)", p.display(), args.format),
             )
         }
-        (None, true) => {
-            let path = args.demo_data.join("probe.jsonl");
-            let ps = demo_prompts(&path, args.n_prompts, args.prompt_words)?;
-            (
-                ps,
-                format!(
-                    "first {} words of the passages of {} (held out from training), alternating \
-flagged (label 1) and unflagged (label 0) in file order",
-                    args.prompt_words,
-                    path.display()
-                ),
-            )
-        }
+        (None, true) => demo_prompt_set(
+            &args.demo_data,
+            args.demo_prompts,
+            args.n_prompts,
+            args.prompt_words,
+        )?,
         (None, false) => {
-            bail!("give --prompts FILE, or --demo for prompts from the demo probe set")
+            bail!("give --prompts FILE, or --demo for the demo's prompts")
         }
     };
     if let Some(prefix) = &args.prefix {

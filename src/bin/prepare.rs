@@ -45,7 +45,8 @@ struct Args {
     tokenizer: Option<PathBuf>,
 
     /// Train a byte-level BPE with this many ids on the training documents (with --demo: the
-    /// demo's vocabulary, default 2048).
+    /// demo's vocabulary; default 2048, the shipped tokenizer; another size trains a BPE on the
+    /// demo's training text).
     #[arg(long, value_name = "VOCAB", conflicts_with = "olmo")]
     train_bpe: Option<usize>,
 
@@ -65,8 +66,8 @@ struct Args {
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
 
-    /// Build the embedded demo data (clean/toxic/val shards, probe set, BPE) instead of reading
-    /// inputs.
+    /// Build the embedded demo data (tokenizer, clean/toxic/val shards, probe set, RTP prompts)
+    /// instead of reading inputs.
     #[arg(long, conflicts_with_all = ["tokenizer", "olmo"])]
     demo: bool,
 
@@ -154,7 +155,7 @@ fn run_demo(args: &Args) -> Result<()> {
     let m = &d.manifest;
     println!(
         "demo data in {} ({:.1}s): clean {} tokens, toxic {} tokens, val {} tokens, probe {} \
-         toxic + {} clean passages, vocab {}",
+         toxic + {} clean passages, {} RealToxicityPrompts prompts, vocab {}",
         d.dir.display(),
         t0.elapsed().as_secs_f64(),
         m["clean"]["total_tokens"],
@@ -162,11 +163,12 @@ fn run_demo(args: &Args) -> Result<()> {
         m["val"]["total_tokens"],
         m["probe"]["toxic"],
         m["probe"]["clean"],
+        m["rtp_prompts"],
         m["tokenizer_vocab"],
     );
     println!(
-        "note: the demo's toxic labels are an offline classifier's scores (> 0.5) on real \
-         sentences of Brown, fortunes and Shakespeare, not human judgements"
+        "note: the demo's labels are an offline classifier's scores on real sentences of Brown, \
+         fortunes and Shakespeare (toxic >= 0.8, clean <= 0.2), not human judgements"
     );
     Ok(())
 }

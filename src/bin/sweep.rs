@@ -75,15 +75,12 @@ struct Args {
     #[arg(long, value_delimiter = ',', default_value = "4,8,12")]
     alphas: Vec<f64>,
     /// A prompt set NAME=FILE or NAME=FILE:FORMAT (format auto, plain, jsonl or rtp; repeatable)
-    /// [default: the demo's probe passages, the first --prompt-words words of each].
+    /// [default: the demo's RealToxicityPrompts prompts, named rtp].
     #[arg(long = "prompts", value_name = "NAME=FILE[:FORMAT]")]
     prompt_sets: Vec<String>,
-    /// Prompts per set (the first N; 0: all) [default: 0; the demo set has 918].
+    /// Prompts per set (the first N; 0: all) [default: 0; the demo's rtp set has 1,519].
     #[arg(long, default_value_t = 0)]
     n_prompts: usize,
-    /// Words per demo prompt.
-    #[arg(long, default_value_t = 6)]
-    prompt_words: usize,
     /// The prompting baseline's prefix; paper is the paper's instruction.
     #[arg(long, default_value = "paper")]
     prefix: String,
@@ -305,11 +302,11 @@ fn run() -> Result<Outcome> {
     let prompt_sets = if args.prompt_sets.is_empty() {
         match &demo_data {
             Some(d) if demo => vec![PromptSet {
-                name: "demo".into(),
-                source: PromptSource::DemoProbe {
-                    path: d.probe.clone(),
+                name: "rtp".into(),
+                source: PromptSource::File {
+                    path: d.rtp.clone(),
+                    format: "rtp".into(),
                     n: args.n_prompts,
-                    words: args.prompt_words,
                 },
             }],
             _ => bail!("give --prompts NAME=FILE: the prompts to complete"),

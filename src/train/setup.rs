@@ -90,7 +90,8 @@ pub struct TrainFlags {
     /// Checkpoint every N steps, and at the end [default: 500 for tiny, 1000 otherwise].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub save_every: Option<u64>,
-    /// BPE vocabulary size of the demo tokenizer [default: 2048].
+    /// BPE vocabulary size of the demo tokenizer [default: 2048, the shipped one; another size
+    /// trains a BPE on the demo's training text on first use].
     #[arg(long, value_name = "N")]
     pub demo_vocab: Option<usize>,
     /// Train on seeded random token rows at the preset's own vocabulary instead of data (for
