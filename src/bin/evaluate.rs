@@ -72,8 +72,9 @@ struct Args {
     /// held-out probe passages, toxic and clean alternating.
     #[arg(long, value_enum, default_value_t = DemoPrompts::Rtp)]
     demo_prompts: DemoPrompts,
-    /// Number of demo prompts, the first N of the set (with --demo).
-    #[arg(long, default_value_t = 100)]
+    /// Number of demo prompts, the first N of the set; 0: all of it (with --demo). All 1,519
+    /// RTP prompts give the demo model's mean toxicity a standard error of about 0.4 (x100).
+    #[arg(long, default_value_t = 0)]
     n_prompts: usize,
     /// Words per demo prompt (with --demo --demo-prompts probe).
     #[arg(long, default_value_t = 6)]

@@ -433,17 +433,15 @@ pub enum DemoPrompts {
     Probe,
 }
 
-/// The first `n` prompts of the demo data in `dir` of the kind `which` (for `probe`, the first
-/// `words` words of each passage), and a sentence saying where they came from.
+/// The first `n` prompts (0: all) of the demo data in `dir` of the kind `which` (for `probe`,
+/// the first `words` words of each passage), and a sentence saying where they came from.
 pub fn demo_prompt_set(
     dir: &Path,
     which: DemoPrompts,
     n: usize,
     words: usize,
 ) -> Result<(Vec<String>, String)> {
-    if n == 0 {
-        bail!("--n-prompts must be at least 1");
-    }
+    let n = if n == 0 { usize::MAX } else { n };
     match which {
         DemoPrompts::Rtp => {
             let path = dir.join("rtp.jsonl");
