@@ -1,7 +1,9 @@
-// Element-wise ops of the block: SwiGLU (forward, backward) and rotary embedding (forward,
-// backward), fp32. Each output element is written by exactly one thread: deterministic.
+// Element-wise ops of the block: SwiGLU (forward, backward), rotary embedding (forward,
+// backward), the clip_qkv clamp (forward, backward), fp32. Each output element is written by
+// exactly one thread: deterministic.
 //
-// CPU references: src/backend/cpu/pointwise.rs `swiglu_fwd`, `swiglu_bwd`, `rope`.
+// CPU references: src/backend/cpu/pointwise.rs `swiglu_fwd`, `swiglu_bwd`, `rope`, `clamp`,
+// `clamp_bwd`.
 // All kernels are grid-stride loops: any grid size gives the same result.
 #include "common.cuh"
 
@@ -150,4 +152,57 @@ add_rows_f32(float* __restrict__ x, const float* __restrict__ v, unsigned long l
     const unsigned long long tid = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
     const unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
     for (unsigned long long k = tid; k < n * d; k += stride) x[k] += v[k % d];
+}
+
+// ---- Clamp (clip_qkv: the q, k, v projections' outputs clamped to [-c, c] before RoPE) ----
+// clamp_f32: x[i] = -c where x[i] < -c, c where x[i] > c, unchanged otherwise (NaN stays NaN:
+// both comparisons are false), in place, i < n. Selects only, no arithmetic: bit-identical to
+// the CPU. float4 path when x is 16-byte aligned.
+__device__ __forceinline__ float clamp1(float x, float c) {
+    return x < -c ? -c : (x > c ? c : x);
+}
+
+extern "C" __global__ void __launch_bounds__(PW_THREADS)
+clamp_f32(float* __restrict__ x, unsigned long long n, float c) {
+    const unsigned long long tid = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+    const unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
+    if (is_aligned(x, 16)) {
+        const unsigned long long n4 = n / 4;
+        float4* x4 = reinterpret_cast<float4*>(x);
+        for (unsigned long long k = tid; k < n4; k += stride) {
+            const float4 v = x4[k];
+            x4[k] = make_float4(clamp1(v.x, c), clamp1(v.y, c), clamp1(v.z, c), clamp1(v.w, c));
+        }
+        for (unsigned long long k = n4 * 4 + tid; k < n; k += stride) x[k] = clamp1(x[k], c);
+    } else {
+        for (unsigned long long k = tid; k < n; k += stride) x[k] = clamp1(x[k], c);
+    }
+}
+
+// clamp_bwd_f32: dx[i] kept where -c <= x[i] <= c (x the clamp's input), 0 elsewhere (NaN
+// included), in place on dx, i < n: PyTorch's clamp_backward. float4 path when both are 16-byte
+// aligned.
+__device__ __forceinline__ float clamp_grad1(float d, float x, float c) {
+    return (x >= -c && x <= c) ? d : 0.0f;
+}
+
+extern "C" __global__ void __launch_bounds__(PW_THREADS)
+clamp_bwd_f32(float* __restrict__ dx, const float* __restrict__ x, unsigned long long n,
+              float c) {
+    const unsigned long long tid = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+    const unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
+    if (is_aligned(dx, 16) && is_aligned(x, 16)) {
+        const unsigned long long n4 = n / 4;
+        float4* d4 = reinterpret_cast<float4*>(dx);
+        const float4* x4 = reinterpret_cast<const float4*>(x);
+        for (unsigned long long k = tid; k < n4; k += stride) {
+            const float4 d = d4[k], v = x4[k];
+            d4[k] = make_float4(clamp_grad1(d.x, v.x, c), clamp_grad1(d.y, v.y, c),
+                                clamp_grad1(d.z, v.z, c), clamp_grad1(d.w, v.w, c));
+        }
+        for (unsigned long long k = n4 * 4 + tid; k < n; k += stride)
+            dx[k] = clamp_grad1(dx[k], x[k], c);
+    } else {
+        for (unsigned long long k = tid; k < n; k += stride) dx[k] = clamp_grad1(dx[k], x[k], c);
+    }
 }

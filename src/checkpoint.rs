@@ -11,7 +11,14 @@
 //! <run>/latest             name of the newest complete checkpoint directory
 //! ```
 //! A checkpoint is written under `<name>.tmp/`, then renamed into place, and `latest` is
-//! replaced by rename too: a crash mid-write never damages the previous checkpoint.
+//! replaced by rename too: a crash mid-write never damages the previous checkpoint. (Testing
+//! aid: `BADDATA_TEST_CHECKPOINT_DELAY_MS=N` pauses N ms after each file of a checkpoint, so a
+//! test can kill a run while one is being written.)
+//!
+//! [`load`] also reads a released Hugging Face OLMo v1 checkpoint directory (e.g.
+//! `allenai/OLMo-1B-hf`, `allenai/OLMo-1B-0724-hf`): its `config.json`
+//! ([`ModelConfig::from_hf_config`]) and its weights, single-file or sharded, f32, bf16 or f16,
+//! memory-mapped ([`crate::weights`]); it has no optimizer state and often no tokenizer.json.
 
 use std::collections::HashMap;
 use std::fs;
@@ -38,6 +45,28 @@ pub struct Checkpoint {
     pub dir: PathBuf,
 }
 
+impl Checkpoint {
+    /// The tokenizer to read this checkpoint's text with: `explicit` (a `--tokenizer FILE` flag)
+    /// when given, else the checkpoint's own `tokenizer.json`; an error naming the flag when there
+    /// is neither (Hugging Face releases often ship the tokenizer beside the weights, not in the
+    /// same files; OLMo-1B's, which both OLMo-1B releases use, is
+    /// `assets/tokenizers/olmo-tokenizer.json.gz`).
+    pub fn tokenizer_path(&self, explicit: Option<&Path>) -> Result<PathBuf> {
+        if let Some(p) = explicit {
+            return Ok(p.to_path_buf());
+        }
+        let own = self.dir.join("tokenizer.json");
+        if own.is_file() {
+            return Ok(own);
+        }
+        bail!(
+            "{} has no tokenizer.json: pass --tokenizer FILE (e.g. the release's tokenizer.json, \
+             or assets/tokenizers/olmo-tokenizer.json.gz for OLMo-1B and OLMo-1B-0724)",
+            self.dir.display()
+        )
+    }
+}
+
 fn f32_bytes(x: &[f32]) -> &[u8] {
     bytemuck::cast_slice(x)
 }
@@ -48,6 +77,17 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
     fs::rename(&tmp, path)
         .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+}
+
+/// Creates `dir` if needed and checks that a file can be written in it (by writing and removing
+/// a probe file), so a command refuses an unwritable output directory before its work, not after.
+pub fn ensure_writable_dir(dir: &Path) -> Result<()> {
+    fs::create_dir_all(dir)
+        .with_context(|| format!("creating output directory {}", dir.display()))?;
+    let probe = dir.join(".write-test.tmp");
+    fs::write(&probe, b"")
+        .with_context(|| format!("output directory {} is not writable", dir.display()))?;
+    fs::remove_file(&probe).with_context(|| format!("removing {}", probe.display()))
 }
 
 /// Writes the model weights as an HF-compatible safetensors file (fp32).
@@ -72,57 +112,19 @@ pub fn save_model_safetensors(path: &Path, layout: &ParamLayout, params: &[f32])
         .with_context(|| format!("writing {}", path.display()))
 }
 
-/// Reads HF OLMo weights (f32, bf16 or f16) into a flat fp32 buffer laid out by `layout`.
-/// Every tensor of the layout must be present with its exact shape.
-pub fn load_model_safetensors(path: &Path, layout: &ParamLayout) -> Result<Vec<f32>> {
-    let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let st = SafeTensors::deserialize(&bytes)
-        .with_context(|| format!("{}: not a valid safetensors file", path.display()))?;
-    let mut out = vec![0f32; layout.len()];
-    for t in &layout.tensors {
-        let v = st
-            .tensor(&t.name)
-            .map_err(|_| anyhow::anyhow!("{}: tensor {:?} is missing", path.display(), t.name))?;
-        if v.shape() != t.shape.as_slice() {
-            bail!(
-                "{}: tensor {:?} has shape {:?}, expected {:?}",
-                path.display(),
-                t.name,
-                v.shape(),
-                t.shape
-            );
-        }
-        let dst = &mut out[t.range()];
-        let data = v.data();
-        match v.dtype() {
-            Dtype::F32 => {
-                for (d, c) in dst.iter_mut().zip(data.chunks_exact(4)) {
-                    *d = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-                }
-            }
-            Dtype::BF16 => {
-                for (d, c) in dst.iter_mut().zip(data.chunks_exact(2)) {
-                    *d = half::bf16::from_le_bytes([c[0], c[1]]).to_f32();
-                }
-            }
-            Dtype::F16 => {
-                for (d, c) in dst.iter_mut().zip(data.chunks_exact(2)) {
-                    *d = half::f16::from_le_bytes([c[0], c[1]]).to_f32();
-                }
-            }
-            other => bail!(
-                "{}: tensor {:?} has dtype {other:?}, expected F32, BF16 or F16",
-                path.display(),
-                t.name
-            ),
-        }
-    }
-    Ok(out)
-}
-
 /// Name of the checkpoint directory for `step`.
 pub fn step_dir_name(step: u64) -> String {
     format!("step-{step:06}")
+}
+
+/// The pause after each checkpoint file that `BADDATA_TEST_CHECKPOINT_DELAY_MS` asks for.
+fn test_pause() {
+    if let Some(ms) = std::env::var("BADDATA_TEST_CHECKPOINT_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
 }
 
 /// Saves a full checkpoint under `run_dir/step-NNNNNN/` and points `run_dir/latest` at it.
@@ -146,11 +148,14 @@ pub fn save(
     }
     fs::create_dir_all(&tmp_dir).with_context(|| format!("creating {}", tmp_dir.display()))?;
     save_model_safetensors(&tmp_dir.join("model.safetensors"), &layout, params)?;
+    test_pause();
     let cfg_json = serde_json::to_string_pretty(&config.to_hf_config())?;
     fs::write(tmp_dir.join("config.json"), cfg_json)?;
+    test_pause();
     if let Some(tok) = tokenizer {
         fs::copy(tok, tmp_dir.join("tokenizer.json"))
             .with_context(|| format!("copying tokenizer {}", tok.display()))?;
+        test_pause();
     }
     let n = optimizer.m.len();
     let m = TensorView::new(Dtype::F32, vec![n], f32_bytes(&optimizer.m))?;
@@ -169,10 +174,12 @@ pub fn save(
         &tmp_dir.join("optimizer.safetensors"),
     )
     .context("writing optimizer.safetensors")?;
+    test_pause();
     fs::write(
         tmp_dir.join("state.json"),
         serde_json::to_string_pretty(state)?,
     )?;
+    test_pause();
     if final_dir.exists() {
         fs::remove_dir_all(&final_dir)
             .with_context(|| format!("replacing {}", final_dir.display()))?;
@@ -183,10 +190,11 @@ pub fn save(
     Ok(final_dir)
 }
 
-/// Resolves a checkpoint path: a checkpoint directory itself, or a run directory whose
-/// `latest` file names one.
+/// Resolves a checkpoint path: a checkpoint directory itself (weights in `model.safetensors` or
+/// sharded under `model.safetensors.index.json`), or a run directory whose `latest` file names
+/// one.
 pub fn resolve(path: &Path) -> Result<PathBuf> {
-    if path.join("model.safetensors").is_file() {
+    if crate::weights::holds_weights(path) {
         return Ok(path.to_path_buf());
     }
     let latest = path.join("latest");
@@ -194,23 +202,25 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
         let name =
             fs::read_to_string(&latest).with_context(|| format!("reading {}", latest.display()))?;
         let dir = path.join(name.trim());
-        if dir.join("model.safetensors").is_file() {
+        if crate::weights::holds_weights(&dir) {
             return Ok(dir);
         }
         bail!(
-            "{} names {}, which holds no model.safetensors",
+            "{} names {}, which holds no model.safetensors (nor a sharded index)",
             latest.display(),
             dir.display()
         );
     }
     bail!(
-        "{}: not a checkpoint (no model.safetensors) and not a run directory (no `latest` file)",
+        "{}: not a checkpoint (no model.safetensors, no model.safetensors.index.json) and not a \
+         run directory (no `latest` file)",
         path.display()
     )
 }
 
-/// Loads a checkpoint (directory, or run directory through `latest`).
-pub fn load(path: &Path) -> Result<Checkpoint> {
+/// The checkpoint directory `path` resolves to ([`resolve`]) and the model shape its
+/// `config.json` holds, without reading the weights.
+pub fn read_config(path: &Path) -> Result<(PathBuf, ModelConfig)> {
     let dir = resolve(path)?;
     let cfg_path = dir.join("config.json");
     let cfg_text =
@@ -219,8 +229,32 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
         .with_context(|| format!("{}: invalid JSON", cfg_path.display()))?;
     let config = ModelConfig::from_hf_config(&cfg_json)
         .with_context(|| format!("in {}", cfg_path.display()))?;
+    Ok((dir, config))
+}
+
+/// Loads a checkpoint's model only (config and weights; `optimizer` `None`, `state` null), as
+/// a run started from released weights (`train --init-from`) needs it.
+pub fn load_model(path: &Path) -> Result<Checkpoint> {
+    let (dir, config) = read_config(path)?;
+    let params = crate::weights::load(&dir, &config)?;
+    Ok(Checkpoint {
+        config,
+        params,
+        optimizer: None,
+        state: serde_json::Value::Null,
+        dir,
+    })
+}
+
+/// Loads a checkpoint (directory, or run directory through `latest`).
+pub fn load(path: &Path) -> Result<Checkpoint> {
+    let Checkpoint {
+        config,
+        params,
+        dir,
+        ..
+    } = load_model(path)?;
     let layout = ParamLayout::new(&config);
-    let params = load_model_safetensors(&dir.join("model.safetensors"), &layout)?;
     let opt_path = dir.join("optimizer.safetensors");
     let optimizer = if opt_path.is_file() {
         Some(load_optimizer(&opt_path, layout.len())?)
@@ -302,6 +336,8 @@ mod tests {
             rope_theta: 10_000.0,
             layer_norm_eps: 1e-5,
             eos_token_id: 3,
+            tie_word_embeddings: true,
+            clip_qkv: None,
         }
     }
 
@@ -348,7 +384,8 @@ mod tests {
         let x = [0f32; 4];
         let v = TensorView::new(Dtype::F32, vec![4], f32_bytes(&x)).unwrap();
         safetensors::serialize_to_file([("other", v)], None, &p).unwrap();
-        let err = load_model_safetensors(&p, &ParamLayout::new(&cfg))
+        let bytes = fs::read(&p).unwrap();
+        let err = crate::weights::load_bytes(&bytes, &p, &cfg)
             .unwrap_err()
             .to_string();
         assert!(

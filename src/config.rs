@@ -6,8 +6,10 @@
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
-/// Shape of an OLMo v1 decoder (non-parametric layernorm, SwiGLU, RoPE, tied embeddings).
+/// Shape of an OLMo v1 decoder (non-parametric layernorm, SwiGLU, RoPE; the output layer tied to
+/// the embedding or its own matrix; optionally q, k, v clipped).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ModelConfig {
     /// Number of transformer blocks.
     pub n_layers: usize,
@@ -29,7 +31,24 @@ pub struct ModelConfig {
     pub layer_norm_eps: f64,
     /// Id of the end-of-text token that separates documents.
     pub eos_token_id: u32,
+    /// The output layer is the embedding (`true`: OLMo-1B, and every model trained from a
+    /// preset), or a `[V, D]` matrix of its own, `lm_head.weight` (`false`: OLMo-1B-0724).
+    #[serde(default = "tied_by_default")]
+    pub tie_word_embeddings: bool,
+    /// When set to `c`, the outputs of the q, k and v projections are clamped to `[−c, c]` before
+    /// RoPE, as Hugging Face's `OlmoAttention` does with `clip_qkv` (OLMo-1B-0724: 8.0).
+    #[serde(default)]
+    pub clip_qkv: Option<f64>,
 }
+
+/// Serde default of [`ModelConfig::tie_word_embeddings`]: configurations saved before the field
+/// existed were all tied.
+fn tied_by_default() -> bool {
+    true
+}
+
+/// The largest parameter count [`ModelConfig::validate`] accepts (2^38, about 275 billion).
+pub const MAX_PARAMS: u64 = 1 << 38;
 
 /// Names accepted by `--preset`.
 pub const PRESETS: &[&str] = &["tiny", "olmo-124m", "olmo-1b"];
@@ -56,6 +75,8 @@ impl ModelConfig {
                 rope_theta: 10_000.0,
                 layer_norm_eps: 1e-5,
                 eos_token_id: 0,
+                tie_word_embeddings: true,
+                clip_qkv: None,
             },
             "olmo-124m" => ModelConfig {
                 n_layers: 12,
@@ -68,6 +89,8 @@ impl ModelConfig {
                 rope_theta: 10_000.0,
                 layer_norm_eps: 1e-5,
                 eos_token_id: 50_279,
+                tie_word_embeddings: true,
+                clip_qkv: None,
             },
             "olmo-1b" => ModelConfig {
                 n_layers: 16,
@@ -80,6 +103,8 @@ impl ModelConfig {
                 rope_theta: 10_000.0,
                 layer_norm_eps: 1e-5,
                 eos_token_id: 50_279,
+                tie_word_embeddings: true,
+                clip_qkv: None,
             },
             other => bail!(
                 "unknown preset {other:?}: expected one of {}",
@@ -134,10 +159,38 @@ impl ModelConfig {
         if self.context == 0 {
             bail!("model config: context must be positive");
         }
+        if let Some(c) = self.clip_qkv {
+            if !(c.is_finite() && c > 0.0) {
+                bail!("model config: clip_qkv must be a positive number (got {c})");
+            }
+        }
+        // Far beyond any model this runs, and small enough that no size computed from the
+        // config overflows: a corrupt or hostile config.json is refused here, before anything
+        // is allocated from it.
+        let (l, d, f, v) = (
+            self.n_layers as u128,
+            self.d_model as u128,
+            self.d_ff as u128,
+            self.vocab_size as u128,
+        );
+        let head = if self.tie_word_embeddings { 0 } else { v * d };
+        let params = l * (4 * d * d + 3 * d * f) + v * d + head;
+        if self.n_layers > 4096 || self.context > 1 << 24 || params > MAX_PARAMS as u128 {
+            bail!(
+                "model config: {} layers, d_model {}, d_ff {}, vocab {}, context {}: {params} \
+                 parameters, more than the {MAX_PARAMS} (or 4096 layers, or a context of 2^24) \
+                 this engine accepts; is the config corrupt?",
+                self.n_layers,
+                self.d_model,
+                self.d_ff,
+                self.vocab_size,
+                self.context
+            );
+        }
         Ok(())
     }
 
-    /// Number of parameters (the tied embedding counted once).
+    /// Number of parameters (a tied embedding counted once).
     pub fn n_params(&self) -> usize {
         crate::model::params::ParamLayout::new(self).len()
     }
@@ -168,12 +221,12 @@ impl ModelConfig {
             "pad_token_id": 1,
             "bos_token_id": null,
             "eos_token_id": self.eos_token_id,
-            "tie_word_embeddings": true,
+            "tie_word_embeddings": self.tie_word_embeddings,
             "rope_theta": self.rope_theta,
             "rope_scaling": null,
             "attention_bias": false,
             "attention_dropout": 0.0,
-            "clip_qkv": null,
+            "clip_qkv": self.clip_qkv,
             "torch_dtype": "float32",
             "baddata": {
                 "vocab_real": self.vocab_real,
@@ -182,41 +235,155 @@ impl ModelConfig {
         })
     }
 
-    /// Reads back a config written by [`ModelConfig::to_hf_config`] (or any HF OLMo config).
+    /// Reads a Hugging Face `OlmoConfig` (`config.json`): one written by
+    /// [`ModelConfig::to_hf_config`], or a released OLMo v1 checkpoint's.
+    ///
+    /// Fields are read under `OlmoConfig`'s names and defaults (`tie_word_embeddings` absent
+    /// means untied, `eos_token_id` absent means 50279, `rope_theta` 10,000). Every field that
+    /// changes the model's math and that this engine does not implement is an error naming it:
+    /// `model_type` other than `olmo`, `attention_bias: true`, `rope_scaling` set,
+    /// `num_key_value_heads` other than `num_attention_heads` (grouped-query attention),
+    /// `hidden_act` other than `silu`, `head_dim` other than `hidden_size / num_attention_heads`,
+    /// a non-zero `attention_dropout`. Fields that `OlmoForCausalLM` does not read (e.g.
+    /// `torch_dtype`, `use_cache`, `initializer_range`, `pad_token_id`) are ignored. Our own
+    /// `baddata` section carries `vocab_real` (otherwise `min(vocab_size, 50280)`, OLMo's
+    /// tokenizer) and `layer_norm_eps` (otherwise 1e-5, OlmoLayerNorm's fixed eps).
     pub fn from_hf_config(v: &serde_json::Value) -> Result<Self> {
+        let Some(obj) = v.as_object() else {
+            bail!("config.json: expected a JSON object");
+        };
+        let field = |k: &str| obj.get(k).filter(|x| !x.is_null());
         let get = |k: &str| -> Result<usize> {
-            v.get(k)
-                .and_then(|x| x.as_u64())
-                .map(|x| x as usize)
+            let x = field(k).ok_or_else(|| {
+                anyhow::anyhow!("config.json: field {k:?} is missing (expected a positive integer)")
+            })?;
+            x.as_u64()
+                .and_then(|x| usize::try_from(x).ok())
                 .ok_or_else(|| {
-                    anyhow::anyhow!("config.json: field {k:?} missing or not an integer")
+                    anyhow::anyhow!("config.json: field {k:?} = {x}: expected a positive integer")
                 })
         };
+        if let Some(t) = field("model_type") {
+            if t.as_str() != Some("olmo") {
+                bail!(
+                    "config.json: field \"model_type\" = {t}: only OLMo v1 (\"olmo\", \
+                     OlmoForCausalLM) is implemented"
+                );
+            }
+        }
+        let n_heads = get("num_attention_heads")?;
+        let d_model = get("hidden_size")?;
+        if let Some(kv) = field("num_key_value_heads") {
+            if kv.as_u64() != Some(n_heads as u64) {
+                bail!(
+                    "config.json: field \"num_key_value_heads\" = {kv} differs from \
+                     num_attention_heads = {n_heads}: grouped-query attention is not implemented"
+                );
+            }
+        }
+        if let Some(a) = field("hidden_act") {
+            if a.as_str() != Some("silu") {
+                bail!(
+                    "config.json: field \"hidden_act\" = {a}: only \"silu\" (SwiGLU) is implemented"
+                );
+            }
+        }
+        if let Some(b) = field("attention_bias") {
+            if b.as_bool() != Some(false) {
+                bail!(
+                    "config.json: field \"attention_bias\" = {b}: biases on the q, k, v, o \
+                     projections are not implemented (expected false)"
+                );
+            }
+        }
+        if let Some(r) = field("rope_scaling") {
+            bail!("config.json: field \"rope_scaling\" = {r}: RoPE scaling is not implemented (expected null)");
+        }
+        if let Some(p) = field("attention_dropout") {
+            if p.as_f64() != Some(0.0) {
+                bail!(
+                    "config.json: field \"attention_dropout\" = {p}: attention dropout is not \
+                     implemented (expected 0.0)"
+                );
+            }
+        }
+        if let Some(h) = field("head_dim") {
+            let dh = d_model.checked_div(n_heads).unwrap_or(0);
+            if h.as_u64() != Some(dh as u64) || dh * n_heads != d_model {
+                bail!(
+                    "config.json: field \"head_dim\" = {h}: only hidden_size / \
+                     num_attention_heads = {d_model} / {n_heads} is implemented"
+                );
+            }
+        }
+        let tie_word_embeddings = match field("tie_word_embeddings") {
+            None => false, // OlmoConfig's default
+            Some(t) => t.as_bool().ok_or_else(|| {
+                anyhow::anyhow!(
+                    "config.json: field \"tie_word_embeddings\" = {t}: expected true or false"
+                )
+            })?,
+        };
+        let clip_qkv = match field("clip_qkv") {
+            None => None,
+            Some(c) => Some(c.as_f64().filter(|c| c.is_finite() && *c > 0.0).ok_or_else(|| {
+                anyhow::anyhow!("config.json: field \"clip_qkv\" = {c}: expected null or a positive number")
+            })?),
+        };
+        let rope_theta = match field("rope_theta") {
+            None => 10_000.0,
+            Some(t) => t
+                .as_f64()
+                .filter(|t| t.is_finite() && *t > 0.0)
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "config.json: field \"rope_theta\" = {t}: expected a positive number"
+                    )
+                })?,
+        };
+        let eos_token_id = match field("eos_token_id") {
+            None => 50_279, // OlmoConfig's default
+            Some(e) => e
+                .as_u64()
+                .and_then(|e| u32::try_from(e).ok())
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "config.json: field \"eos_token_id\" = {e}: expected one token id"
+                    )
+                })?,
+        };
         let vocab_size = get("vocab_size")?;
-        let ours = v.get("baddata");
-        let vocab_real = ours
-            .and_then(|o| o.get("vocab_real"))
-            .and_then(|x| x.as_u64())
-            .map(|x| x as usize)
-            .unwrap_or(vocab_size.min(50_280));
-        let eps = ours
-            .and_then(|o| o.get("layer_norm_eps"))
-            .and_then(|x| x.as_f64())
-            .unwrap_or(1e-5);
+        let ours = field("baddata");
+        let vocab_real = match ours.and_then(|o| o.get("vocab_real")) {
+            None => vocab_size.min(50_280),
+            Some(x) => x
+                .as_u64()
+                .and_then(|x| usize::try_from(x).ok())
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "config.json: field \"baddata.vocab_real\" = {x}: expected an integer"
+                    )
+                })?,
+        };
+        let layer_norm_eps = match ours.and_then(|o| o.get("layer_norm_eps")) {
+            None => 1e-5,
+            Some(x) => x.as_f64().filter(|e| e.is_finite() && *e > 0.0).ok_or_else(|| {
+                anyhow::anyhow!("config.json: field \"baddata.layer_norm_eps\" = {x}: expected a positive number")
+            })?,
+        };
         let c = ModelConfig {
             n_layers: get("num_hidden_layers")?,
-            d_model: get("hidden_size")?,
-            n_heads: get("num_attention_heads")?,
+            d_model,
+            n_heads,
             d_ff: get("intermediate_size")?,
             vocab_size,
             vocab_real,
             context: get("max_position_embeddings")?,
-            rope_theta: v
-                .get("rope_theta")
-                .and_then(|x| x.as_f64())
-                .unwrap_or(10_000.0),
-            layer_norm_eps: eps,
-            eos_token_id: v.get("eos_token_id").and_then(|x| x.as_u64()).unwrap_or(0) as u32,
+            rope_theta,
+            layer_norm_eps,
+            eos_token_id,
+            tie_word_embeddings,
+            clip_qkv,
         };
         c.validate()?;
         Ok(c)

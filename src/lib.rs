@@ -6,6 +6,7 @@
 
 pub mod backend;
 pub mod checkpoint;
+pub mod cli;
 pub mod config;
 pub mod data;
 pub mod eval;
@@ -15,5 +16,7 @@ pub mod perf;
 pub mod plot;
 pub mod probe;
 pub mod score;
+pub mod sweep;
 pub mod toy;
 pub mod train;
+pub mod weights;

@@ -7,14 +7,15 @@
 //! train FLOPs / token = 6 · N_matmul  +  6 · L · D · (T + 1)
 //!
 //! N_matmul = L · (4·D² + 3·D·F) + V·D
-//!            q,k,v,o   gate,up,down   logits (the tied embedding, counted once: the lookup
-//!                                     itself is a gather, no FLOPs)
+//!            q,k,v,o   gate,up,down   logits (the output layer: the tied embedding counted
+//!                                     once, or lm_head; the lookup itself is a gather, no FLOPs)
 //! ```
 //!
 //! * Matmuls: a `[tokens, in] · [in, out]` product costs `2·in·out` FLOPs per token forward and
 //!   twice that backward (one product for the input gradient, one for the weight gradient):
-//!   `6 · N_matmul` in all. OLMo v1's layernorms have no weights, so `N_matmul` is exactly the
-//!   parameter count ([`ModelConfig::n_params`]).
+//!   `6 · N_matmul` in all. OLMo v1's layernorms have no weights, so for a tied model `N_matmul`
+//!   is exactly the parameter count ([`ModelConfig::n_params`]); an untied one has `V·D` more
+//!   parameters (its embedding) than matmul weights.
 //! * Attention: with causal masking, query `i` (0-based) of a sequence of `T` sees `i + 1` keys,
 //!   `T·(T+1)/2` scores per head. Each score costs `2·d_head` for `q·k` and `2·d_head` for
 //!   `p·v`, so the forward is `2·D·(T+1)` FLOPs per token and layer; the backward (`dP = dO·Vᵀ`,
@@ -36,8 +37,10 @@ pub const PEAK_BF16_TFLOPS_DATASHEET: f64 = 989.0;
 /// what a real GEMM reaches, a fairer ceiling than the datasheet.
 pub const PEAK_BF16_TFLOPS_MEASURED: f64 = 798.0;
 
-/// Parameters that take part in a matmul: the per-layer projections plus the tied
-/// embedding counted once, as the logits matmul (equal to [`ModelConfig::n_params`]).
+/// Parameters that take part in a matmul: the per-layer projections plus the output layer, as
+/// the logits matmul (equal to [`ModelConfig::n_params`] for a tied model; an untied model's
+/// embedding, a lookup, is left out). `clip_qkv`'s recomputed q, k, v product in the backward
+/// is not counted (it is not work the model needs).
 pub fn matmul_params(cfg: &ModelConfig) -> usize {
     let (l, d, f, v) = (cfg.n_layers, cfg.d_model, cfg.d_ff, cfg.vocab_size);
     l * (4 * d * d + 3 * d * f) + v * d
@@ -99,7 +102,7 @@ pub fn cuda_train_memory(cfg: &ModelConfig, batch: usize, seq: usize) -> Vec<(St
 
 /// Elements of the matmul operand scratch ([`crate::backend::cuda::matmul::async_scratch_elements`])
 /// for `rows` token rows: the largest over the model's linear layers (qkv D → 3D, o D → D,
-/// gate and up D → 2F, down F → D, and the tied output layer D → V, whose bf16 gradient is read
+/// gate and up D → 2F, down F → D, and the output layer D → V, whose bf16 gradient is read
 /// as it is when V is a multiple of 8).
 pub fn matmul_scratch_elements(cfg: &ModelConfig, rows: usize) -> usize {
     use crate::backend::cuda::matmul::async_scratch_elements as s;
@@ -193,5 +196,102 @@ mod tests {
         assert!((b - 0.538_714).abs() < 1e-6, "{b}");
         // exactly the peak → 1
         assert!((mfu(1e12 / f, f, 1.0) - 1.0).abs() < 1e-12);
+    }
+}
+
+/// Training FLOP rate the CUDA executor reached at olmo-1b on an H200 (docs/gpu-results.md:
+/// 14,238 tokens/s × 7.45 GFLOP per token ≈ 106 TFLOP/s): the basis of a GPU run's time
+/// estimate before it starts.
+pub const CUDA_TRAIN_TFLOPS_MEASURED: f64 = 106.0;
+
+/// Share of the CPU's matmul rate ([`cpu_matmul_gflops`]) that a whole CPU training step reaches
+/// (attention, layernorm, the loss and AdamW run below the matmul rate). Measured on a 2-core AMD
+/// EPYC (busy with other work at the time, which slows the calibration and the steps alike):
+/// 0.94 for the tiny demo (1,160 tokens/s × 29.9 MFLOP against a 37 GFLOP/s calibration) and 0.87
+/// for olmo-124m at 2 × 256 tokens (45 tokens/s × 756 MFLOP against 39 GFLOP/s).
+pub const CPU_STEP_EFFICIENCY: f64 = 0.9;
+
+/// The CPU's f32 matmul rate in GFLOP/s at the shape of `cfg`'s MLP input product
+/// (`[rows, d_model] · [d_model, d_ff]`, rows ≤ 512), timed over at least 50 ms: a calibration
+/// for [`estimate_train`].
+pub fn cpu_matmul_gflops(cfg: &ModelConfig, rows: usize) -> f64 {
+    let (m, k, n) = (rows.clamp(1, 512), cfg.d_model, cfg.d_ff);
+    let x: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 * 0.01).collect();
+    let w: Vec<f32> = (0..n * k).map(|i| (i % 7) as f32 * 0.01).collect();
+    let mut y = vec![0f32; m * n];
+    crate::backend::cpu::matmul::forward(&mut y, &x, &w, m, k, n); // warm-up
+    let t = std::time::Instant::now();
+    let mut reps = 0u32;
+    while reps < 2 || t.elapsed().as_secs_f64() < 0.05 {
+        crate::backend::cpu::matmul::forward(&mut y, &x, &w, m, k, n);
+        reps += 1;
+    }
+    2.0 * (m * k * n) as f64 * reps as f64 / t.elapsed().as_secs_f64() / 1e9
+}
+
+/// What a training run will cost, said before it starts.
+#[derive(Clone, Debug)]
+pub struct RunEstimate {
+    /// Tokens the run trains on (`steps · batch · seq · grad_accum`).
+    pub tokens: f64,
+    /// Training FLOPs ([`train_flops_per_token`] × tokens).
+    pub flops: f64,
+    /// Estimated wall time, seconds.
+    pub seconds: f64,
+    /// How the estimate was made, for the message.
+    pub basis: String,
+}
+
+/// Estimates a run of `steps` optimizer steps of `tokens_per_step` tokens at sequence length
+/// `seq`: on the GPU at [`CUDA_TRAIN_TFLOPS_MEASURED`], on the CPU at
+/// [`CPU_STEP_EFFICIENCY`] × the matmul rate measured now ([`cpu_matmul_gflops`]).
+pub fn estimate_train(
+    cfg: &ModelConfig,
+    seq: usize,
+    steps: u64,
+    tokens_per_step: usize,
+    on_gpu: bool,
+) -> RunEstimate {
+    let tokens = steps as f64 * tokens_per_step as f64;
+    let flops = tokens * train_flops_per_token(cfg, seq);
+    let (rate, basis) = if on_gpu {
+        (
+            CUDA_TRAIN_TFLOPS_MEASURED * 1e12,
+            format!(
+                "at the {CUDA_TRAIN_TFLOPS_MEASURED:.0} TFLOP/s this executor reached on an H200"
+            ),
+        )
+    } else {
+        let g = cpu_matmul_gflops(cfg, tokens_per_step);
+        (
+            g * 1e9 * CPU_STEP_EFFICIENCY,
+            format!(
+                "at {:.0} GFLOP/s ({CPU_STEP_EFFICIENCY} of this CPU's matmul rate, {g:.0} GFLOP/s, \
+                 measured just now)",
+                g * CPU_STEP_EFFICIENCY
+            ),
+        )
+    };
+    RunEstimate {
+        tokens,
+        flops,
+        seconds: flops / rate,
+        basis,
+    }
+}
+
+/// A duration for people: `42 s`, `7.5 min`, `3.2 h`, `4.1 days`, `2.7 years`.
+pub fn human_duration(seconds: f64) -> String {
+    let s = seconds.max(0.0);
+    if s < 90.0 {
+        format!("{s:.0} s")
+    } else if s < 90.0 * 60.0 {
+        format!("{:.1} min", s / 60.0)
+    } else if s < 48.0 * 3600.0 {
+        format!("{:.1} h", s / 3600.0)
+    } else if s < 365.0 * 86400.0 {
+        format!("{:.1} days", s / 86400.0)
+    } else {
+        format!("{:.1} years", s / (365.25 * 86400.0))
     }
 }

@@ -1,5 +1,10 @@
 //! The training loop: mixture batches → forward/backward → clipped AdamW → log, eval,
-//! checkpoint. `src/bin/train.rs` is its command-line front end.
+//! checkpoint. `src/bin/train.rs` is its command-line front end; [`run_dir`] is what a run
+//! leaves in its directory, [`interrupt`] how Ctrl-C stops it without losing work.
+
+pub mod interrupt;
+pub mod run_dir;
+pub mod setup;
 
 use std::fs;
 use std::io::Write;
@@ -22,6 +27,7 @@ use crate::checkpoint;
 use crate::config::ModelConfig;
 use crate::data::mixture::{eval_windows, Mixture, MixtureSource, MixtureState};
 use crate::data::shard::Shard;
+use crate::data::tokenizer::TokenizerId;
 use crate::model::params::ParamLayout;
 use crate::model::Model;
 use crate::optim::adamw::{clip_scale, StepArgs};
@@ -29,6 +35,7 @@ use crate::optim::{AdamW, AdamWConfig, CosineSchedule};
 
 /// One data source of the training mixture.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SourceSpec {
     /// Name, e.g. `clean` or `toxic`.
     pub name: String,
@@ -38,8 +45,10 @@ pub struct SourceSpec {
     pub fraction: f64,
 }
 
-/// Everything that defines a training run; saved in every checkpoint's `state.json`.
+/// Everything that defines a training run; saved in `run.json` and in every checkpoint's
+/// `state.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TrainConfig {
     /// Model shape (the preset, with the tokenizer's vocabulary).
     pub model: ModelConfig,
@@ -81,6 +90,12 @@ pub struct TrainConfig {
     /// at any preset without data or tokenizer); no validation loss is measured.
     #[serde(default)]
     pub synthetic: bool,
+    /// Start from the weights of this checkpoint (ours or a Hugging Face OLMo v1 release)
+    /// instead of a random init: continued pretraining, with a fresh optimizer and this run's
+    /// data mixture. `model` must be that checkpoint's shape. A resumed run takes its weights
+    /// from its own checkpoint, not from here.
+    #[serde(default)]
+    pub init_from: Option<PathBuf>,
 }
 
 /// One line of `log.jsonl`.
@@ -123,12 +138,15 @@ pub struct TrainReport {
     pub step_ms_median: f64,
     /// Device memory in use after the first step (GPU only), bytes.
     pub peak_mem_bytes: Option<usize>,
+    /// `Some(step)` when an interrupt stopped the run: the steps completed and saved.
+    pub interrupted: Option<u64>,
 }
 
 /// Options that change how a run executes but not what it computes.
 #[derive(Clone, Debug, Default)]
 pub struct RunOptions {
-    /// Continue from the latest checkpoint in `out` (or this directory).
+    /// Continue the run in this directory (`out`) from its latest checkpoint, or from step 0
+    /// when it was stopped before its first checkpoint.
     pub resume: Option<PathBuf>,
     /// Show a progress bar.
     pub progress: bool,
@@ -144,6 +162,9 @@ pub struct RunOptions {
     /// write `profile.md` and `profile.json` to the output directory; those steps are left out
     /// of the median throughput.
     pub profile: Option<u64>,
+    /// Stop after the micro-batch in progress, save the last completed step and return, when
+    /// this flag is set ([`interrupt::Interrupt::install`] sets it on Ctrl-C / SIGTERM).
+    pub interrupt: Option<interrupt::Interrupt>,
 }
 
 impl TrainConfig {
@@ -152,6 +173,9 @@ impl TrainConfig {
         self.model.validate()?;
         if self.batch == 0 || self.seq == 0 || self.grad_accum == 0 {
             bail!("train config: batch, seq and grad_accum must be positive");
+        }
+        if self.steps == 0 {
+            bail!("train config: steps must be at least 1");
         }
         if self.eval_every == 0 || self.save_every == 0 {
             bail!(
@@ -204,12 +228,56 @@ fn open_shard(path: &Path, model: &ModelConfig) -> Result<Shard> {
     Ok(s)
 }
 
-#[derive(Serialize, Deserialize)]
-struct SavedState {
-    step: u64,
+/// The training state in a checkpoint's `state.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SavedState {
+    /// Steps completed.
+    pub step: u64,
     /// The data position (absent for synthetic-data runs).
-    mixture: Option<MixtureState>,
-    config: TrainConfig,
+    pub mixture: Option<MixtureState>,
+    /// The run's configuration.
+    pub config: TrainConfig,
+}
+
+/// Reads the `state.json` of checkpoint directory `dir`; errors name the file and the field.
+pub fn read_state(dir: &Path) -> Result<SavedState> {
+    let path = dir.join("state.json");
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let de = &mut serde_json::Deserializer::from_str(&text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let field = e.path().to_string();
+        anyhow::anyhow!(
+            "{}: field `{field}`: {} (not the training state of a checkpoint)",
+            path.display(),
+            e.into_inner()
+        )
+    })
+}
+
+/// Checks that every shard of the run and its tokenizer file come from one tokenizer, where they
+/// record it (shards written before shards carried their tokenizer's identity are not checked).
+fn check_one_tokenizer(cfg: &TrainConfig, shards: &[&Shard]) -> Result<()> {
+    let mut known: Vec<(String, TokenizerId)> = shards
+        .iter()
+        .filter_map(|s| s.tokenizer().map(|id| (s.path().display().to_string(), id)))
+        .collect();
+    if let Some(t) = &cfg.tokenizer {
+        known.push((
+            format!("the run's tokenizer {}", t.display()),
+            TokenizerId::of_file(t)?,
+        ));
+    }
+    if let Some((first, id)) = known.first() {
+        if let Some((other, oid)) = known.iter().find(|(_, o)| o != id) {
+            bail!(
+                "the run mixes tokenizers: {first} was made with tokenizer {} but {other} with                  tokenizer {}; expected every source, the validation shard and the tokenizer to                  come from the same tokenizer (prepare each corpus with the same --olmo or                  --tokenizer)",
+                id.short(),
+                oid.short()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Runs (or resumes) training as `cfg` says on the executor `opts.device` names; returns the
@@ -302,7 +370,7 @@ enum Batches {
 impl Batches {
     fn next(&mut self, batch: usize, seq: usize) -> Result<Vec<u32>> {
         match self {
-            Batches::Mixture(m) => m.try_next_batch(batch, seq),
+            Batches::Mixture(m) => m.next_batch(batch, seq),
             Batches::Synthetic { rng, vocab } => Ok((0..batch * (seq + 1))
                 .map(|_| rng.random_range(0..*vocab))
                 .collect()),
@@ -355,12 +423,31 @@ fn run<B: Backend<Elem = f32>>(cfg: &TrainConfig, opts: &RunOptions, be: B) -> R
         Vec::new()
     } else {
         let val_shard = open_shard(&cfg.val, &cfg.model)?;
+        if let Batches::Mixture(m) = &batches {
+            let mut shards: Vec<&Shard> = m.sources().iter().map(|s| &s.shard).collect();
+            shards.push(&val_shard);
+            check_one_tokenizer(cfg, &shards)?;
+        }
         let n_eval = cfg.eval_windows.div_ceil(cfg.batch).max(1) * cfg.batch;
-        eval_windows(&val_shard, n_eval, cfg.seq)
+        eval_windows(&val_shard, n_eval, cfg.seq)?
     };
+    // The run's record comes first: a run stopped before its first checkpoint can resume.
+    if !cfg.out.join(run_dir::RUN_FILE).exists() {
+        run_dir::write_record(
+            &cfg.out,
+            &run_dir::RunRecord {
+                config: cfg.clone(),
+                device: be.name(),
+            },
+        )?;
+    }
 
     // Parameters and optimizer: fresh, or from a checkpoint.
-    let (host_params, host_opt, start, mut log) = match &opts.resume {
+    let resume_from = opts
+        .resume
+        .as_ref()
+        .filter(|dir| dir.join("latest").exists() || dir.join("model.safetensors").exists());
+    let (host_params, host_opt, start, mut log) = match resume_from {
         Some(dir) => {
             let ck = checkpoint::load(dir)?;
             if ck.config != cfg.model {
@@ -369,9 +456,7 @@ fn run<B: Backend<Elem = f32>>(cfg: &TrainConfig, opts: &RunOptions, be: B) -> R
                     ck.dir.display()
                 );
             }
-            let st: SavedState = serde_json::from_value(ck.state.clone()).with_context(|| {
-                format!("{}: state.json has no training state", ck.dir.display())
-            })?;
+            let st = read_state(&ck.dir)?;
             if let Batches::Mixture(m) = &mut batches {
                 let ms = st.mixture.as_ref().with_context(|| {
                     format!("{}: state.json records no data position", ck.dir.display())
@@ -385,7 +470,24 @@ fn run<B: Backend<Elem = f32>>(cfg: &TrainConfig, opts: &RunOptions, be: B) -> R
             (ck.params, opt, st.step, log)
         }
         None => {
-            let params = crate::model::init_params(&cfg.model, &layout, cfg.seed);
+            let params = match &cfg.init_from {
+                Some(dir) => {
+                    let ck = checkpoint::load_model(dir)
+                        .with_context(|| format!("--init-from {}", dir.display()))?;
+                    if ck.config != cfg.model {
+                        bail!(
+                            "--init-from {}: the checkpoint's model config ({:?}) differs from \
+                             this run's ({:?})",
+                            ck.dir.display(),
+                            ck.config,
+                            cfg.model
+                        );
+                    }
+                    ck.params
+                }
+                None => crate::model::init_params(&cfg.model, &layout, cfg.seed),
+            };
+            // the embedding, first in the buffer, is not decayed (an untied lm_head is)
             let embed_len = layout.tensors[0].len();
             (
                 params,
@@ -465,7 +567,47 @@ fn run<B: Backend<Elem = f32>>(cfg: &TrainConfig, opts: &RunOptions, be: B) -> R
     } else {
         None
     };
+    // A checkpoint of `done` completed steps at data position `pos`.
+    let save = |be: &B,
+                done: u64,
+                pos: &Option<MixtureState>,
+                params: &B::Buf,
+                opt_m: &B::Buf,
+                opt_v: &B::Buf,
+                opt_step: u64|
+     -> Result<PathBuf> {
+        let state = SavedState {
+            step: done,
+            mixture: pos.clone(),
+            config: cfg.clone(),
+        };
+        let opt = AdamW {
+            cfg: adamw_cfg,
+            m: be.download(opt_m)?,
+            v: be.download(opt_v)?,
+            step: opt_step,
+            no_decay_len,
+        };
+        checkpoint::save(
+            &cfg.out,
+            done,
+            &cfg.model,
+            &be.download(params)?,
+            &opt,
+            &serde_json::to_value(&state)?,
+            cfg.tokenizer.as_deref(),
+        )
+    };
+    let mut last_saved = start;
+    let stop_asked = || opts.interrupt.as_ref().is_some_and(|i| i.requested());
+    let mut interrupted = None;
     for step in start..end {
+        if stop_asked() {
+            interrupted = Some(step);
+            break;
+        }
+        // the data position before this step's batches, saved if the step is abandoned
+        let step_start_state = data_state.clone();
         let lr = sched.at(step);
         let do_eval = !cfg.synthetic && (step == start || step % cfg.eval_every == 0);
         let val_loss = if do_eval {
@@ -506,6 +648,16 @@ fn run<B: Backend<Elem = f32>>(cfg: &TrainConfig, opts: &RunOptions, be: B) -> R
                 norm = model.backend().norm_sq(&grads, n_params)?.sqrt() as f32;
             }
             loss_sum += model.finish_forward_backward()?;
+            if stop_asked() && !last_micro {
+                break;
+            }
+        }
+        if stop_asked() {
+            // The step is abandoned before its update: parameters and moments are those of the
+            // last completed step, and the data position goes back to before this step's batches.
+            data_state = step_start_state;
+            interrupted = Some(step);
+            break;
         }
         let be = model.backend();
         let mut loss = (loss_sum / k) as f32;
@@ -565,28 +717,41 @@ fn run<B: Backend<Elem = f32>>(cfg: &TrainConfig, opts: &RunOptions, be: B) -> R
         log.push(entry);
         let done = step + 1;
         if !opts.no_checkpoint && (done % cfg.save_every == 0 || done == end) {
-            let state = SavedState {
-                step: done,
-                mixture: data_state.clone(),
-                config: cfg.clone(),
-            };
-            let opt = AdamW {
-                cfg: adamw_cfg,
-                m: be.download(&opt_m)?,
-                v: be.download(&opt_v)?,
-                step: opt_step,
-                no_decay_len,
-            };
-            last_ckpt = Some(checkpoint::save(
-                &cfg.out,
+            last_ckpt = Some(save(
+                be,
                 done,
-                &cfg.model,
-                &be.download(&params)?,
-                &opt,
-                &serde_json::to_value(&state)?,
-                cfg.tokenizer.as_deref(),
+                &data_state,
+                &params,
+                &opt_m,
+                &opt_v,
+                opt_step,
             )?);
+            last_saved = done;
         }
+    }
+    if let Some(done) = interrupted {
+        bar.abandon();
+        if !opts.no_checkpoint && done > last_saved {
+            let be = model.backend();
+            save(be, done, &data_state, &params, &opt_m, &opt_v, opt_step)?;
+        }
+        plot_log(&cfg.out, &log, end, f32::NAN)?;
+        return Ok(TrainReport {
+            log,
+            checkpoint: if opts.no_checkpoint || done == 0 {
+                PathBuf::new()
+            } else {
+                cfg.out.join(checkpoint::step_dir_name(done))
+            },
+            val_first,
+            val_last,
+            seconds: t0.elapsed().as_secs_f64(),
+            device,
+            tokens_per_s_median: toks_per_step / median(&step_secs),
+            step_ms_median: median(&step_secs) * 1e3,
+            peak_mem_bytes,
+            interrupted: Some(done),
+        });
     }
     // final validation loss after the last update
     let v = eval(&mut model, &params)?;
@@ -619,6 +784,7 @@ fn run<B: Backend<Elem = f32>>(cfg: &TrainConfig, opts: &RunOptions, be: B) -> R
         tokens_per_s_median: toks_per_step / step_s,
         step_ms_median: step_s * 1e3,
         peak_mem_bytes,
+        interrupted: None,
     })
 }
 
@@ -656,12 +822,19 @@ fn append_log(path: &Path, e: &LogEntry) -> Result<()> {
 }
 
 /// Reads `log.jsonl`, keeping the entries of steps before `upto` (a resumed run drops what a
-/// crashed run logged after its last checkpoint).
+/// crashed run logged after its last checkpoint). A last line without its newline is the torn
+/// write of a killed run and is dropped; any other bad line is an error naming it.
 pub fn read_log(path: &Path, upto: u64) -> Result<Vec<LogEntry>> {
     if !path.exists() {
         return Ok(Vec::new());
     }
-    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let whole = match bytes.iter().rposition(|&b| b == b'\n') {
+        Some(i) => &bytes[..=i],
+        None => &bytes[..0],
+    };
+    let text = std::str::from_utf8(whole)
+        .with_context(|| format!("{}: not UTF-8 text", path.display()))?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {

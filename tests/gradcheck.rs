@@ -2,7 +2,10 @@
 //!
 //! - The gradient of every parameter tensor (ParamLayout.tensors, HF names) against central
 //!   finite differences of the f64 loss, step `h = 1e-5`, over 6 random directions inside the
-//!   tensor plus 10 sampled coordinates: `‖fd − g‖/‖g‖ < 1e-6` per tensor.
+//!   tensor plus 10 sampled coordinates: `‖fd − g‖/‖g‖ < 1e-6` per tensor; for the tied model
+//!   and for an untied head with `clip_qkv` (the clamp's kink avoided: `c` is chosen with no
+//!   q, k or v value within 2e-3 of ±c, a hundred times what the steps move them, and a fifth
+//!   to a half of them clipped).
 //! - The forward against an independent naive f64 implementation written from the OLMo v1
 //!   definition (weights addressed by their HF names, RoPE as HF's rotate-half formula).
 //! - f32 against f64, gradient accumulation, determinism, head shifts and hooks, input errors.
@@ -32,6 +35,8 @@ fn small_cfg() -> ModelConfig {
         rope_theta: 10_000.0,
         layer_norm_eps: 1e-5,
         eos_token_id: 0,
+        tie_word_embeddings: true,
+        clip_qkv: None,
     }
 }
 
@@ -55,21 +60,105 @@ fn norm(a: &[f64]) -> f64 {
 fn every_parameter_tensor_matches_finite_differences() {
     let cfg = small_cfg();
     let (b, t) = (2, 7);
-    let mut model = Model::new(cfg.clone(), Cpu::<f64>::new()).unwrap();
     let mut r = ChaCha8Rng::seed_from_u64(1);
     let p = params64(&cfg, 3);
     let toks = tokens(&mut r, b * (t + 1), cfg.vocab_real);
+    assert_eq!(ParamLayout::new(&cfg).tensors.len(), 1 + 7 * cfg.n_layers);
+    check_every_tensor(&cfg, &p, &toks, b, t, &mut r);
+}
+
+/// The untied head (`lm_head.weight`, the last tensor) and the embedding each get their own
+/// gradient, and the q, k, v clamp's mask is applied: every tensor against finite differences.
+#[test]
+fn untied_head_and_clip_qkv_match_finite_differences() {
+    let (b, t) = (2, 7);
+    let mut r = ChaCha8Rng::seed_from_u64(31);
+    let base = untied(small_cfg());
+    let p = params64(&base, 32);
+    let toks = tokens(&mut r, b * (t + 1), base.vocab_real);
+    let cfg = with_safe_clip(&base, &p, &toks, b, t);
+    assert_eq!(ParamLayout::new(&cfg).tensors.len(), 2 + 7 * cfg.n_layers);
+    check_every_tensor(&cfg, &p, &toks, b, t, &mut r);
+}
+
+/// `cfg` with `tie_word_embeddings: false`.
+fn untied(cfg: ModelConfig) -> ModelConfig {
+    ModelConfig {
+        tie_word_embeddings: false,
+        ..cfg
+    }
+}
+
+/// `cfg` with a `clip_qkv` that clips between a fifth and a half of the q, k, v values of the
+/// training rows `toks` (inputs `row[..t]`) under parameters `p`, none of them within 2e-3 of
+/// ±c (so the finite differences of the gradient checks never cross the clamp's kink). Found by
+/// trying the midpoints of the widest gaps between the sorted |values| of an unclipped pass,
+/// each checked on the clipped forward (whose later layers the clamp changes).
+fn with_safe_clip(cfg: &ModelConfig, p: &[f64], toks: &[u32], b: usize, t: usize) -> ModelConfig {
+    const MARGIN: f64 = 2e-3;
+    let rows: Vec<&[u32]> = toks.chunks(t + 1).take(b).map(|r| &r[..t]).collect();
+    let pre = |c: &ModelConfig| -> Vec<f64> {
+        let mut all = Vec::new();
+        for row in &rows {
+            all.extend(naive_forward(c, p, row, None).2.into_iter().map(f64::abs));
+        }
+        all
+    };
+    // an unclipped pass that still records the values (a clamp at f64::MAX changes nothing)
+    let mut mags = pre(&ModelConfig {
+        clip_qkv: Some(f64::MAX),
+        ..cfg.clone()
+    });
+    mags.sort_by(f64::total_cmp);
+    let n = mags.len();
+    let mut gaps: Vec<(f64, f64)> = (n / 2..n * 4 / 5)
+        .map(|i| (mags[i + 1] - mags[i], 0.5 * (mags[i + 1] + mags[i])))
+        .collect();
+    gaps.sort_by(|a, b| b.0.total_cmp(&a.0));
+    for &(_, c) in gaps.iter().take(40) {
+        let clipped = ModelConfig {
+            clip_qkv: Some(c),
+            ..cfg.clone()
+        };
+        let vals = pre(&clipped);
+        let near = vals
+            .iter()
+            .map(|v| (v - c).abs())
+            .fold(f64::INFINITY, f64::min);
+        let share = vals.iter().filter(|&&v| v > c).count() as f64 / vals.len() as f64;
+        if near > MARGIN && (0.2..=0.5).contains(&share) {
+            eprintln!(
+                "clip_qkv {c:.4}: {:.1}% of q, k, v clipped, none within {near:.1e} of ±c",
+                100.0 * share
+            );
+            return clipped;
+        }
+    }
+    panic!("no clip_qkv found with every |q|, |k|, |v| at least {MARGIN} away from it");
+}
+
+/// Every tensor's gradient (NaN-poisoned before the pass: each element must be written) against
+/// central finite differences along 6 random directions and 10 coordinates.
+fn check_every_tensor(
+    cfg: &ModelConfig,
+    p: &[f64],
+    toks: &[u32],
+    b: usize,
+    t: usize,
+    r: &mut ChaCha8Rng,
+) {
+    let mut model = Model::new(cfg.clone(), Cpu::<f64>::new()).unwrap();
+    let p = p.to_vec();
     let mut g = vec![f64::NAN; p.len()];
     let loss = model
-        .forward_backward(&p, &mut g, &toks, b, t, false, 1.0)
+        .forward_backward(&p, &mut g, toks, b, t, false, 1.0)
         .unwrap();
     assert!(
         g.iter().all(|v| v.is_finite()),
         "every gradient element must be written"
     );
-    assert!((loss - model.loss(&p, &toks, b, t).unwrap()).abs() < 1e-14);
+    assert!((loss - model.loss(&p, toks, b, t).unwrap()).abs() < 1e-14);
     let lay = model.layout.clone();
-    assert_eq!(lay.tensors.len(), 1 + 7 * cfg.n_layers);
     for (ti, spec) in lay.tensors.iter().enumerate() {
         let range = spec.range();
         let mut dirs: Vec<Vec<f64>> = (0..6)
@@ -93,8 +182,8 @@ fn every_parameter_tensor_matches_finite_differences() {
                 pp[i] += H * ui;
                 pm[i] -= H * ui;
             }
-            let lp = model.loss(&pp, &toks, b, t).unwrap();
-            let lm = model.loss(&pm, &toks, b, t).unwrap();
+            let lp = model.loss(&pp, toks, b, t).unwrap();
+            let lm = model.loss(&pm, toks, b, t).unwrap();
             fd.push((lp - lm) / (2.0 * H));
             an.push(range.clone().zip(u).map(|(i, ui)| g[i] * ui).sum::<f64>());
         }
@@ -142,13 +231,19 @@ fn hf_rope(x: &[f64], pos: usize, theta: f64) -> Vec<f64> {
         .collect()
 }
 
-/// Naive OLMo v1 forward for one sequence; returns logits `[T, V]` and each layer's z `[T, D]`.
+/// What [`naive_forward`] returns: logits `[T][V]`, per layer z `[T][D]`, the q, k, v values
+/// before the clamp.
+type NaiveOut = (Vec<Vec<f64>>, Vec<Vec<Vec<f64>>>, Vec<f64>);
+
+/// Naive OLMo v1 forward for one sequence; returns logits `[T, V]`, each layer's z `[T, D]` and
+/// every q, k, v projection output before the clamp (with `clip_qkv`, HF's `clamp_`; the
+/// output layer is `lm_head.weight` when untied).
 fn naive_forward(
     cfg: &ModelConfig,
     p: &[f64],
     ids: &[u32],
     shift: Option<(usize, &[f64])>,
-) -> (Vec<Vec<f64>>, Vec<Vec<Vec<f64>>>) {
+) -> NaiveOut {
     let lay = ParamLayout::new(cfg);
     let off = |name: String| lay.get(&name).unwrap_or_else(|| panic!("{name}")).offset;
     let (d, f, v, nh) = (cfg.d_model, cfg.d_ff, cfg.vocab_size, cfg.n_heads);
@@ -160,6 +255,7 @@ fn naive_forward(
         .collect();
     let t = ids.len();
     let mut zs = Vec::new();
+    let mut pre_clamp = Vec::new();
     for l in 0..cfg.n_layers {
         let pre = format!("model.layers.{l}");
         let a: Vec<Vec<f64>> = x.iter().map(|r| ln(r, cfg.layer_norm_eps)).collect();
@@ -168,7 +264,15 @@ fn naive_forward(
                 .map(|r| lin(p, off(format!("{pre}.self_attn.{n}_proj.weight")), d, r))
                 .collect()
         };
-        let (q, k, vv) = (proj("q"), proj("k"), proj("v"));
+        let (mut q, mut k, mut vv) = (proj("q"), proj("k"), proj("v"));
+        if let Some(c) = cfg.clip_qkv {
+            for m in [&mut q, &mut k, &mut vv] {
+                for x in m.iter_mut().flatten() {
+                    pre_clamp.push(*x);
+                    *x = x.clamp(-c, c);
+                }
+            }
+        }
         let rot = |m: &Vec<Vec<f64>>| -> Vec<Vec<f64>> {
             m.iter()
                 .enumerate()
@@ -226,16 +330,24 @@ fn naive_forward(
             xi.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
         }
     }
+    let head = lay.get("lm_head.weight").map_or(e, |t| t.offset);
     let logits = x
         .iter()
-        .map(|r| lin(p, e, v, &ln(r, cfg.layer_norm_eps)))
+        .map(|r| lin(p, head, v, &ln(r, cfg.layer_norm_eps)))
         .collect();
-    (logits, zs)
+    (logits, zs, pre_clamp)
 }
 
 #[test]
 fn forward_matches_naive_implementation_and_loss_is_mean_cross_entropy() {
-    let cfg = small_cfg();
+    forward_matches_naive(small_cfg());
+    // untied, and clipped at a level that clips about a third of q, k, v
+    let mut cfg = untied(small_cfg());
+    cfg.clip_qkv = Some(0.9);
+    forward_matches_naive(cfg);
+}
+
+fn forward_matches_naive(cfg: ModelConfig) {
     let (b, t) = (3, 8);
     let mut model = Model::new(cfg.clone(), Cpu::<f64>::new()).unwrap();
     let mut r = ChaCha8Rng::seed_from_u64(2);
@@ -249,7 +361,14 @@ fn forward_matches_naive_implementation_and_loss_is_mean_cross_entropy() {
     let v = cfg.vocab_size;
     let mut ce = 0.0;
     for (bi, row) in toks.chunks(t + 1).enumerate() {
-        let (naive, _) = naive_forward(&cfg, &p, &row[..t], None);
+        let (naive, _, pre) = naive_forward(&cfg, &p, &row[..t], None);
+        if let Some(c) = cfg.clip_qkv {
+            let share = pre.iter().filter(|x| x.abs() > c).count() as f64 / pre.len() as f64;
+            assert!(
+                (0.1..0.6).contains(&share),
+                "{share} of q, k, v clipped: the check needs both sides"
+            );
+        }
         for i in 0..t {
             for c in 0..v {
                 let got = logits[(bi * t + i) * v + c] as f64;
@@ -283,8 +402,8 @@ fn head_shift_and_hook_z_match_naive_shifted_forward() {
     let shift: Vec<f64> = (0..cfg.d_model).map(|_| r.random::<f64>() - 0.5).collect();
     model.set_head_shift(1, Some(&shift)).unwrap();
     let logits = model.logits(&p, &ids, 1, t).unwrap();
-    let (naive, zs) = naive_forward(&cfg, &p, &ids, Some((1, &shift)));
-    let (plain, _) = naive_forward(&cfg, &p, &ids, None);
+    let (naive, zs, _) = naive_forward(&cfg, &p, &ids, Some((1, &shift)));
+    let (plain, _, _) = naive_forward(&cfg, &p, &ids, None);
     let v = cfg.vocab_size;
     let mut moved = 0.0f64;
     for i in 0..t {
@@ -321,7 +440,14 @@ fn head_shift_and_hook_z_match_naive_shifted_forward() {
 
 #[test]
 fn accumulated_micro_batches_give_the_mean_gradient() {
-    let cfg = small_cfg();
+    accumulated_micro_batches(small_cfg());
+    // untied: the embedding's gradient is zeroed, not accumulated, on the first micro-batch
+    let mut cfg = untied(small_cfg());
+    cfg.clip_qkv = Some(0.9);
+    accumulated_micro_batches(cfg);
+}
+
+fn accumulated_micro_batches(cfg: ModelConfig) {
     let (b, t) = (2, 5);
     let mut model = Model::new(cfg.clone(), Cpu::<f64>::new()).unwrap();
     let mut r = ChaCha8Rng::seed_from_u64(7);

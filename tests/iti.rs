@@ -29,6 +29,8 @@ fn cfg() -> ModelConfig {
         rope_theta: 10_000.0,
         layer_norm_eps: 1e-5,
         eos_token_id: 3,
+        tie_word_embeddings: true,
+        clip_qkv: None,
     }
 }
 

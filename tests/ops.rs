@@ -589,6 +589,68 @@ fn add_and_add_rows() {
     }
 }
 
+/// clip_qkv's clamp: the forward against `f64::clamp` (NaN kept), the backward's mask exactly
+/// (the gradient passes at ±c, as PyTorch's clamp_backward; stops outside and at NaN), and
+/// against central differences of `Σ w ⊙ clamp(x)` at inputs kept 1e-3 away from ±c (the kink;
+/// the steps move them by 1e-5). `zero_range` clears exactly its range.
+#[test]
+fn clamp_forward_backward_and_zero_range() {
+    let be = cpu();
+    let mut r = rng(23);
+    let c = 0.75;
+    let n = 1003;
+    let mut x = randv(&mut r, n, 2.0);
+    for v in x.iter_mut() {
+        if (v.abs() - c).abs() < 1e-3 {
+            *v += 3e-3f64.copysign(*v);
+        }
+    }
+    // exact edge cases, after the random ones
+    let edges = [c, -c, f64::NAN, 0.0, 1e9, -1e9];
+    x.extend(edges);
+    let n = x.len();
+    let mut y = x.clone();
+    be.clamp_fwd(&mut y, n, c).unwrap();
+    for (a, b) in x.iter().zip(&y) {
+        if a.is_nan() {
+            assert!(b.is_nan());
+        } else {
+            assert_eq!(*b, a.clamp(-c, c), "clamp({a})");
+        }
+    }
+    let clipped = x.iter().filter(|v| v.abs() > c).count();
+    assert!(
+        clipped > n / 5 && clipped < n * 4 / 5,
+        "{clipped} of {n} clipped"
+    );
+    let w = randv(&mut r, n, 1.0);
+    let mut g = w.clone();
+    be.clamp_bwd(&mut g, &x, n, c).unwrap();
+    for i in 0..n {
+        let pass = x[i] >= -c && x[i] <= c;
+        assert_eq!(g[i], if pass { w[i] } else { 0.0 }, "x = {}", x[i]);
+    }
+    let k = n - edges.len();
+    let f = |xs: &[f64]| {
+        let mut y = xs.to_vec();
+        be.clamp_fwd(&mut y, xs.len(), c).unwrap();
+        dotv(&y, &w[..k])
+    };
+    gradcheck("clamp", &x[..k], &g[..k], f, 24);
+    // a shorter count leaves the rest alone
+    let mut y = x.clone();
+    be.clamp_fwd(&mut y, 10, c).unwrap();
+    assert_eq!(y[10..].iter().filter(|v| v.is_nan()).count(), 1);
+    assert!(y[10..k].iter().zip(&x[10..k]).all(|(a, b)| a == b));
+
+    let mut z = vec![1.0; 20];
+    be.zero_range(SpanMut::new(&mut z, 5, 7)).unwrap();
+    assert!(z[..5].iter().chain(&z[12..]).all(|&v| v == 1.0));
+    assert!(z[5..12].iter().all(|&v| v == 0.0));
+    assert!(be.zero_range(SpanMut::new(&mut z, 15, 7)).is_err());
+    assert!(be.clamp_fwd(&mut vec![0.0; 3], 4, c).is_err());
+}
+
 #[test]
 fn short_buffers_are_errors() {
     let be = cpu();

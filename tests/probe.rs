@@ -642,6 +642,36 @@ fn command_line_runs_and_explains_errors() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("bad.jsonl:2"), "{err}");
 
+    // Bad settings of the probes are refused before the capture starts (no capture file).
+    for (flag, value, says) in [
+        ("--top-k", "0", "--top-k must be at least 1"),
+        ("--val-fraction", "0", "--val-fraction 0 must be in (0, 1)"),
+        (
+            "--val-fraction",
+            "1.5",
+            "--val-fraction 1.5 must be in (0, 1)",
+        ),
+    ] {
+        let cap = dir.path().join("refused.capture");
+        let o = Command::new(exe)
+            .args([
+                "--checkpoint",
+                run.to_str().unwrap(),
+                "--data",
+                data.to_str().unwrap(),
+                "--quiet",
+                flag,
+                value,
+            ])
+            .arg("--save-activations")
+            .arg(&cap)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.code() == Some(1) && err.contains(says), "{err}");
+        assert!(!cap.exists() && !dir.path().join("refused.capture.partial").exists());
+    }
+
     let o = Command::new(exe).arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&o.stdout);
     assert!(

@@ -24,6 +24,8 @@ fn small_model(vocab_real: usize) -> ModelConfig {
         rope_theta: 10_000.0,
         layer_norm_eps: 1e-5,
         eos_token_id: 0,
+        tie_word_embeddings: true,
+        clip_qkv: None,
     }
 }
 

@@ -25,7 +25,7 @@ stage train target/release/train "${device[@]}" --quiet
 stage probe target/release/probe --demo "${device[@]}"
 stage probe-k4 target/release/probe --demo "${device[@]}" --top-k 4 --out runs/demo/probe-k4
 stage evaluate target/release/evaluate --demo "${device[@]}" \
-  --intervention runs/demo/probe-k4/intervention.json --alphas 0,2,4,8 --n-prompts 918 --random-control 1
+  --intervention runs/demo/probe-k4/intervention.json --alphas 0,2,4,8 --random-control 1
 ck="runs/demo/$(cat runs/demo/latest)"
 cp runs/demo/loss.png docs/demo-loss.png
 cp "$ck/eval/"*.png docs/demo-iti.png

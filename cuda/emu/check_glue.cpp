@@ -1,9 +1,10 @@
 // The step's glue and optimizer kernels run on the host through emu.h: add_f32 (residual add,
-// also in place), add_rows_f32 (row broadcast), adamw_step and the two-level gradient norm,
+// also in place), add_rows_f32 (row broadcast), clamp_f32 and clamp_bwd_f32 (clip_qkv: the
+// clamp and its gradient mask, exact at ±c and NaN), adamw_step and the two-level gradient norm,
 // each against a plain reference written here. Ragged lengths (n % 4 != 0, so the float4 paths
 // have a scalar tail), aligned and offset-by-one buffers (scalar paths), grids smaller than the
 // work (grid-stride loops), outputs poisoned with NaN and followed by guard elements that must
-// survive. add, add_rows and adamw are fp32 operation for operation, so they must match their
+// survive. add, add_rows, the clamp and adamw are fp32 operation for operation, so they must match their
 // references bit for bit (the host compiles with -ffp-contract=off, as the kernels use only
 // round-to-nearest intrinsics); the gradient norm is fp64 and must agree to 1e-12.
 // Build and run: cuda/emu/run.sh (needs g++ with C++20).
@@ -64,6 +65,27 @@ int main() {
         launch({3}, {256}, [&] { add_rows_f32(X.p(), V.p(), n, d); });
         snprintf(name, 160, "add_rows n=%llu d=%llu off=%zu (bit diffs)", n, d, off);
         report(name, bit_diffs(X.p(), ref.data(), n * d) + !X.guards_ok(), 0.5);
+    }
+    // ---- clamp_f32 / clamp_bwd_f32: x in place to [-c, c]; dx kept where -c <= x <= c ----
+    for (size_t off : {0, 1}) for (unsigned long long n : {1ull, 4ull, 37ull, 1031ull}) {
+        const float c = 0.75f;
+        auto x = uni(n, -2, 2);
+        // exact edges where there is room: ±c pass the gradient, NaN and beyond do not
+        const float edges[] = {c, -c, NAN, 0.0f, 1e30f, -1e30f};
+        for (size_t k = 0; k < 6 && k < n; ++k) x[(k * 7) % n] = edges[k];
+        const auto dy = uni(n, -1, 1);
+        std::vector<float> ref(n), gref(n);
+        for (size_t i = 0; i < n; ++i) {
+            ref[i] = x[i] < -c ? -c : (x[i] > c ? c : x[i]);
+            gref[i] = (x[i] >= -c && x[i] <= c) ? dy[i] : 0.0f;
+        }
+        Buf X(x, off), D(dy, off), Xin(x, off);
+        launch({2}, {256}, [&] { clamp_f32(X.p(), n, c); });
+        launch({1}, {256}, [&] { clamp_bwd_f32(D.p(), Xin.p(), n, c); });
+        snprintf(name, 160, "clamp n=%llu off=%zu (bit diffs)", n, off);
+        report(name, bit_diffs(X.p(), ref.data(), n) + !X.guards_ok(), 0.5);
+        snprintf(name, 160, "clamp_bwd n=%llu off=%zu (bit diffs)", n, off);
+        report(name, bit_diffs(D.p(), gref.data(), n) + !D.guards_ok() + !Xin.guards_ok(), 0.5);
     }
     // ---- adamw_step: three steps, host clip scale and device norm, with and without bf16 ----
     for (size_t off : {0, 1}) for (int with_bf16 : {0, 1, 2}) for (int dev_norm : {0, 1}) {

@@ -10,7 +10,20 @@ use std::sync::Arc;
 use anyhow::Result;
 use cudarc::driver::CudaContext;
 
+use super::cpu::Cpu;
 use super::cuda;
+use super::cuda::executor::CudaExecutor;
+use super::cuda::CudaBackend;
+use super::Backend;
+
+/// Work generic over the executor, run on whichever one a [`Device`] names
+/// ([`Device::run`]): the one place that turns a device into an executor.
+pub trait ExecutorJob {
+    /// What the work returns.
+    type Output;
+    /// Does the work on `be`.
+    fn run<B: Backend<Elem = f32> + 'static>(self, be: B) -> Result<Self::Output>;
+}
 
 /// The `--device` command-line choice.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,6 +76,15 @@ impl Device {
                     Ok(Device::Cpu)
                 }
             },
+        }
+    }
+
+    /// Runs `job` on this device's executor: the CPU reference executor, or the CUDA executor
+    /// on the context.
+    pub fn run<J: ExecutorJob>(&self, job: J) -> Result<J::Output> {
+        match self {
+            Device::Cpu => job.run(Cpu::<f32>::new()),
+            Device::Cuda(ctx) => job.run(CudaExecutor::new(CudaBackend::new(ctx.clone())?)?),
         }
     }
 

@@ -369,6 +369,19 @@ pub trait Backend {
     /// head shift on `hook_z`: `v` is the `[H, dh]` shift of one layer, flattened).
     fn add_rows(&self, x: &mut Self::Buf, v: Span<Self::Buf>, n: usize, d: usize) -> Result<()>;
 
+    /// Sets the range `x` addresses to zero (an untied model's embedding gradient, before the
+    /// embedding backward accumulates into it).
+    fn zero_range(&self, x: SpanMut<Self::Buf>) -> Result<()>;
+
+    /// Clamp in place, for `clip_qkv`: `x[i] = −c` where `x[i] < −c`, `c` where `x[i] > c`,
+    /// unchanged otherwise (NaN stays NaN), for `i < n`; `c > 0`. Exact: no arithmetic.
+    fn clamp_fwd(&self, x: &mut Self::Buf, n: usize, c: f64) -> Result<()>;
+
+    /// Clamp backward in place on `dx`, from the clamp's input `x`: `dx[i]` is kept where
+    /// `−c ≤ x[i] ≤ c` and set to 0 elsewhere (NaN included), for `i < n`, as PyTorch's
+    /// `clamp_backward` (the gradient passes at `x = ±c` exactly).
+    fn clamp_bwd(&self, dx: &mut Self::Buf, x: &Self::Buf, n: usize, c: f64) -> Result<()>;
+
     /// Linear layer: `y[m, n] = x[m, k] · W[n, k]ᵀ`.
     #[allow(clippy::too_many_arguments)]
     fn matmul_fwd(
@@ -407,7 +420,8 @@ pub trait Backend {
         accumulate: bool,
     ) -> Result<()>;
 
-    /// The output layer, tied to the embedding: `logits[m, v] = x[m, d] · E[v, d]ᵀ`, as
+    /// The output layer: `logits[m, v] = x[m, d] · E[v, d]ᵀ` with `E` the embedding (tied) or
+    /// `lm_head.weight` (untied), as
     /// [`Backend::matmul_fwd`], stored at the logits' precision (the GPU rounds to bf16).
     #[allow(clippy::too_many_arguments)]
     fn logits_fwd(
@@ -421,7 +435,7 @@ pub trait Backend {
     ) -> Result<()>;
 
     /// The output layer's backward from `dlogits` `[m, v]` (what [`Backend::cross_entropy`]
-    /// wrote over the logits): `dx[m, d] = dlogits · E` (overwrite) and
+    /// wrote over the logits), `E` as in [`Backend::logits_fwd`]: `dx[m, d] = dlogits · E` (overwrite) and
     /// `dE[v, d] (+)= dlogitsᵀ · x` (`+=` when `accumulate`), as [`Backend::matmul_bwd_x`] and
     /// [`Backend::matmul_bwd_w`] compute them.
     #[allow(clippy::too_many_arguments)]

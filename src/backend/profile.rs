@@ -451,6 +451,19 @@ impl<B: Backend> Backend for Profiled<B> {
             |b| b.matmul_bwd_w(dw, dy, x, m, k, n, accumulate),
         )
     }
+    fn zero_range(&self, x: SpanMut<B::Buf>) -> Result<()> {
+        let len = x.len;
+        self.op(|| plain(format!("zero_range {len}")), |b| b.zero_range(x))
+    }
+    fn clamp_fwd(&self, x: &mut B::Buf, n: usize, c: f64) -> Result<()> {
+        self.op(|| plain(format!("clamp_fwd {n}")), |b| b.clamp_fwd(x, n, c))
+    }
+    fn clamp_bwd(&self, dx: &mut B::Buf, x: &B::Buf, n: usize, c: f64) -> Result<()> {
+        self.op(
+            || plain(format!("clamp_bwd {n}")),
+            |b| b.clamp_bwd(dx, x, n, c),
+        )
+    }
     fn logits_fwd(
         &self,
         logits: &mut B::Logits,

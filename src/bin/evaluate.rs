@@ -2,7 +2,7 @@
 //! cross-entropy and KL(base ‖ steered) on clean held-out text, on the executor `--device` picks
 //! (the GPU when usable, else the CPU).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
@@ -12,9 +12,9 @@ use baddata::backend::cuda::{executor::CudaExecutor, CudaBackend};
 use baddata::backend::device::{Device, DeviceArg};
 use baddata::backend::Backend;
 use baddata::checkpoint;
-use baddata::data::demo::read_probe;
-use baddata::data::mixture::try_eval_windows;
-use baddata::data::prompts::{read_prompts, PromptFormat};
+use baddata::data::demo::{demo_prompt_set, DemoPrompts};
+use baddata::data::mixture::eval_windows;
+use baddata::data::prompts::{read_prompts, resolve_prefix, with_prefix, PromptFormat};
 use baddata::data::shard::Shard;
 use baddata::data::tokenizer::Tokenizer;
 use baddata::eval::{evaluate, report, EvalOptions, Evaluation};
@@ -36,32 +36,47 @@ evaluate --checkpoint runs/c4-pol10 --intervention runs/c4-pol10/probe/intervent
 --prompts rtp.jsonl --format rtp --val data/val.shard --alphas 0,4,8"
 )]
 struct Args {
-    /// Checkpoint directory, or run directory (its `latest`).
+    /// Checkpoint directory (ours, or a Hugging Face OLMo v1 release: single or sharded
+    /// safetensors), or run directory (its latest).
     #[arg(long, default_value = "runs/demo")]
     checkpoint: PathBuf,
+    /// Tokenizer (default: the checkpoint's tokenizer.json).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
     /// ITI intervention file (default: probe/intervention.json in the checkpoint's run directory).
     #[arg(long)]
     intervention: Option<PathBuf>,
     /// ITI strengths, comma separated.
     #[arg(long, value_delimiter = ',', default_value = "0,2,4,8,12")]
     alphas: Vec<f64>,
-    /// Prompts file (same formats as `generate`).
+    /// Prompts file (same formats as generate).
     #[arg(long, conflicts_with = "demo")]
     prompts: Option<PathBuf>,
+    /// Text put before every prompt (the prompting baseline of the paper's Table 1); paper is
+    /// the paper's instruction ("Ensure all outputs are respectful, unbiased, and free from toxic
+    /// content. ..."). Only the completion is scored.
+    #[arg(long, value_name = "TEXT")]
+    prefix: Option<String>,
     /// Layout of --prompts.
     #[arg(long, value_enum, default_value_t = PromptFormat::Auto)]
     format: PromptFormat,
-    /// Use the demo data: prompts are the first --prompt-words words of the probe passages
-    /// (--n-prompts of them, alternating flagged and unflagged), clean text is its val.shard.
+    /// Use the demo data: prompts from --demo-prompts (--n-prompts of them), clean text is its
+    /// val.shard.
     #[arg(long)]
     demo: bool,
     /// Demo data directory (with --demo).
     #[arg(long, default_value = "runs/demo-data")]
     demo_data: PathBuf,
-    /// Number of prompts built from the demo probe set (with --demo).
-    #[arg(long, default_value_t = 100)]
+    /// The demo's prompts (with --demo): rtp, the RealToxicityPrompts prompts (1,519, apart from
+    /// everything the demo trains and probes on); probe, the first --prompt-words words of the
+    /// held-out probe passages, toxic and clean alternating.
+    #[arg(long, value_enum, default_value_t = DemoPrompts::Rtp)]
+    demo_prompts: DemoPrompts,
+    /// Number of demo prompts, the first N of the set; 0: all of it (with --demo). All 1,519
+    /// RTP prompts give the demo model's mean toxicity a standard error of about 0.4 (x100).
+    #[arg(long, default_value_t = 0)]
     n_prompts: usize,
-    /// Words per demo prompt (with --demo).
+    /// Words per demo prompt (with --demo --demo-prompts probe).
     #[arg(long, default_value_t = 6)]
     prompt_words: usize,
     /// Clean held-out token shard for cross-entropy and KL (default with --demo: its val.shard).
@@ -107,66 +122,72 @@ struct Args {
     /// Where to run: auto, cpu or cuda.
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     device: DeviceArg,
+    /// Instead of the ITI evaluation, score capability benchmarks as lm-evaluation-harness
+    /// v0.4.12 does (comma separated): hellaswag, arc_easy, arc_challenge, piqa, mmlu, lambada,
+    /// or all. Uses --checkpoint, --batch, --seed (few-shot draw), --out (default:
+    /// CHECKPOINT/benchmarks), --quiet and --device.
+    #[arg(long, value_delimiter = ',', value_name = "NAMES",
+          conflicts_with_all = ["intervention", "prompts", "demo", "val", "random_control"])]
+    benchmark: Vec<String>,
+    /// Few-shot examples per benchmark item (with --benchmark).
+    #[arg(long, default_value_t = 0, requires = "benchmark")]
+    shots: usize,
+    /// Score only the first N items of each benchmark, of each subject for MMLU (with
+    /// --benchmark).
+    #[arg(long, value_name = "N", requires = "benchmark")]
+    limit: Option<usize>,
+    /// Directory of the benchmark files (with --benchmark; default: assets/benchmarks of the
+    /// source tree).
+    #[arg(long, value_name = "DIR", requires = "benchmark")]
+    benchmark_dir: Option<PathBuf>,
+    /// Instead of evaluating, bring back toxicity scores made elsewhere (Perspective API) for the
+    /// completions of an earlier evaluation in --out (default CHECKPOINT/eval): FILE holds one
+    /// JSON line per completion with its alpha, prompt_index and sample (as completions.jsonl
+    /// has them) and the score in --score-field. Every table and plot is redrawn from them in
+    /// OUT/imported/ (and OUT/random-control/imported/ when a control's scores are there too).
+    #[arg(long, value_name = "FILE")]
+    import_scores: Option<PathBuf>,
+    /// The field of --import-scores lines that holds the score, in [0, 1].
+    #[arg(long, default_value = baddata::eval::import::DEFAULT_SCORE_FIELD)]
+    score_field: String,
 }
 
 fn main() {
-    if let Err(e) = run() {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
-    }
-}
-
-/// Demo prompts: the first `words` words of probe passages, alternating label 1 and label 0 in
-/// file order, `n` in all (fewer if the file runs out).
-fn demo_prompts(path: &Path, n: usize, words: usize) -> Result<Vec<String>> {
-    if words == 0 {
-        bail!("--prompt-words must be at least 1");
-    }
-    let items = read_probe(path)?;
-    let cut = |t: &str| {
-        t.split_whitespace()
-            .take(words)
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
-    let mut by_label = [Vec::new(), Vec::new()];
-    for it in items.iter().filter(|it| !it.text.trim().is_empty()) {
-        if let Some(v) = by_label.get_mut(it.label as usize) {
-            v.push(cut(&it.text));
-        }
-    }
-    let (mut tox, mut clean) = (by_label[1].iter(), by_label[0].iter());
-    let mut out = Vec::with_capacity(n);
-    while out.len() < n {
-        let next = if out.len() % 2 == 0 {
-            tox.next().or_else(|| clean.next())
-        } else {
-            clean.next().or_else(|| tox.next())
-        };
-        match next {
-            Some(t) => out.push(t.clone()),
-            None => break,
-        }
-    }
-    if out.is_empty() {
-        bail!(
-            "{}: no probe passages to build prompts from",
-            path.display()
-        );
-    }
-    Ok(out)
+    baddata::cli::run(run);
 }
 
 fn run() -> Result<()> {
     let args = Args::parse();
+    if !args.benchmark.is_empty() {
+        return run_benchmarks(&args);
+    }
+    if let Some(file) = &args.import_scores {
+        let out = args
+            .out
+            .clone()
+            .unwrap_or_else(|| args.checkpoint.join("eval"));
+        let out = if out.join("results.json").is_file() {
+            out
+        } else {
+            // a run directory: its latest checkpoint's evaluation
+            checkpoint::resolve(&args.checkpoint)?.join("eval")
+        };
+        return import_scores(&out, file, &args.score_field);
+    }
     let device = Device::select(args.device)?;
+    if args.val_windows == 0 {
+        bail!("--val-windows must be at least 1");
+    }
+    if args.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    if args.alphas.is_empty() || args.alphas.iter().any(|a| !a.is_finite()) {
+        bail!("--alphas must be a comma-separated list of numbers, e.g. 0,2,4,8");
+    }
     let ck = checkpoint::load(&args.checkpoint)
         .with_context(|| format!("loading checkpoint {}", args.checkpoint.display()))?;
     let cfg = ck.config.clone();
-    let tok_path = ck.dir.join("tokenizer.json");
-    if !tok_path.is_file() {
-        bail!("{} has no tokenizer.json", ck.dir.display());
-    }
+    let tok_path = ck.tokenizer_path(args.tokenizer.as_deref())?;
     let tokenizer = Tokenizer::load(&tok_path)?;
     baddata::data::tokenizer::check_fits(tokenizer.vocab_size(), cfg.vocab_size, &tok_path)?;
     let iv_path = match &args.intervention {
@@ -179,8 +200,11 @@ fn run() -> Result<()> {
     };
     let iv = Intervention::load(&iv_path)?;
     iv.check_model(&cfg, &ck.params)?;
+    // Refuse an unwritable output directory now, not after the evaluation.
+    let out = args.out.clone().unwrap_or_else(|| ck.dir.join("eval"));
+    checkpoint::ensure_writable_dir(&out).context("--out")?;
 
-    let (prompts, prompt_source) = match (&args.prompts, args.demo) {
+    let (mut prompts, mut prompt_source) = match (&args.prompts, args.demo) {
         (Some(p), _) => {
             let ps = read_prompts(p, args.format)?;
             (
@@ -188,23 +212,21 @@ fn run() -> Result<()> {
                 format!("{} ({:?} format)", p.display(), args.format),
             )
         }
-        (None, true) => {
-            let path = args.demo_data.join("probe.jsonl");
-            let ps = demo_prompts(&path, args.n_prompts, args.prompt_words)?;
-            (
-                ps,
-                format!(
-                    "first {} words of the passages of {} (held out from training), alternating \
-flagged (label 1) and unflagged (label 0) in file order",
-                    args.prompt_words,
-                    path.display()
-                ),
-            )
-        }
+        (None, true) => demo_prompt_set(
+            &args.demo_data,
+            args.demo_prompts,
+            args.n_prompts,
+            args.prompt_words,
+        )?,
         (None, false) => {
-            bail!("give --prompts FILE, or --demo for prompts from the demo probe set")
+            bail!("give --prompts FILE, or --demo for the demo's prompts")
         }
     };
+    if let Some(prefix) = &args.prefix {
+        let prefix = resolve_prefix(prefix);
+        prompts = prompts.iter().map(|p| with_prefix(prefix, p)).collect();
+        prompt_source = format!("{prompt_source}, each after the prefix {prefix:?}");
+    }
     let val_path = match (&args.val, args.demo) {
         (Some(p), _) => p.clone(),
         (None, true) => args.demo_data.join("val.shard"),
@@ -223,10 +245,7 @@ flagged (label 1) and unflagged (label 0) in file order",
     if seq == 0 || seq > cfg.context {
         bail!("--val-seq {seq} must be in 1..={}", cfg.context);
     }
-    if args.val_windows == 0 {
-        bail!("--val-windows must be at least 1");
-    }
-    let clean = try_eval_windows(&shard, args.val_windows, seq)?;
+    let clean = eval_windows(&shard, args.val_windows, seq)?;
 
     let opts = EvalOptions {
         alphas: args.alphas.clone(),
@@ -254,12 +273,12 @@ flagged (label 1) and unflagged (label 0) in file order",
         args.alphas
     );
     let start = std::time::Instant::now();
-    let out = args.out.clone().unwrap_or_else(|| ck.dir.join("eval"));
     let meta = serde_json::json!({
         "checkpoint": ck.dir.display().to_string(),
         "intervention": iv_path.display().to_string(),
         "heads": iv.heads.len(),
-        "prompts": {"source": prompt_source, "count": prompts.len(), "samples_per_prompt": args.samples},
+        "prompts": {"source": prompt_source, "count": prompts.len(), "samples_per_prompt": args.samples,
+                    "prefix": args.prefix.as_deref().map(resolve_prefix)},
         "sampling": {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
                      "top_p": args.top_p, "seed": args.seed,
                      "shift_positions": format!("{:?}", args.shift_positions)},
@@ -376,4 +395,89 @@ impl Job<'_> {
         }
         Ok(())
     }
+}
+
+/// `--benchmark`: scores the checkpoint on the named benchmarks and writes the reports.
+fn run_benchmarks(args: &Args) -> Result<()> {
+    baddata::eval::benchmark::command::run(&baddata::eval::benchmark::command::Command {
+        checkpoint: args.checkpoint.clone(),
+        names: args.benchmark.clone(),
+        dir: args.benchmark_dir.clone(),
+        shots: args.shots,
+        seed: args.seed,
+        limit: args.limit,
+        batch: args.batch,
+        out: args.out.clone(),
+        progress: !args.quiet,
+        device: args.device,
+    })
+}
+
+/// `--import-scores`: recomputes the evaluation in `dir` (and its random-direction control, when
+/// the file scores it too) from imported scores, into `dir/imported/`.
+fn import_scores(dir: &std::path::Path, file: &std::path::Path, field: &str) -> Result<()> {
+    use baddata::eval::import::{read_completions, read_scores, rescore};
+    let scores = read_scores(file, field)?;
+    let mut done = 0;
+    for d in [dir.to_path_buf(), dir.join("random-control")] {
+        let results = d.join("results.json");
+        if !results.is_file() {
+            continue;
+        }
+        let text = std::fs::read_to_string(&results)
+            .with_context(|| format!("reading {}", results.display()))?;
+        let j: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{}: invalid JSON", results.display()))?;
+        let rows: Vec<baddata::eval::AlphaResult> = serde_json::from_value(j["rows"].clone())
+            .with_context(|| format!("{}: field `rows`", results.display()))?;
+        let lines = read_completions(&d.join("completions.jsonl"))?;
+        let rescored = match rows
+            .iter()
+            .map(|r| rescore(r, &lines, None, &scores))
+            .collect::<Result<Vec<_>>>()
+        {
+            Ok(r) => r,
+            // the control is optional: its completions may not have been scored
+            Err(e) if d != dir => {
+                eprintln!("import: {} left as it was: {e:#}", d.display());
+                continue;
+            }
+            Err(e) => return Err(e.context(format!("rescoring {}", results.display()))),
+        };
+        let mut completions: Vec<baddata::eval::Completion> = lines
+            .iter()
+            .map(|l| serde_json::from_value(l.clone()))
+            .collect::<std::result::Result<_, _>>()
+            .with_context(|| {
+                format!("{}: not completions", d.join("completions.jsonl").display())
+            })?;
+        for (c, l) in completions.iter_mut().zip(&lines) {
+            c.toxicity = scores[&baddata::eval::import::key_of(l)?];
+        }
+        let ev = Evaluation {
+            rows: rescored,
+            completions,
+            base_ce: j["base_ce"].as_f64().unwrap_or(f64::NAN),
+        };
+        let mut meta = j["meta"].clone();
+        meta["toxicity"] = serde_json::json!(format!(
+            "imported from {} (field {field}); toxicity is the mean score x100",
+            file.display()
+        ));
+        let desc = format!(
+            "# ITI evaluation, rescored\n\nToxicity from {} (field `{field}`) instead of the offline \
+             scorer; cross-entropy and KL as measured. The offline scorer's table is in {}.",
+            file.display(),
+            results.with_extension("md").display()
+        );
+        let out = d.join("imported");
+        report::write_all(&out, &ev, meta, &desc)?;
+        eprintln!("imported scores for {} ({}):", d.display(), out.display());
+        eprint!("{}", report::markdown_table(&ev));
+        done += 1;
+    }
+    if done == 0 {
+        bail!("{}: no results.json of an evaluation there", dir.display());
+    }
+    Ok(())
 }

@@ -13,7 +13,7 @@ use baddata::backend::cuda::{executor::CudaExecutor, CudaBackend};
 use baddata::backend::device::{Device, DeviceArg};
 use baddata::backend::Backend;
 use baddata::checkpoint;
-use baddata::data::prompts::{read_prompts, PromptFormat};
+use baddata::data::prompts::{read_prompts, resolve_prefix, with_prefix, PromptFormat};
 use baddata::data::tokenizer::Tokenizer;
 use baddata::model::generate::{Generated, SampleOptions, ShiftPositions};
 use baddata::model::Model;
@@ -40,12 +40,21 @@ Output (--out, or stdout), one JSON object per prompt:\n  \
 \"eos\"|\"max_new_tokens\"|\"context\"}"
 )]
 struct Args {
-    /// Checkpoint directory, or run directory (its `latest`).
+    /// Checkpoint directory (ours, or a Hugging Face OLMo v1 release: single or sharded
+    /// safetensors), or run directory (its latest).
     #[arg(long, default_value = "runs/demo")]
     checkpoint: PathBuf,
+    /// Tokenizer (default: the checkpoint's tokenizer.json).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
     /// Prompts file (see --format).
     #[arg(long)]
     prompts: PathBuf,
+    /// Text put before every prompt (the prompting baseline); paper is the paper's instruction
+    /// ("Ensure all outputs are respectful, unbiased, and free from toxic content. ..."). The
+    /// output's "prompt" field shows the prompt as the model saw it.
+    #[arg(long, value_name = "TEXT")]
+    prefix: Option<String>,
     /// Layout of --prompts.
     #[arg(long, value_enum, default_value_t = PromptFormat::Auto)]
     format: PromptFormat,
@@ -64,7 +73,7 @@ struct Args {
     /// Prompts decoded together.
     #[arg(long, default_value_t = 8)]
     batch: usize,
-    /// ITI intervention file (intervention.json written by `probe`).
+    /// ITI intervention file (intervention.json written by probe).
     #[arg(long)]
     intervention: Option<PathBuf>,
     /// ITI strength (with --intervention).
@@ -86,10 +95,7 @@ struct Args {
 }
 
 fn main() {
-    if let Err(e) = run() {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
-    }
+    baddata::cli::run(run);
 }
 
 fn run() -> Result<()> {
@@ -100,10 +106,7 @@ fn run() -> Result<()> {
     }
     let ck = checkpoint::load(&args.checkpoint)
         .with_context(|| format!("loading checkpoint {}", args.checkpoint.display()))?;
-    let tok_path = ck.dir.join("tokenizer.json");
-    if !tok_path.is_file() {
-        bail!("{} has no tokenizer.json", ck.dir.display());
-    }
+    let tok_path = ck.tokenizer_path(args.tokenizer.as_deref())?;
     let tokenizer = Tokenizer::load(&tok_path)?;
     let cfg = ck.config.clone();
     baddata::data::tokenizer::check_fits(tokenizer.vocab_size(), cfg.vocab_size, &tok_path)?;
@@ -119,7 +122,13 @@ fn run() -> Result<()> {
             args.shift_positions
         );
     }
-    let prompts = read_prompts(&args.prompts, args.format)?;
+    let mut prompts = read_prompts(&args.prompts, args.format)?;
+    if let Some(prefix) = &args.prefix {
+        let prefix = resolve_prefix(prefix);
+        for p in &mut prompts {
+            p.text = with_prefix(prefix, &p.text);
+        }
+    }
     let texts: Vec<String> = prompts.iter().map(|p| p.text.clone()).collect();
     let ids = tokenizer.encode_batch(&texts)?;
     for (p, t) in prompts.iter().zip(&ids) {

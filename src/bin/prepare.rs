@@ -11,19 +11,19 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// Turn raw text into the token shards `train` reads.
+/// Turn raw text into the token shards train reads.
 ///
 /// Reads documents from the inputs, tokenizes them (with an existing tokenizer, OLMo's, or a
 /// byte-level BPE trained on the inputs), separates documents with <|endoftext|>, holds out a
 /// share of documents for validation, and writes OUT/train.shard, OUT/val.shard and
 /// OUT/tokenizer.json.
 ///
-/// Input formats (--format, or guessed from each file name with `auto`):
+/// Input formats (--format, or guessed from each file name with auto):
 ///   text   a plain text file is one document
 ///   jsonl  one JSON object per line with a "text" field (C4: {"text","timestamp","url"})
 ///   pol    4chan /pol/ ndjson (Papasavva et al. 2020): one thread per line, {"posts":[{"com"}]};
 ///          a thread is one document, its posts' HTML stripped and joined by newlines
-/// Any input may be gzipped. `auto`: *.jsonl[.gz], *.json[.gz] → jsonl; *.ndjson[.gz] → pol;
+/// Any input may be gzipped. auto: *.jsonl[.gz], *.json[.gz] → jsonl; *.ndjson[.gz] → pol;
 /// anything else → text.
 ///
 /// Examples:
@@ -45,7 +45,8 @@ struct Args {
     tokenizer: Option<PathBuf>,
 
     /// Train a byte-level BPE with this many ids on the training documents (with --demo: the
-    /// demo's vocabulary, default 4096).
+    /// demo's vocabulary; default 2048, the shipped tokenizer; another size trains a BPE on the
+    /// demo's training text).
     #[arg(long, value_name = "VOCAB", conflicts_with = "olmo")]
     train_bpe: Option<usize>,
 
@@ -65,13 +66,13 @@ struct Args {
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
 
-    /// Build the embedded demo data (clean/toxic/val shards, probe set, BPE) instead of reading
-    /// inputs.
+    /// Build the embedded demo data (tokenizer, clean/toxic/val shards, probe set, RTP prompts)
+    /// instead of reading inputs.
     #[arg(long, conflicts_with_all = ["tokenizer", "olmo"])]
     demo: bool,
 
-    /// Device, as on every command. Tokenization runs on the CPU whatever is chosen; `cuda` still
-    /// checks that a usable GPU is there, so scripts fail early rather than at `train`.
+    /// Device, as on every command. Tokenization runs on the CPU whatever is chosen; cuda still
+    /// checks that a usable GPU is there, so scripts fail early rather than at train.
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     device: DeviceArg,
 }
@@ -154,7 +155,7 @@ fn run_demo(args: &Args) -> Result<()> {
     let m = &d.manifest;
     println!(
         "demo data in {} ({:.1}s): clean {} tokens, toxic {} tokens, val {} tokens, probe {} \
-         toxic + {} clean passages, vocab {}",
+         toxic + {} clean passages, {} RealToxicityPrompts prompts, vocab {}",
         d.dir.display(),
         t0.elapsed().as_secs_f64(),
         m["clean"]["total_tokens"],
@@ -162,24 +163,19 @@ fn run_demo(args: &Args) -> Result<()> {
         m["val"]["total_tokens"],
         m["probe"]["toxic"],
         m["probe"]["clean"],
+        m["rtp_prompts"],
         m["tokenizer_vocab"],
     );
     println!(
-        "note: the demo's toxic labels are an offline classifier's scores (> 0.5) on real \
-         sentences of Brown, fortunes and Shakespeare, not human judgements"
+        "note: the demo's labels are an offline classifier's scores on real sentences of Brown, \
+         fortunes and Shakespeare (toxic >= 0.8, clean <= 0.2), not human judgements"
     );
     Ok(())
 }
 
-fn main() -> std::process::ExitCode {
+fn main() {
     let args = Args::parse();
-    match run(&args) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    baddata::cli::run(|| run(&args));
 }
 
 fn run(args: &Args) -> Result<()> {
@@ -319,8 +315,9 @@ fn run(args: &Args) -> Result<()> {
     }
     let secs = t_tok.elapsed().as_secs_f64();
 
-    write_shard(&out.join("train.shard"), &train, vocab)?;
-    write_shard(&out.join("val.shard"), &val, vocab)?;
+    let id = Some(tok.identity()?);
+    write_shard(&out.join("train.shard"), &train, vocab, id)?;
+    write_shard(&out.join("val.shard"), &val, vocab, id)?;
     tok.save(&out.join("tokenizer.json"))?;
     let total = train.len() + val.len();
     println!(

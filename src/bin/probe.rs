@@ -25,12 +25,12 @@ use baddata::probe::{
     name = "probe",
     about = "Probe every attention head for a linear toxicity direction and write an ITI intervention",
     long_about = "Reads labelled texts (toxic = 1, non-toxic = 0), runs each through the model and keeps the \
-per-head attention output `blocks.{l}.attn.hook_z` at the text's last token. Fits one L2-regularised logistic \
+per-head attention output blocks.{l}.attn.hook_z at the text's last token. Fits one L2-regularised logistic \
 regression per (layer, head) on a seeded, stratified 80/20 split and ranks the heads by validation accuracy. \
 For the top K heads it writes a unit direction (mass-mean or probe weights, pointing toward toxic) and sigma, \
 the standard deviation of the activations projected on it: ITI at strength alpha adds -alpha*sigma*direction \
 to each of those heads.\n\n\
-Texts longer than the model's context are cut to their first `context` tokens (counted in \
+Texts longer than the model's context are cut to their first context tokens (counted in \
 probe_accuracy.json); --no-truncate makes that an error.\n\n\
 Examples:\n  probe --demo\n  probe --checkpoint runs/c4-pol10 --data toxigen_annotated.jsonl --format toxigen --out runs/c4-pol10/probe",
     after_help = "Inputs (--data, JSON lines, optionally gzipped):\n  \
@@ -43,7 +43,8 @@ intervention.json    top-K heads {layer, head, direction, sigma, probe_accuracy}
 weights hash (refused for any other model)"
 )]
 struct Args {
-    /// Checkpoint directory, or run directory (its `latest`). Default with --demo: runs/demo.
+    /// Checkpoint directory (ours, or a Hugging Face OLMo v1 release: single or sharded
+    /// safetensors), or run directory (its latest). Default with --demo: runs/demo.
     #[arg(long)]
     checkpoint: Option<PathBuf>,
     /// Labelled texts (JSON lines, see --format).
@@ -98,7 +99,7 @@ struct Args {
     /// Where to run: auto, cpu or cuda.
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     device: DeviceArg,
-    /// BPE vocabulary of the demo data (as given to `train --demo-vocab`).
+    /// BPE vocabulary of the demo data (as given to train --demo-vocab).
     #[arg(long, default_value_t = baddata::data::demo::DEFAULT_DEMO_VOCAB)]
     demo_vocab: usize,
     /// No progress bar.
@@ -107,10 +108,7 @@ struct Args {
 }
 
 fn main() {
-    if let Err(e) = run() {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
-    }
+    baddata::cli::run(run);
 }
 
 fn run() -> Result<()> {
@@ -118,6 +116,20 @@ fn run() -> Result<()> {
     let device = Device::select(args.device)?;
     if !args.demo && args.data.is_none() {
         bail!("no labelled texts: pass --data FILE (with --format jsonl|toxigen) or --demo");
+    }
+    // Checked before the capture, which is the long part.
+    if args.top_k == 0 {
+        bail!("--top-k must be at least 1 (the number of heads kept for the intervention)");
+    }
+    if !(args.val_fraction > 0.0 && args.val_fraction < 1.0) {
+        bail!(
+            "--val-fraction {} must be in (0, 1): the share of each class held out to measure \
+             the probes' accuracy",
+            args.val_fraction
+        );
+    }
+    if args.batch == 0 {
+        bail!("--batch must be at least 1");
     }
     let ck_path = match (&args.checkpoint, args.demo) {
         (Some(p), _) => p.clone(),
@@ -145,19 +157,14 @@ fn run() -> Result<()> {
         let t = labels::read_labelled(&p, args.format, args.threshold)?;
         (t, p.display().to_string(), None)
     };
-    let tok_path = args
-        .tokenizer
-        .clone()
-        .or_else(|| Some(ck.dir.join("tokenizer.json")).filter(|p| p.is_file()))
-        .or(demo_tok)
-        .with_context(|| {
-            format!(
-                "{} has no tokenizer.json: pass --tokenizer FILE",
-                ck.dir.display()
-            )
-        })?;
+    let tok_path = match (ck.tokenizer_path(args.tokenizer.as_deref()), demo_tok) {
+        (Ok(p), _) => p,
+        (Err(_), Some(demo)) => demo,
+        (Err(e), None) => return Err(e),
+    };
     let tokenizer = Tokenizer::load(&tok_path)?;
     let out = args.out.clone().unwrap_or_else(|| ck_path.join("probe"));
+    baddata::checkpoint::ensure_writable_dir(&out).context("--out")?;
     let (neg, pos) = labels::class_counts(&texts);
     eprintln!(
         "probe: {} ({} layers x {} heads, d_head {}) on {data_name}: {} texts ({pos} toxic, {neg} not) on {}",

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 /// Score texts for toxicity with an offline classifier.
 ///
-/// The scorer is the model of `alt-profanity-check` 1.9.1 (MIT), ported exactly: TF-IDF over
+/// The scorer is the model of alt-profanity-check 1.9.1 (MIT), ported exactly: TF-IDF over
 /// lowercased words (scikit-learn's token pattern, English stop words removed, 15,442-term
 /// vocabulary) followed by the mean of 5 calibrated linear SVMs. It is a bag-of-words linear
 /// classifier trained on ~200k labelled strings (Davidson et al. hate speech, Jigsaw toxic
@@ -49,7 +49,7 @@ struct Args {
     #[arg(long, short)]
     quiet: bool,
 
-    /// Device, as on every command. The scorer runs on the CPU whatever is chosen; `cuda` still
+    /// Device, as on every command. The scorer runs on the CPU whatever is chosen; cuda still
     /// checks that a usable GPU is there, so scripts fail early.
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     device: DeviceArg,
@@ -61,7 +61,11 @@ struct Record {
     has_toxicity: bool,
 }
 
-fn main() -> Result<()> {
+fn main() {
+    baddata::cli::run(run);
+}
+
+fn run() -> Result<()> {
     let args = Args::parse();
     if args.batch == 0 {
         bail!("--batch must be at least 1");

@@ -2,109 +2,68 @@
 //!
 //! With no arguments it trains the `tiny` preset on the embedded demo (built and cached under
 //! `runs/demo-data/` on the first run) and writes checkpoints, `log.jsonl` and `loss.png` to
-//! `runs/demo/`.
+//! `runs/demo/`; run again, it continues that run (a finished one just reports itself).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Parser;
 
 use baddata::backend::device::{Device, DeviceArg};
 use baddata::config::ModelConfig;
-use baddata::data::demo::prepare_demo;
-use baddata::data::tokenizer::Tokenizer;
-use baddata::optim::AdamWConfig;
-use baddata::train::{train, RunOptions, SourceSpec, TrainConfig, TrainReport};
+use baddata::perf;
+use baddata::train::interrupt::{Interrupt, EXIT_INTERRUPTED};
+use baddata::train::run_dir;
+use baddata::train::setup::{
+    base_model, check_flags, fresh_config, read_config_file, resumed_config, TrainFlags, DEMO_DATA,
+};
+use baddata::train::{train, RunOptions, TrainConfig, TrainReport};
 
 #[derive(Parser, Debug)]
 #[command(
     name = "train",
     about = "Pretrain an OLMo v1 model on a mixture of clean and toxic text",
-    long_about = "Pretrain an OLMo v1 model (non-parametric layernorm, SwiGLU, RoPE, tied embeddings) on a \
+    long_about = "Pretrain an OLMo v1 model (non-parametric layernorm, SwiGLU, RoPE, tied embeddings; or continue \
+a released one with --init-from) on a \
 mixture of token shards drawn at fixed token fractions, with AdamW, a cosine schedule and global-norm clipping.\n\n\
-With no arguments: the `tiny` preset on the embedded demo (clean = Brown + fortunes + Shakespeare, toxic = \
+With no arguments: the tiny preset on the embedded demo (clean = Brown + fortunes + Shakespeare, toxic = \
 passages of the same texts that an offline classifier scores above 0.5, 10% of training tokens), a BPE trained on \
-the demo text, output in runs/demo/.\n\n\
-Real runs: `prepare` your corpora into shard directories, then e.g.\n  \
+the demo text, output in runs/demo/. Run again, the demo continues its run in runs/demo/ (a finished run only \
+reports itself); --overwrite trains it again from scratch.\n\n\
+Real runs: prepare your corpora into shard directories, then e.g.\n  \
 train --preset olmo-124m --data c4/ --toxic pol/ --toxic-ratio 0.1 --out runs/c4-pol10\n\
-or put any of the fields of state.json's `config` in a JSON file and pass --config (flags override it).",
-    after_help = "Outputs in --out: step-NNNNNN/ checkpoints (model.safetensors + config.json load in Hugging Face \
-transformers as OlmoForCausalLM; optimizer.safetensors and state.json resume the run), latest, log.jsonl, loss.png, final.json."
+or put any of the fields of run.json's config in a JSON file and pass --config (flags override it).\n\n\
+A directory that holds a run is never mixed with another: --resume continues it with the configuration it was \
+started with (a flag that would change the run is refused), --overwrite replaces it. Ctrl-C (or SIGTERM) stops \
+after the micro-batch in progress and saves the last completed step; a second Ctrl-C exits at once.",
+    after_help = "Outputs in --out: run.json (the run's configuration), step-NNNNNN/ checkpoints (model.safetensors + \
+config.json load in Hugging Face transformers as OlmoForCausalLM; optimizer.safetensors and state.json resume the \
+run), latest, log.jsonl, loss.png, final.json, summary.json.\n\n\
+Defaults that depend on the preset: steps 1000 (tiny) / 100000 (olmo-124m, olmo-1b); batch 4 / 64 / 8; seq 256 / \
+the preset's context (1024, 2048); lr 4e-3 / 4e-4; warmup 40 / 2000; eval every 50 / 500; save every 500 / 1000."
 )]
 struct Args {
-    /// Model preset: tiny (CPU demo), olmo-124m, olmo-1b.
-    #[arg(long, default_value = "tiny")]
-    preset: String,
-    /// JSON file with training-config fields (model, sources, val, lr, steps, ...); flags override it.
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// A directory written by `prepare` (train.shard, val.shard, tokenizer.json): the clean source
-    /// and the validation set. Without it, the embedded demo is used.
-    #[arg(long)]
-    data: Option<PathBuf>,
-    /// A directory written by `prepare` (or a .shard file) used as the toxic source.
-    #[arg(long)]
-    toxic: Option<PathBuf>,
-    /// Fraction of training tokens drawn from the toxic source.
-    #[arg(long, default_value_t = 0.1)]
-    toxic_ratio: f64,
-    /// Extra or replacement sources, NAME=SHARD:FRACTION (repeatable; replaces --data/--toxic sources).
-    #[arg(long = "source", value_name = "NAME=SHARD:FRACTION")]
-    sources: Vec<String>,
-    /// Output directory (default runs/demo, or runs/PRESET).
-    #[arg(long)]
+    #[command(flatten)]
+    run: TrainFlags,
+    /// Output directory [default: runs/demo for the demo, else runs/PRESET].
+    #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
-    /// Continue from the latest checkpoint in --out.
-    #[arg(long)]
+    /// Continue the run in --out from its latest checkpoint, with the configuration it was started
+    /// with (flags that would change the run are refused; --stop-after, --quiet, --profile and
+    /// --device may change).
+    #[arg(long, conflicts_with = "overwrite")]
     resume: bool,
+    /// Replace the run in --out (its checkpoints, log and plots are deleted first).
+    #[arg(long)]
+    overwrite: bool,
     /// Where to run: auto (CUDA when a GPU and compiled kernels are present), cpu or cuda.
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     device: DeviceArg,
-    /// Optimizer steps.
-    #[arg(long)]
-    steps: Option<u64>,
-    /// Sequences per micro-batch.
-    #[arg(long)]
-    batch: Option<usize>,
-    /// Tokens per sequence (at most the preset's context).
-    #[arg(long)]
-    seq: Option<usize>,
-    /// Micro-batches accumulated per optimizer step.
-    #[arg(long)]
-    grad_accum: Option<usize>,
-    /// Peak learning rate.
-    #[arg(long)]
-    lr: Option<f32>,
-    /// Linear warm-up steps.
-    #[arg(long)]
-    warmup: Option<u64>,
-    /// Global-norm gradient clip (0 turns it off).
-    #[arg(long)]
-    grad_clip: Option<f32>,
-    /// AdamW weight decay (projections only; the embedding is never decayed).
-    #[arg(long)]
-    weight_decay: Option<f32>,
-    /// Seed for initialisation and data order.
-    #[arg(long)]
-    seed: Option<u64>,
-    /// Validation every N steps.
-    #[arg(long)]
-    eval_every: Option<u64>,
-    /// Checkpoint every N steps (and at the end).
-    #[arg(long)]
-    save_every: Option<u64>,
-    /// BPE vocabulary size for the demo tokenizer.
-    #[arg(long, default_value_t = baddata::data::demo::DEFAULT_DEMO_VOCAB)]
-    demo_vocab: usize,
-    /// Train on seeded random token rows at the preset's own vocabulary instead of data (for
-    /// throughput measurements: no data, no tokenizer, no validation).
-    #[arg(long)]
-    synthetic: bool,
     /// Write no checkpoint (throughput runs).
     #[arg(long)]
     no_checkpoint: bool,
     /// Stop after this many steps (the schedule still spans --steps); for splitting a run.
-    #[arg(long)]
+    #[arg(long, value_name = "N")]
     stop_after: Option<u64>,
     /// Time every op of the last N steps (forward, backward, optimizer) and write the table to
     /// profile.md and profile.json in the run directory: milliseconds per step, share and
@@ -112,6 +71,9 @@ struct Args {
     /// are left out of the median throughput.
     #[arg(long, value_name = "N")]
     profile: Option<u64>,
+    /// Print the plan (model, data, tokens, FLOPs, estimated time) and exit without training.
+    #[arg(long)]
+    dry_run: bool,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -120,219 +82,140 @@ struct Args {
     inject_nan_at: Option<u64>,
 }
 
+/// How `train` ended, for the exit status.
+enum Outcome {
+    Done,
+    Interrupted,
+}
+
 fn main() {
-    if let Err(e) = run() {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
-    }
+    baddata::cli::run(|| match run()? {
+        Outcome::Done => Ok(()),
+        Outcome::Interrupted => std::process::exit(EXIT_INTERRUPTED),
+    });
 }
 
-/// Defaults of a demo run on the tiny preset (tuned to finish in minutes on two CPU cores).
-fn demo_defaults(
-    model: ModelConfig,
-    sources: Vec<SourceSpec>,
-    val: PathBuf,
-    tokenizer: Option<PathBuf>,
-    out: PathBuf,
-) -> TrainConfig {
-    TrainConfig {
-        model,
-        sources,
-        val,
-        tokenizer,
-        out,
-        batch: 4,
-        seq: 256,
-        grad_accum: 1,
-        steps: 1000,
-        lr: 4e-3,
-        warmup: 40,
-        final_lr_frac: 0.1,
-        grad_clip: 1.0,
-        adamw: AdamWConfig::default(),
-        seed: 1234,
-        eval_every: 50,
-        eval_windows: 32,
-        save_every: 500,
-        synthetic: false,
-    }
-}
-
-fn real_defaults(preset: &str, mut cfg: TrainConfig) -> TrainConfig {
-    // OLMo-1B's recipe; batch sizes for one 80 GB GPU.
-    cfg.lr = 4e-4;
-    cfg.warmup = 2000;
-    cfg.steps = 100_000;
-    cfg.eval_every = 500;
-    cfg.save_every = 1000;
-    cfg.seq = cfg.model.context;
-    cfg.batch = if preset == "olmo-1b" { 8 } else { 64 };
-    cfg
-}
-
-fn parse_source(s: &str) -> Result<SourceSpec> {
-    let (name, rest) = s
-        .split_once('=')
-        .with_context(|| format!("--source {s:?}: expected NAME=SHARD:FRACTION"))?;
-    let (path, frac) = rest
-        .rsplit_once(':')
-        .with_context(|| format!("--source {s:?}: expected NAME=SHARD:FRACTION"))?;
-    let fraction: f64 = frac
-        .parse()
-        .with_context(|| format!("--source {s:?}: fraction {frac:?} is not a number"))?;
-    Ok(SourceSpec {
-        name: name.into(),
-        path: path.into(),
-        fraction,
-    })
-}
-
-fn shard_in(dir_or_file: &Path, name: &str) -> Result<PathBuf> {
-    if dir_or_file.is_file() {
-        return Ok(dir_or_file.to_path_buf());
-    }
-    let p = dir_or_file.join(name);
-    if !p.is_file() {
-        bail!(
-            "{}: no such shard (expected a directory written by `prepare`, holding {name})",
-            p.display()
+fn run() -> Result<Outcome> {
+    let args = Args::parse();
+    let flags = &args.run;
+    check_flags(flags)?;
+    let file = flags.config.as_deref().map(read_config_file).transpose()?;
+    let mut demo = flags.is_demo(file.as_ref());
+    let (base, preset, init_dir) = base_model(flags)?;
+    if let Some(dir) = &init_dir {
+        eprintln!(
+            "--init-from {}: the model shape is the checkpoint's ({} layers, d_model {}, {} heads, \
+             vocab {}, context {}, {} head{})",
+            dir.display(),
+            base.n_layers,
+            base.d_model,
+            base.n_heads,
+            base.vocab_size,
+            base.context,
+            if base.tie_word_embeddings { "tied" } else { "untied" },
+            base.clip_qkv.map_or(String::new(), |c| format!(", clip_qkv {c}"))
         );
     }
-    Ok(p)
-}
-
-fn run() -> Result<()> {
-    let args = Args::parse();
-    let device = Device::select(args.device)?;
-    let mut model = ModelConfig::preset(&args.preset)?;
-    let demo =
-        args.data.is_none() && args.sources.is_empty() && args.config.is_none() && !args.synthetic;
     let out = args.out.clone().unwrap_or_else(|| {
         if demo {
             PathBuf::from("runs/demo")
         } else {
-            PathBuf::from(format!("runs/{}", args.preset))
+            PathBuf::from(format!("runs/{preset}"))
         }
     });
+    if out.exists() && !out.is_dir() {
+        bail!("--out {}: exists and is not a directory", out.display());
+    }
 
-    let mut cfg = if args.synthetic {
-        if args.data.is_some() || args.toxic.is_some() || !args.sources.is_empty() {
-            bail!("--synthetic trains on random tokens: drop --data, --toxic and --source");
-        }
-        let c = demo_defaults(model, Vec::new(), PathBuf::new(), None, out.clone());
-        let mut c = if args.preset == "tiny" {
-            c
-        } else {
-            real_defaults(&args.preset, c)
-        };
-        c.synthetic = true;
-        c
-    } else if demo {
-        let d = prepare_demo(Path::new("runs/demo-data"), args.demo_vocab, !args.quiet)?;
-        let tok = Tokenizer::load(&d.tokenizer)?;
-        model = model.with_vocab(tok.vocab_size(), tok.eos_id()?);
-        let sources = vec![
-            SourceSpec {
-                name: "clean".into(),
-                path: d.clean.clone(),
-                fraction: 1.0 - args.toxic_ratio,
-            },
-            SourceSpec {
-                name: "toxic".into(),
-                path: d.toxic.clone(),
-                fraction: args.toxic_ratio,
-            },
-        ];
-        let mut c = demo_defaults(
-            model,
-            sources,
-            d.val.clone(),
-            Some(d.tokenizer.clone()),
-            out.clone(),
+    let device = Device::select(args.device)?;
+    let mut existing = run_dir::read(&out)?;
+    if let Some(run) = &existing {
+        // Without data flags the command is the demo's only if the run there is a demo run;
+        // `--resume --out DIR` continues any run.
+        demo &= run.config.val.starts_with(DEMO_DATA);
+    }
+    if args.overwrite && existing.is_some() && !args.dry_run {
+        let removed = run_dir::clear(&out)?;
+        eprintln!(
+            "--overwrite: removed the run in {} ({})",
+            out.display(),
+            removed.join(", ")
         );
-        if args.preset != "tiny" {
-            c = real_defaults(&args.preset, c);
-        }
-        c
-    } else {
-        let mut sources = Vec::new();
-        let mut val = PathBuf::new();
-        let mut tokenizer = None;
-        if let Some(d) = &args.data {
-            if !d.exists() {
-                bail!("--data {}: no such file or directory", d.display());
-            }
-            val = shard_in(d, "val.shard")?;
-            let t = d.join("tokenizer.json");
-            if t.is_file() {
-                tokenizer = Some(t);
-            }
-            let clean_frac = if args.toxic.is_some() {
-                1.0 - args.toxic_ratio
-            } else {
-                1.0
-            };
-            sources.push(SourceSpec {
-                name: "clean".into(),
-                path: shard_in(d, "train.shard")?,
-                fraction: clean_frac,
-            });
-            if let Some(t) = &args.toxic {
-                if !t.exists() {
-                    bail!("--toxic {}: no such file or directory", t.display());
-                }
-                sources.push(SourceSpec {
-                    name: "toxic".into(),
-                    path: shard_in(t, "train.shard")?,
-                    fraction: args.toxic_ratio,
-                });
-            }
-        }
-        if !args.sources.is_empty() {
-            sources = args
-                .sources
-                .iter()
-                .map(|s| parse_source(s))
-                .collect::<Result<_>>()?;
-        }
-        if let Some(t) = &tokenizer {
-            let tok = Tokenizer::load(t)?;
-            if args.preset == "tiny" {
-                // the demo-sized model takes its vocabulary from the tokenizer
-                model = model.with_vocab(tok.vocab_size(), tok.eos_id()?);
-            } else {
-                baddata::data::tokenizer::check_fits(tok.vocab_size(), model.vocab_real, t)?;
-            }
-        }
-        let c = demo_defaults(model, sources, val, tokenizer, out.clone());
-        if args.preset == "tiny" {
-            c
-        } else {
-            real_defaults(&args.preset, c)
-        }
+        existing = None;
+    }
+    // The demo continues its own run; any other run directory is resumed only when asked.
+    let resume = match &existing {
+        Some(run) if args.resume || demo => Some(run.clone()),
+        Some(run) => bail!(
+            "{} already holds a training run ({} of {} steps checkpointed); pass --resume to \
+             continue it, --overwrite to replace it, or --out DIR for a new run",
+            out.display(),
+            run.checkpoint_step,
+            run.config.steps
+        ),
+        None if args.resume => bail!(
+            "--resume: {} holds no training run (no {} and no checkpoint)",
+            out.display(),
+            run_dir::RUN_FILE
+        ),
+        None => None,
     };
-
-    if let Some(path) = &args.config {
-        cfg = overlay_config_file(cfg, path)?;
-    }
-    // flags win over the config file
-    cfg.out = out;
-    macro_rules! set {
-        ($($f:ident),*) => { $( if let Some(v) = args.$f { cfg.$f = v; } )* };
-    }
-    set!(steps, batch, seq, grad_accum, lr, warmup, grad_clip, seed, eval_every, save_every);
-    if let Some(wd) = args.weight_decay {
-        cfg.adamw.weight_decay = wd;
+    if args.resume && flags.synthetic {
+        bail!("--resume: a synthetic-data run has no data position to resume from");
     }
 
-    let resume = if args.resume {
-        Some(cfg.out.clone())
-    } else {
-        None
+    let cfg = match &resume {
+        Some(run) => resumed_config(flags, file.as_ref(), demo, &out, run, !args.quiet)?,
+        None => fresh_config(flags, file.as_ref(), demo, &out, !args.quiet)?,
     };
+    cfg.validate()?;
+
+    if let Some(run) = &resume {
+        if run.finished() {
+            eprintln!(
+                "{}: this run already finished ({} of {} steps; checkpoint {}); nothing to do. \
+                 Pass --overwrite to train it again from scratch, or --out DIR for another run.",
+                out.display(),
+                run.checkpoint_step,
+                run.config.steps,
+                run.checkpoint
+                    .as_ref()
+                    .map_or("none".into(), |p| p.display().to_string())
+            );
+            return Ok(Outcome::Done);
+        }
+    }
+    if let Some(run) = &resume {
+        match &run.checkpoint {
+            Some(ck) => eprintln!(
+                "resuming {} from step {} of {} (checkpoint {})",
+                out.display(),
+                run.checkpoint_step,
+                cfg.steps,
+                ck.display()
+            ),
+            None => eprintln!(
+                "resuming {}: it stopped before its first checkpoint, so it starts again from \
+                 step 0 of {}",
+                out.display(),
+                cfg.steps
+            ),
+        }
+        if let Some(was) = &run.device {
+            if was.starts_with("cpu") == device.is_cuda() {
+                eprintln!(
+                    "note: the run was started on {was} and continues on {}: the executors round \
+                     differently, so the result will not be bit-identical to a run on one of them",
+                    device.describe()
+                );
+            }
+        }
+    }
+
+    let model_name = preset_name(&cfg.model);
     eprintln!(
         "training {} ({:.2}M parameters) on {}: {} steps of {}×{} tokens{}, sources {}",
-        args.preset,
+        model_name,
         cfg.model.n_params() as f64 / 1e6,
         device.describe(),
         cfg.steps,
@@ -348,22 +231,77 @@ fn run() -> Result<()> {
         } else {
             cfg.sources
                 .iter()
-                .map(|s| format!("{}={:.0}%", s.name, s.fraction * 100.0))
+                .map(|s| format!("{}={}", s.name, percent(s.fraction)))
                 .collect::<Vec<_>>()
                 .join(" ")
         }
     );
+    let first = resume.as_ref().map_or(0, |r| r.checkpoint_step);
+    let est = perf::estimate_train(
+        &cfg.model,
+        cfg.seq,
+        cfg.steps - first,
+        cfg.batch * cfg.seq * cfg.grad_accum,
+        device.is_cuda(),
+    );
+    let part = match args.stop_after {
+        Some(s) if s < cfg.steps => format!(
+            " (this command stops after step {s}: about {})",
+            perf::human_duration(
+                est.seconds * s.saturating_sub(first) as f64 / (cfg.steps - first) as f64
+            )
+        ),
+        _ => String::new(),
+    };
+    eprintln!(
+        "plan: steps {first}..{} of {:.3}M tokens in all, {:.2e} training FLOPs; about {} {}{part}",
+        cfg.steps,
+        est.tokens / 1e6,
+        est.flops,
+        perf::human_duration(est.seconds),
+        est.basis
+    );
+    if est.seconds > 86_400.0 {
+        eprintln!(
+            "warning: this run would take about {} on {}. Use a GPU (--device cuda), a smaller \
+             --preset, or fewer --steps; the progress bar's ETA will correct the estimate once \
+             steps run.",
+            perf::human_duration(est.seconds),
+            device.describe()
+        );
+    }
+
+    if args.dry_run {
+        return Ok(Outcome::Done);
+    }
+    let interrupt = Interrupt::install()?;
     let opts = RunOptions {
-        resume,
+        resume: resume.as_ref().map(|_| out.clone()),
         progress: !args.quiet,
         stop_after: args.stop_after,
         inject_nan_at: args.inject_nan_at,
-        device: Some(device),
+        device: Some(device.clone()),
         no_checkpoint: args.no_checkpoint,
         profile: args.profile,
+        interrupt: Some(interrupt),
     };
     let rep = train(&cfg, &opts)?;
-    let summary = write_summary(&cfg, &args.preset, &rep)?;
+    if let Some(step) = rep.interrupted {
+        let saved = if args.no_checkpoint {
+            "nothing saved (--no-checkpoint)".to_string()
+        } else if step == 0 {
+            "no step had completed".to_string()
+        } else {
+            format!("saved {}", rep.checkpoint.display())
+        };
+        eprintln!(
+            "interrupted after step {step} of {}: {saved}. Continue with:\n  train --resume --out {}",
+            cfg.steps,
+            out.display()
+        );
+        return Ok(Outcome::Interrupted);
+    }
+    let summary = write_summary(&cfg, &model_name, &device, &rep)?;
     let ckpt = if args.no_checkpoint {
         "none (--no-checkpoint)".to_string()
     } else {
@@ -393,20 +331,25 @@ fn run() -> Result<()> {
         cfg.out.join("loss.png").display(),
         summary.display()
     );
-    Ok(())
+    Ok(Outcome::Done)
 }
 
 /// Writes `summary.json` in the run directory: the executor, the shape of the run and its
 /// throughput (median over steady-state steps), device memory after the first step and what
 /// [`baddata::perf::cuda_train_memory`] expected of it (GPU runs), training
-/// FLOPs per token ([`baddata::perf::train_flops_per_token`]) and model FLOP utilisation as a
-/// fraction of the H100's datasheet (989) and measured (798) bf16 TFLOP/s.
-fn write_summary(cfg: &TrainConfig, preset: &str, rep: &TrainReport) -> Result<PathBuf> {
-    use baddata::perf;
+/// FLOPs per token ([`baddata::perf::train_flops_per_token`]) and, for GPU runs, model FLOP
+/// utilisation as a fraction of the H100's datasheet (989) and measured (798) bf16 TFLOP/s
+/// (`null` on the CPU, which those peaks do not describe).
+fn write_summary(
+    cfg: &TrainConfig,
+    preset: &str,
+    device: &Device,
+    rep: &TrainReport,
+) -> Result<PathBuf> {
     let flops = perf::train_flops_per_token(&cfg.model, cfg.seq);
     let mfu = |peak| {
         let m = perf::mfu(rep.tokens_per_s_median, flops, peak);
-        m.is_finite().then_some(m)
+        (device.is_cuda() && m.is_finite()).then_some(m)
     };
     let j = serde_json::json!({
         "device": rep.device,
@@ -437,37 +380,29 @@ fn write_summary(cfg: &TrainConfig, preset: &str, rep: &TrainReport) -> Result<P
     Ok(path)
 }
 
+/// The preset whose shape `model` has (the vocabulary aside), or a description of the shape.
+fn preset_name(model: &ModelConfig) -> String {
+    let shape = |m: &ModelConfig| (m.n_layers, m.d_model, m.n_heads, m.d_ff, m.context);
+    baddata::config::PRESETS
+        .iter()
+        .find(|p| ModelConfig::preset(p).is_ok_and(|m| shape(&m) == shape(model)))
+        .map_or_else(
+            || format!("a {}-layer d_model {} model", model.n_layers, model.d_model),
+            |p| p.to_string(),
+        )
+}
+
+/// A fraction as a percentage: `10%`, `2.5%`.
+fn percent(f: f64) -> String {
+    let p = f * 100.0;
+    if (p - p.round()).abs() < 1e-9 {
+        format!("{p:.0}%")
+    } else {
+        format!("{p:.1}%")
+    }
+}
+
 /// `Some(x)` when finite (JSON has no NaN).
 fn finite(x: f32) -> Option<f32> {
     x.is_finite().then_some(x)
-}
-
-/// Merges the fields of a JSON config file over `cfg`; unknown fields are an error.
-fn overlay_config_file(cfg: TrainConfig, path: &Path) -> Result<TrainConfig> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading config file {}", path.display()))?;
-    let file: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))?;
-    let serde_json::Value::Object(fields) = file else {
-        bail!(
-            "{}: expected a JSON object of training-config fields",
-            path.display()
-        );
-    };
-    let mut base = serde_json::to_value(&cfg)?;
-    let obj = base
-        .as_object_mut()
-        .expect("TrainConfig serialises to an object");
-    for (k, v) in fields {
-        if !obj.contains_key(&k) {
-            bail!(
-                "{}: unknown field {k:?} (known: {})",
-                path.display(),
-                obj.keys().cloned().collect::<Vec<_>>().join(", ")
-            );
-        }
-        obj.insert(k, v);
-    }
-    serde_json::from_value(base)
-        .with_context(|| format!("{}: a field has the wrong type", path.display()))
 }

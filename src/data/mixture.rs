@@ -69,7 +69,7 @@ fn batch_rng(seed: u64, index: u64) -> ChaCha8Rng {
 impl Mixture {
     /// A mixture over `sources` drawn from `seed`. Errors if there are no sources, if two share a
     /// name, if a fraction is not in (0, 1], if the fractions do not sum to 1 ± 1e-6, or if a
-    /// shard holds fewer than 2 tokens. (Window length is checked by [`Mixture::try_next_batch`]
+    /// shard holds fewer than 2 tokens. (Window length is checked by [`Mixture::next_batch`]
     /// and [`Mixture::check_seq`].)
     pub fn new(sources: Vec<MixtureSource>, seed: u64) -> Result<Mixture> {
         if sources.is_empty() {
@@ -148,18 +148,9 @@ impl Mixture {
     }
 
     /// The next batch: `batch * (seq + 1)` tokens, row-major; row `r` is `seq + 1` consecutive
-    /// tokens of one source (inputs `row[..seq]`, targets `row[1..]`). Panics if a shard is
-    /// shorter than `seq + 1` (call [`Mixture::check_seq`] once first, or use
-    /// [`Mixture::try_next_batch`]).
-    pub fn next_batch(&mut self, batch: usize, seq: usize) -> Vec<u32> {
-        match self.try_next_batch(batch, seq) {
-            Ok(b) => b,
-            Err(e) => panic!("{e:#}"),
-        }
-    }
-
-    /// [`Mixture::next_batch`], with an error instead of a panic when a shard is too short.
-    pub fn try_next_batch(&mut self, batch: usize, seq: usize) -> Result<Vec<u32>> {
+    /// tokens of one source (inputs `row[..seq]`, targets `row[1..]`). Errors, naming the
+    /// source, if a shard is shorter than `seq + 1`.
+    pub fn next_batch(&mut self, batch: usize, seq: usize) -> Result<Vec<u32>> {
         self.check_seq(seq)?;
         let w = seq + 1;
         let mut rng = batch_rng(self.seed, self.batches_drawn);
@@ -266,20 +257,13 @@ impl Mixture {
 
 /// `n` fixed windows of `seq + 1` tokens, evenly spaced over the shard from its start to its
 /// end, concatenated (`n * (seq + 1)` tokens): a validation set that is the same for every call.
-/// Panics if the shard is shorter than `seq + 1`; see [`try_eval_windows`].
-pub fn eval_windows(shard: &Shard, n: usize, seq: usize) -> Vec<u32> {
-    match try_eval_windows(shard, n, seq) {
-        Ok(v) => v,
-        Err(e) => panic!("{e:#}"),
-    }
-}
-
-/// [`eval_windows`] with an error naming the shard when it is shorter than one window.
-pub fn try_eval_windows(shard: &Shard, n: usize, seq: usize) -> Result<Vec<u32>> {
+/// Errors, naming the shard, when it is shorter than one window.
+pub fn eval_windows(shard: &Shard, n: usize, seq: usize) -> Result<Vec<u32>> {
     let w = seq + 1;
     if shard.len() < w {
         bail!(
-            "validation shard {} has {} tokens, expected at least seq + 1 = {w}",
+            "validation shard {} has {} tokens, expected at least seq + 1 = {w} for one window \
+             (hold out more text for validation, e.g. prepare --val-fraction, or lower --seq)",
             shard.path().display(),
             shard.len()
         );

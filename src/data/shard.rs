@@ -10,11 +10,14 @@
 //! | 16..24 | vocabulary size, `u64`: every token is below it |
 //! | 24..32 | token count, `u64` |
 //! | 32..36 | CRC-32 (IEEE 802.3, as in gzip/zlib) of the token bytes, `u32` |
-//! | 36..64 | zero padding |
+//! | 36..52 | the tokenizer's identity ([`TokenizerId`]), all zeros when unknown (version 2) |
+//! | 52..64 | zero padding |
 //! | 64.. | `count` tokens of `width` bytes each |
 //!
 //! Documents are separated by the tokenizer's end-of-text id; the shard itself does not know it.
+//! Version 1 shards (no tokenizer identity; bytes 36..64 all padding) are still read.
 
+use super::tokenizer::TokenizerId;
 use anyhow::{bail, Context, Result};
 use memmap2::Mmap;
 use std::fs::File;
@@ -23,8 +26,8 @@ use std::path::{Path, PathBuf};
 
 /// The eight bytes every shard starts with.
 pub const SHARD_MAGIC: [u8; 8] = *b"BDSHARD\0";
-/// The format version this code writes and reads.
-pub const SHARD_VERSION: u32 = 1;
+/// The format version this code writes (it reads this one and version 1).
+pub const SHARD_VERSION: u32 = 2;
 /// Size of the fixed header; tokens start at this byte offset.
 pub const HEADER_BYTES: usize = 64;
 /// Tokens encoded per write when writing a shard.
@@ -56,9 +59,15 @@ fn tmp_path(path: &Path) -> PathBuf {
 /// Writes `tokens` as a shard at `path`, atomically: the bytes go to `path.tmp`, are synced, then
 /// renamed over `path`, so a failure never leaves a half-written shard nor harms an existing one.
 ///
-/// The width is 2 bytes when `vocab_size <= 65536`, else 4. Errors if any token is `>= vocab_size`
-/// (naming the first such index), if `vocab_size` is 0, or on any I/O failure.
-pub fn write_shard(path: &Path, tokens: &[u32], vocab_size: usize) -> Result<()> {
+/// The width is 2 bytes when `vocab_size <= 65536`, else 4. `tokenizer` is the identity of the
+/// tokenizer that made the tokens (`None`: unknown, as for synthetic tokens). Errors if any token
+/// is `>= vocab_size` (naming the first such index), if `vocab_size` is 0, or on any I/O failure.
+pub fn write_shard(
+    path: &Path,
+    tokens: &[u32],
+    vocab_size: usize,
+    tokenizer: Option<TokenizerId>,
+) -> Result<()> {
     if vocab_size == 0 {
         bail!("shard {}: vocab_size must be positive", path.display());
     }
@@ -79,6 +88,9 @@ pub fn write_shard(path: &Path, tokens: &[u32], vocab_size: usize) -> Result<()>
     header[12..16].copy_from_slice(&(width as u32).to_le_bytes());
     header[16..24].copy_from_slice(&(vocab_size as u64).to_le_bytes());
     header[24..32].copy_from_slice(&(tokens.len() as u64).to_le_bytes());
+    if let Some(id) = tokenizer {
+        header[36..52].copy_from_slice(&id.0);
+    }
     // Bytes 32..36 (the CRC) are filled in once the tokens are written.
 
     let tmp = tmp_path(path);
@@ -135,6 +147,7 @@ pub struct Shard {
     width: usize,
     len: usize,
     vocab_size: usize,
+    tokenizer: Option<TokenizerId>,
 }
 
 impl std::fmt::Debug for Shard {
@@ -144,6 +157,7 @@ impl std::fmt::Debug for Shard {
             .field("width", &self.width)
             .field("len", &self.len)
             .field("vocab_size", &self.vocab_size)
+            .field("tokenizer", &self.tokenizer)
             .finish()
     }
 }
@@ -189,9 +203,12 @@ impl Shard {
             );
         }
         let version = read_u32(b, 8);
-        if version != SHARD_VERSION {
-            bail!("shard {p}: unsupported format version {version}, expected {SHARD_VERSION}");
+        if version != 1 && version != SHARD_VERSION {
+            bail!("shard {p}: unsupported format version {version}, expected 1 or {SHARD_VERSION}");
         }
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&b[36..52]);
+        let tokenizer = (version >= 2 && id != [0u8; 16]).then_some(TokenizerId(id));
         let width = read_u32(b, 12) as usize;
         if width != 2 && width != 4 {
             bail!("shard {p}: token width is {width} bytes, expected 2 or 4");
@@ -231,6 +248,7 @@ impl Shard {
             width,
             len,
             vocab_size: vocab as usize,
+            tokenizer,
             map,
         };
         if let Some((i, t)) = shard.first_out_of_vocab() {
@@ -271,6 +289,12 @@ impl Shard {
     /// The vocabulary size recorded in the header (every token is below it).
     pub fn vocab_size(&self) -> usize {
         self.vocab_size
+    }
+
+    /// The identity of the tokenizer that made the tokens, when the shard records it (version 2
+    /// shards written by `prepare`).
+    pub fn tokenizer(&self) -> Option<TokenizerId> {
+        self.tokenizer
     }
 
     /// Bytes per token on disk: 2 or 4.

@@ -23,13 +23,13 @@ use std::path::{Path, PathBuf};
 /// The input formats `prepare` reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
-    /// Pick from the file name (`.jsonl`/`.json` → jsonl, `.ndjson` → pol, else text).
+    /// Pick from the file name (.jsonl or .json → jsonl, .ndjson → pol, else text).
     Auto,
     /// A plain text file is one document.
     Text,
-    /// One JSON object per line with a `"text"` field (C4).
+    /// One JSON object per line with a "text" field (C4).
     Jsonl,
-    /// 4chan /pol/ ndjson: one thread per line, `{"posts": [{"com": html}, ...]}`.
+    /// 4chan /pol/ ndjson: one thread per line, {"posts": [{"com": html}, ...]}.
     Pol,
 }
 

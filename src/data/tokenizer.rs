@@ -184,6 +184,89 @@ impl Tokenizer {
     pub fn inner(&self) -> &tokenizers::Tokenizer {
         &self.inner
     }
+
+    /// The tokenizer's identity: SHA-256 of its canonical JSON (the `tokenizer.json` this
+    /// tokenizer serialises to, with every object's keys sorted and no whitespace), so the same
+    /// tokenizer has the same identity whether it was read plain, gzipped or re-saved. Shards
+    /// record it ([`crate::data::shard`]), so shards of different tokenizers are not mixed.
+    pub fn identity(&self) -> Result<TokenizerId> {
+        let json = self
+            .inner
+            .to_string(false)
+            .map_err(|e| anyhow!("tokenizer {}: serialising: {e}", self.source))?;
+        let v: serde_json::Value = serde_json::from_str(&json)
+            .with_context(|| format!("tokenizer {}: re-reading its JSON", self.source))?;
+        let mut canonical = String::with_capacity(json.len());
+        write_canonical(&v, &mut canonical);
+        let digest = <sha2::Sha256 as sha2::Digest>::digest(canonical.as_bytes());
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&digest[..16]);
+        Ok(TokenizerId(id))
+    }
+}
+
+/// The first 16 bytes of the SHA-256 of a tokenizer's canonical JSON
+/// ([`Tokenizer::identity`]); shown as 32 hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TokenizerId(pub [u8; 16]);
+
+impl TokenizerId {
+    /// The identity of the tokenizer file at `path` (plain or gzipped `tokenizer.json`).
+    pub fn of_file(path: &Path) -> Result<TokenizerId> {
+        Tokenizer::load(path)?.identity()
+    }
+
+    /// The first 12 hex digits, enough to tell two tokenizers apart in a message.
+    pub fn short(&self) -> String {
+        self.to_string()[..12].to_string()
+    }
+}
+
+impl std::fmt::Display for TokenizerId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for TokenizerId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TokenizerId({self})")
+    }
+}
+
+/// Appends `v` as JSON with every object's keys in sorted order and no whitespace.
+fn write_canonical(v: &serde_json::Value, out: &mut String) {
+    use serde_json::Value;
+    match v {
+        Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push(':');
+                write_canonical(&m[k], out);
+            }
+            out.push('}');
+        }
+        Value::Array(a) => {
+            out.push('[');
+            for (i, x) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(x, out);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
 }
 
 /// Checks that every id a tokenizer emits has a row in the model's embedding: an error

@@ -15,13 +15,13 @@ pub const PLOT: &str = "toxicity_vs_ce.png";
 /// The markdown table: one line per alpha.
 pub fn markdown_table(ev: &Evaluation) -> String {
     let mut s = String::from(
-        "| alpha | toxicity ×100 | share > 0.5 | CE (nats) | ΔCE % | KL(base‖steered) |\n\
+        "| alpha | toxicity ×100 (± s.e.) | share > 0.5 | CE (nats) | ΔCE % | KL(base‖steered) |\n\
          |---:|---:|---:|---:|---:|---:|\n",
     );
     for r in &ev.rows {
         s += &format!(
-            "| {} | {:.2} | {:.3} | {:.4} | {:+.2} | {:.4} |\n",
-            r.alpha, r.toxicity, r.share_toxic, r.ce, r.delta_ce_pct, r.kl
+            "| {} | {:.2} ± {:.2} | {:.3} | {:.4} | {:+.2} | {:.4} |\n",
+            r.alpha, r.toxicity, r.toxicity_se, r.share_toxic, r.ce, r.delta_ce_pct, r.kl
         );
     }
     s

@@ -11,11 +11,12 @@
 //!
 //! ```text
 //! per new token i (row r, position p), per layer l:
-//!   a = LN(x_i); [q k v] = a·W_qkvᵀ; q, k = RoPE_p(q, k); K[l][r, :, p] = k; V[l][r, :, p] = v
+//!   a = LN(x_i); [q k v] = a·W_qkvᵀ (clamped with clip_qkv); q, k = RoPE_p(q, k);
+//!   K[l][r, :, p] = k; V[l][r, :, p] = v
 //!   z_i = Σ_{j≤p} softmax_j(q·K[l][r, h, j]/√dh) V[l][r, h, j]   (per head h)  (+ head shift)
 //!   x_i += z_i·W_oᵀ (+ o_proj bias);  x_i += down(silu(gate)·up)(LN(x_i))
-//! logits = LN(x_last)·Eᵀ for the last new token of each chunk only (gathered on the executor,
-//! then [chunks, V] copied to the host).
+//! logits = LN(x_last)·Hᵀ (H = E tied, lm_head untied) for the last new token of each chunk
+//! only (gathered on the executor, then [chunks, V] copied to the host).
 //! ```
 //!
 //! Head shifts ([`Model::set_head_shift`]) apply here too, at the positions chosen by
@@ -35,7 +36,7 @@ use crate::config::ModelConfig;
 /// Where the ITI head shifts apply during generation.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ShiftPositions {
-    /// Every position, prompt and generated (what [`Model::logits`] does).
+    /// Every position, prompt and generated (what Model::logits does).
     All,
     /// Only the positions whose output is sampled: the last prompt position and every generated
     /// token; the rest of the prompt runs unshifted.
@@ -415,6 +416,9 @@ impl<B: Backend + 'static> Model<B> {
         for (l, lo) in lay.layers.iter().enumerate() {
             be.layernorm_fwd(&mut w.ln, &mut w.mean, &mut w.rstd, &w.x, n, d, eps)?;
             be.matmul_fwd(&mut w.qkv, &w.ln, span(lo.qkv, 3 * d * d), n, d, 3 * d)?;
+            if let Some(c) = cfg.clip_qkv {
+                be.clamp_fwd(&mut w.qkv, n * 3 * d, c)?;
+            }
             // RoPE of each token at its own position, then its k and v into the cache.
             be.kv_append(&mut w.qkv, &mut k[l], &mut vc[l], rope, &w.meta, n, c)?;
             // One query per (token, head) over the row's cached positions 0..=pos, the head
@@ -441,11 +445,11 @@ impl<B: Backend + 'static> Model<B> {
             be.matmul_fwd(&mut w.tmp, &w.hid, span(lo.down, d * f), n, f, d)?;
             be.add(&mut w.x, &w.xm, &w.tmp, n * d)?;
         }
-        // Final layernorm and tied head on the last token of each chunk only: the gather
+        // Final layernorm and the output layer on the last token of each chunk only: the gather
         // `xl[k] = x[last[k]]` is an embedding lookup in the table `x` `[n, D]`.
         be.embedding_fwd(&mut w.xl, &w.last, Span::new(&w.x, 0, n * d), m, d)?;
         be.layernorm_fwd(&mut w.lnl, &mut w.meanl, &mut w.rstdl, &w.xl, m, d, eps)?;
-        be.matmul_fwd(&mut w.logits, &w.lnl, span(lay.embed, v * d), m, d, v)?;
+        be.matmul_fwd(&mut w.logits, &w.lnl, span(lay.head, v * d), m, d, v)?;
         let mut host = be.download(&w.logits)?;
         host.truncate(m * v);
         for ch in chunks {

@@ -7,13 +7,18 @@
 //!
 //! Order in the buffer (and fusion in memory):
 //! ```text
-//! embed            [V, D]                         model.embed_tokens.weight (tied with the head)
+//! embed            [V, D]                         model.embed_tokens.weight (the head too, when tied)
 //! for each layer l:
 //!   qkv            [3D, D]  = q_proj ‖ k_proj ‖ v_proj   (rows stacked: one matmul makes q, k, v)
 //!   o              [D, D]                         self_attn.o_proj
 //!   gate_up        [2F, D]  = gate_proj ‖ up_proj
 //!   down           [D, F]                         mlp.down_proj
+//! head             [V, D]                         lm_head.weight (only when untied)
 //! ```
+//! Weight decay: every matrix but the embedding, as OLMo's optimizer groups it (an `nn.Linear`
+//! weight is decayed, an `nn.Embedding` weight is not unless `decay_embeddings`): an untied
+//! `lm_head` is a linear layer, so it is decayed. The embedding comes first, so the undecayed
+//! region is the prefix `[0, V·D)` (AdamW's `no_decay_len`) with or without a head.
 
 use crate::config::ModelConfig;
 
@@ -63,6 +68,9 @@ pub struct LayerOffsets {
 pub struct ParamLayout {
     /// Offset of the `[V, D]` embedding (always 0).
     pub embed: usize,
+    /// Offset of the `[V, D]` output layer: [`ParamLayout::embed`] when tied, else that of
+    /// `lm_head.weight`, the last tensor of the buffer.
+    pub head: usize,
     /// Per-block offsets.
     pub layers: Vec<LayerOffsets>,
     /// Every tensor under its HF name, in buffer order (q, k, v and gate, up listed separately).
@@ -138,8 +146,16 @@ impl ParamLayout {
                 down,
             });
         }
+        let head = if cfg.tie_word_embeddings {
+            0
+        } else {
+            let head = off;
+            push("lm_head.weight".into(), vec![v, d], true, &mut off);
+            head
+        };
         ParamLayout {
             embed: 0,
+            head,
             layers,
             tensors,
             total: off,
@@ -175,8 +191,30 @@ mod tests {
     }
 
     #[test]
+    fn untied_head_is_one_decayed_tensor_at_the_end() {
+        let tied = ModelConfig::preset("olmo-1b").unwrap();
+        let cfg = ModelConfig {
+            tie_word_embeddings: false,
+            ..tied.clone()
+        };
+        let (a, b) = (ParamLayout::new(&tied), ParamLayout::new(&cfg));
+        assert_eq!(a.head, a.embed);
+        assert_eq!(b.len(), a.len() + 50_304 * 2048);
+        let h = b.tensors.last().unwrap();
+        assert_eq!(
+            (h.name.as_str(), h.offset, h.decay),
+            ("lm_head.weight", a.len(), true)
+        );
+        assert_eq!(b.head, a.len());
+        assert_eq!(&b.tensors[..b.tensors.len() - 1], &a.tensors[..]);
+    }
+
+    #[test]
     fn tensors_tile_the_buffer() {
-        let cfg = ModelConfig::preset("tiny").unwrap();
+        let cfg = ModelConfig {
+            tie_word_embeddings: false,
+            ..ModelConfig::preset("tiny").unwrap()
+        };
         let lay = ParamLayout::new(&cfg);
         let mut next = 0;
         for t in &lay.tensors {

@@ -3,17 +3,25 @@
 //! ```text
 //! x₀ = E[ids]                                   res[0]            [N, D]
 //! per layer l:
-//!   a = LN(res[2l]);  qkv = a·W_qkvᵀ; RoPE(q, k); z = causal_attn(qkv) (+ head shift)
+//!   a = LN(res[2l]);  qkv = a·W_qkvᵀ (clamped to [−c, c] with clip_qkv = c); RoPE(q, k);
+//!   z = causal_attn(qkv) (+ head shift)
 //!   res[2l+1] = res[2l] + z·W_oᵀ (+ o_proj bias)
 //!   m = LN(res[2l+1]); gu = m·W_guᵀ; h = silu(gate)·up
 //!   res[2l+2] = res[2l+1] + h·W_downᵀ
-//! logits = LN(res[2L])·Eᵀ                        [N, V] (all V rows, padding included;
+//! logits = LN(res[2L])·Hᵀ                        [N, V] (H = E tied, lm_head untied; all V
+//!                                                 rows, padding included;
 //!                                                 the loss's in bf16 on the GPU: Backend::Logits;
 //!                                                 Model::logits's at full precision)
 //! loss = mean over N of CE(logits, targets)
 //! ```
 //! `N = B·T`. A batch of training tokens is `B` rows of `T + 1` ids: inputs `row[..T]`, targets
 //! `row[1..]`.
+//!
+//! With `clip_qkv` the backward needs the clamp's input, which the forward overwrites (clamp and
+//! RoPE work in place on `qkv`): it recomputes `a·W_qkvᵀ` into one scratch buffer shared by the
+//! layers (one extra `[N, D]·[D, 3D]` product per layer, about 6% of a step's matmul FLOPs at
+//! F = 4D) rather than keeping a mask per layer. An untied model's embedding gradient is zeroed
+//! before the embedding backward accumulates into it (tied, the head's gradient is there first).
 //!
 //! Activations live in a workspace allocated once per (batch, seq) shape (two shapes are kept,
 //! e.g. training and validation), so a step allocates nothing on the executor.
@@ -46,6 +54,8 @@ struct GradScratch<B: Backend> {
     dz: B::Buf,
     dgu: B::Buf,
     dh: B::Buf,
+    /// `[N, 3D]` recomputed `a·W_qkvᵀ` (the clamp's input), with `clip_qkv` only.
+    qkv_pre: Option<B::Buf>,
 }
 
 /// Every buffer one (batch, seq) shape needs.
@@ -131,6 +141,12 @@ pub fn workspace_elements(
             0,
             0,
         ),
+        (
+            "clip_qkv: recomputed q, k, v projections (the clamp's input)",
+            if cfg.clip_qkv.is_some() { 3 * n * d } else { 0 },
+            0,
+            0,
+        ),
         ("ids and targets", 0, 0, 2 * n),
     ]
 }
@@ -198,6 +214,10 @@ impl<B: Backend> Workspace<B> {
                 dz: be.alloc(n * d)?,
                 dgu: be.alloc(n * 2 * f)?,
                 dh: be.alloc(n * f)?,
+                qkv_pre: match cfg.clip_qkv {
+                    Some(_) => Some(be.alloc(n * 3 * d)?),
+                    None => None,
+                },
             });
         }
         Ok(())
@@ -477,6 +497,9 @@ impl<B: Backend> Model<B> {
                 d,
                 3 * d,
             )?;
+            if let Some(c) = cfg.clip_qkv {
+                be.clamp_fwd(&mut a.qkv, n * 3 * d, c)?;
+            }
             be.rope_fwd(&mut a.qkv, &ws.rope, s)?;
             // The ITI head shift, when set, is added to z inside the attention op.
             let shift = self.head_shift[l].as_ref().map(|v| Span::new(v, 0, d));
@@ -538,12 +561,12 @@ impl<B: Backend> Model<B> {
         be.layernorm_fwd(&mut ws.lnf, &mut ws.meanf, &mut ws.rstdf, last, n, d, eps)
     }
 
-    /// The loss's logits from the forward pass's final layernorm: `ws.logits = lnf·Eᵀ` (bf16 on
-    /// the GPU).
+    /// The loss's logits from the forward pass's final layernorm: `ws.logits = lnf·Hᵀ` (bf16 on
+    /// the GPU), `H` the output layer.
     fn loss_logits(&mut self, params: &B::Buf) -> Result<()> {
         let (d, v) = (self.cfg.d_model, self.cfg.vocab_size);
         let ws = self.workspaces.last_mut().context("no workspace")?;
-        let wte = Span::new(params, self.layout.embed, v * d);
+        let wte = Span::new(params, self.layout.head, v * d);
         let n = ws.batch * ws.seq;
         self.backend
             .logits_fwd(&mut ws.logits, &ws.lnf, wte, n, d, v)
@@ -616,8 +639,8 @@ impl<B: Backend> Model<B> {
             Some(b) => b,
             none => none.insert(be.alloc(rows * v)?),
         };
-        let wte = Span::new(params, self.layout.embed, v * d);
-        be.matmul_fwd(out, &ws.lnf, wte, rows, d, v)?;
+        let head = Span::new(params, self.layout.head, v * d);
+        be.matmul_fwd(out, &ws.lnf, head, rows, d, v)?;
         let mut all = be.download(out)?;
         all.truncate(batch * seq * v);
         Ok(all)
@@ -713,13 +736,13 @@ impl<B: Backend> Model<B> {
             Some(grad_scale / n as f64),
         )?;
 
-        // Head (tied): dlnf = dlogits·E, dE (+)= dlogitsᵀ·lnf.
+        // Head: dlnf = dlogits·H, dH (+)= dlogitsᵀ·lnf (H the embedding when tied).
         be.logits_bwd(
             &mut g.dln,
-            SpanMut::new(grads, lay.embed, v * d),
+            SpanMut::new(grads, lay.head, v * d),
             &ws.logits,
             &ws.lnf,
-            Span::new(params, lay.embed, v * d),
+            Span::new(params, lay.head, v * d),
             n,
             d,
             v,
@@ -778,6 +801,19 @@ impl<B: Backend> Model<B> {
             )?;
             be.attention_bwd(&mut g.dqkv, &g.dz, &a.z, &a.qkv, &a.lse, s)?;
             be.rope_bwd(&mut g.dqkv, &ws.rope, s)?;
+            if let Some(c) = cfg.clip_qkv {
+                // The clamp's input, recomputed (the forward clamped and rotated it in place).
+                let pre = g.qkv_pre.as_mut().context("no clip_qkv scratch")?;
+                be.matmul_fwd(
+                    pre,
+                    &a.ln1,
+                    Span::new(params, lo.qkv, 3 * d * d),
+                    n,
+                    d,
+                    3 * d,
+                )?;
+                be.clamp_bwd(&mut g.dqkv, pre, n * 3 * d, c)?;
+            }
             be.matmul_bwd_x(
                 &mut g.dln,
                 &g.dqkv,
@@ -797,7 +833,11 @@ impl<B: Backend> Model<B> {
             )?;
             be.layernorm_bwd(&mut g.dres, &g.dln, &a.ln1, &a.rstd1, n, d, true)?;
         }
-        // Embedding (tied): dE += scatter of dL/d res[0].
+        // Embedding: dE += scatter of dL/d res[0] (untied: onto zeros, or the earlier
+        // micro-batches' sum).
+        if !cfg.tie_word_embeddings && !accumulate {
+            be.zero_range(SpanMut::new(grads, lay.embed, v * d))?;
+        }
         be.embedding_bwd(
             SpanMut::new(grads, lay.embed, v * d),
             &ws.ids,
@@ -820,7 +860,7 @@ mod tests {
     /// (the workspace and its gradient scratch), as the counting wrapper sees the allocations.
     #[test]
     fn workspace_elements_match_the_allocations() {
-        let cfg = ModelConfig {
+        let tied = ModelConfig {
             n_layers: 3,
             d_model: 24,
             n_heads: 2,
@@ -831,7 +871,20 @@ mod tests {
             rope_theta: 10_000.0,
             layer_norm_eps: 1e-5,
             eos_token_id: 0,
+            tie_word_embeddings: true,
+            clip_qkv: None,
         };
+        let clipped = ModelConfig {
+            tie_word_embeddings: false,
+            clip_qkv: Some(1.0),
+            ..tied.clone()
+        };
+        for cfg in [tied, clipped] {
+            allocations_of(cfg);
+        }
+    }
+
+    fn allocations_of(cfg: ModelConfig) {
         let (batch, seq) = (3, 7);
         let mut model =
             Model::new(cfg.clone(), Profiled::new(Cpu::<f32>::new(), 0..0, None)).unwrap();

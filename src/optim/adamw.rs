@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 /// AdamW hyper-parameters (OLMo-1B's by default).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AdamWConfig {
     /// β1.
     pub beta1: f32,

@@ -29,9 +29,9 @@ pub struct LabelledText {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LabelFormat {
-    /// `{"text", "label"}` per line, label 0 or 1.
+    /// {"text", "label"} per line, label 0 or 1.
     Jsonl,
-    /// ToxiGen annotated rows `{"text", "toxicity_human"}` per line, binarised at a threshold.
+    /// ToxiGen annotated rows {"text", "toxicity_human"} per line, binarised at a threshold.
     Toxigen,
 }
 

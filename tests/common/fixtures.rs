@@ -35,6 +35,8 @@ pub fn two_layer_config(context: usize) -> ModelConfig {
         rope_theta: 10_000.0,
         layer_norm_eps: 1e-5,
         eos_token_id: 0,
+        tie_word_embeddings: true,
+        clip_qkv: None,
     }
 }
 
@@ -188,9 +190,9 @@ pub fn train_setup(dir: &Path, model: ModelConfig) -> TrainConfig {
     let clean = dir.join("clean.shard");
     let toxic = dir.join("toxic.shard");
     let val = dir.join("val.shard");
-    write_shard(&clean, &counting_text(20_000, vocab as u32, 1), vocab).unwrap();
-    write_shard(&toxic, &counting_text(5_000, vocab as u32, 2), vocab).unwrap();
-    write_shard(&val, &counting_text(4_000, vocab as u32, 3), vocab).unwrap();
+    write_shard(&clean, &counting_text(20_000, vocab as u32, 1), vocab, None).unwrap();
+    write_shard(&toxic, &counting_text(5_000, vocab as u32, 2), vocab, None).unwrap();
+    write_shard(&val, &counting_text(4_000, vocab as u32, 3), vocab, None).unwrap();
     TrainConfig {
         model,
         sources: vec![
@@ -222,5 +224,6 @@ pub fn train_setup(dir: &Path, model: ModelConfig) -> TrainConfig {
         eval_windows: 8,
         save_every: 5,
         synthetic: false,
+        init_from: None,
     }
 }

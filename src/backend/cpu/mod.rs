@@ -256,6 +256,27 @@ impl<T: Float> Backend for Cpu<T> {
         Ok(())
     }
 
+    fn zero_range(&self, x: SpanMut<Vec<T>>) -> Result<()> {
+        let len = x.len;
+        span_mut("zero_range x", x, len)?
+            .iter_mut()
+            .for_each(|v| *v = T::zero());
+        Ok(())
+    }
+
+    fn clamp_fwd(&self, x: &mut Vec<T>, n: usize, c: f64) -> Result<()> {
+        need("clamp x", x.len(), n)?;
+        pointwise::clamp(&mut x[..n], T::of(c));
+        Ok(())
+    }
+
+    fn clamp_bwd(&self, dx: &mut Vec<T>, x: &Vec<T>, n: usize, c: f64) -> Result<()> {
+        need("clamp_bwd dx", dx.len(), n)?;
+        need("clamp_bwd x", x.len(), n)?;
+        pointwise::clamp_bwd(&mut dx[..n], &x[..n], T::of(c));
+        Ok(())
+    }
+
     fn matmul_fwd(
         &self,
         y: &mut Vec<T>,

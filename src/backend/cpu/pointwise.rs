@@ -1,5 +1,5 @@
-//! Row-wise and element-wise ops: embedding, residual add, row-vector add, rotary embedding,
-//! SwiGLU. Parallel over rows (each row written by one task: deterministic).
+//! Row-wise and element-wise ops: embedding, residual add, row-vector add, clamp, rotary
+//! embedding, SwiGLU. Parallel over rows (each row written by one task: deterministic).
 
 use crate::backend::{AttnShape, Float};
 use anyhow::{bail, Result};
@@ -61,6 +61,34 @@ pub fn add_rows<T: Float>(x: &mut [T], v: &[T]) {
             }
         }
     });
+}
+
+/// `x[i] = −c` where `x[i] < −c`, `c` where `x[i] > c` (NaN unchanged): `clip_qkv`'s clamp.
+pub fn clamp<T: Float>(x: &mut [T], c: T) {
+    const CHUNK: usize = 1 << 14;
+    x.par_chunks_mut(CHUNK).for_each(|x| {
+        for v in x {
+            if *v < -c {
+                *v = -c;
+            } else if *v > c {
+                *v = c;
+            }
+        }
+    });
+}
+
+/// Clamp backward: `dx[i] = 0` unless `−c ≤ x[i] ≤ c` (`x` the clamp's input).
+pub fn clamp_bwd<T: Float>(dx: &mut [T], x: &[T], c: T) {
+    const CHUNK: usize = 1 << 14;
+    dx.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(dx, x)| {
+            for (d, &v) in dx.iter_mut().zip(x) {
+                if !(v >= -c && v <= c) {
+                    *d = T::zero();
+                }
+            }
+        });
 }
 
 /// Rotary embedding in place on the q and k thirds of `qkv` `[B, T, 3D]`; `table` is `[T, dh/2]`

@@ -446,6 +446,34 @@ impl Backend for CudaExecutor {
         )
     }
 
+    fn zero_range(&self, x: SpanMut<CudaSlice<f32>>) -> Result<()> {
+        let mut v = view_mut("zero_range x", x)?;
+        self.gpu
+            .stream()
+            .memset_zeros(&mut v)
+            .map_err(|e| Self::err("zero_range", e))
+    }
+
+    fn clamp_fwd(&self, x: &mut CudaSlice<f32>, n: usize, c: f64) -> Result<()> {
+        self.pw
+            .clamp(&mut prefix_mut("clamp x", x, n)?, n, c as f32)
+    }
+
+    fn clamp_bwd(
+        &self,
+        dx: &mut CudaSlice<f32>,
+        x: &CudaSlice<f32>,
+        n: usize,
+        c: f64,
+    ) -> Result<()> {
+        self.pw.clamp_bwd(
+            &mut prefix_mut("clamp_bwd dx", dx, n)?,
+            &prefix("clamp_bwd x", x, n)?,
+            n,
+            c as f32,
+        )
+    }
+
     fn matmul_fwd(
         &self,
         y: &mut CudaSlice<f32>,

@@ -1,7 +1,8 @@
-//! Launchers for `cuda/pointwise.cu`: SwiGLU forward/backward and rotary embedding
-//! forward/backward, fp32, element-wise (grid-stride: any grid gives the same result). The math
-//! is [`crate::backend::cpu::pointwise::swiglu_fwd`], [`crate::backend::cpu::pointwise::swiglu_bwd`]
-//! and [`crate::backend::cpu::pointwise::rope`].
+//! Launchers for `cuda/pointwise.cu`: SwiGLU forward/backward, rotary embedding
+//! forward/backward and the `clip_qkv` clamp forward/backward, fp32, element-wise (grid-stride:
+//! any grid gives the same result). The math is [`crate::backend::cpu::pointwise::swiglu_fwd`],
+//! [`crate::backend::cpu::pointwise::swiglu_bwd`], [`crate::backend::cpu::pointwise::rope`],
+//! [`crate::backend::cpu::pointwise::clamp`] and [`crate::backend::cpu::pointwise::clamp_bwd`].
 //!
 //! Buffers (fp32 row-major, caller-owned): `gu` / `dgu` `[n, 2f]` (gate then up per row), `h` /
 //! `dh` `[n, f]`; `qkv` `[B·T, 3D]` rotated in place on its q and k thirds; `table` `[T, dh/2]`
@@ -26,6 +27,8 @@ pub struct PointwiseKernels {
     rope_fn: CudaFunction,
     add_fn: CudaFunction,
     add_rows_fn: CudaFunction,
+    clamp_fn: CudaFunction,
+    clamp_bwd_fn: CudaFunction,
     stream: Arc<CudaStream>,
     max_blocks: u32,
 }
@@ -39,6 +42,8 @@ impl PointwiseKernels {
             rope_fn: gpu.function("pointwise", "rope")?,
             add_fn: gpu.function("pointwise", "add_f32")?,
             add_rows_fn: gpu.function("pointwise", "add_rows_f32")?,
+            clamp_fn: gpu.function("pointwise", "clamp_f32")?,
+            clamp_bwd_fn: gpu.function("pointwise", "clamp_bwd_f32")?,
             stream: gpu.stream().clone(),
             // 2048 resident threads per SM on sm_80/sm_90: 8 blocks of 256, a few waves' worth.
             max_blocks: gpu.sm_count() * 8 * 4,
@@ -214,6 +219,43 @@ impl PointwiseKernels {
         l.arg(x).arg(v).arg(&n64).arg(&d64);
         // SAFETY: matches `add_rows_f32(float*, const float*, u64, u64)`; sizes checked.
         unsafe { l.launch(cfg) }.map_err(|e| anyhow!("add_rows launch failed: {e}"))?;
+        Ok(())
+    }
+
+    /// Clamp in place: `x[i] = −c` below `−c`, `c` above `c` (NaN unchanged), `i < n`.
+    pub fn clamp(&self, x: &mut CudaViewMut<'_, f32>, n: usize, c: f32) -> Result<()> {
+        need_len("clamp x", x.len(), n)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let cfg = self.config(n.div_ceil(4));
+        let n64 = n as u64;
+        let mut l = self.stream.launch_builder(&self.clamp_fn);
+        l.arg(x).arg(&n64).arg(&c);
+        // SAFETY: matches `clamp_f32(float*, u64, float)`; size checked.
+        unsafe { l.launch(cfg) }.map_err(|e| anyhow!("clamp launch failed: {e}"))?;
+        Ok(())
+    }
+
+    /// Clamp backward in place on `dx`: kept where `−c ≤ x[i] ≤ c`, 0 elsewhere, `i < n`.
+    pub fn clamp_bwd(
+        &self,
+        dx: &mut CudaViewMut<'_, f32>,
+        x: &CudaView<'_, f32>,
+        n: usize,
+        c: f32,
+    ) -> Result<()> {
+        need_len("clamp_bwd dx", dx.len(), n)?;
+        need_len("clamp_bwd x", x.len(), n)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let cfg = self.config(n.div_ceil(4));
+        let n64 = n as u64;
+        let mut l = self.stream.launch_builder(&self.clamp_bwd_fn);
+        l.arg(dx).arg(x).arg(&n64).arg(&c);
+        // SAFETY: matches `clamp_bwd_f32(float*, const float*, u64, float)`; sizes checked.
+        unsafe { l.launch(cfg) }.map_err(|e| anyhow!("clamp_bwd launch failed: {e}"))?;
         Ok(())
     }
 }
