@@ -188,6 +188,8 @@ impl CellSettings {
             rope_theta: 10_000.0,
             layer_norm_eps: 1e-5,
             eos_token_id: 0,
+            tie_word_embeddings: true,
+            clip_qkv: None,
         }
     }
 
