@@ -17,5 +17,6 @@ pub mod plot;
 pub mod probe;
 pub mod score;
 pub mod sweep;
+pub mod toy;
 pub mod train;
 pub mod weights;

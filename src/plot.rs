@@ -99,6 +99,146 @@ pub fn line_chart(
     draw().map_err(|e| anyhow!("drawing {}: {e}", path.display()))
 }
 
+/// One named series of points with error bars: `(x, y, y_low, y_high)`, in x order.
+pub struct ErrorSeries<'a> {
+    /// Legend label.
+    pub label: &'a str,
+    /// Points and the ends of their error bars.
+    pub points: &'a [(f64, f64, f64, f64)],
+}
+
+/// A horizontal reference line across the whole chart (drawn dashed, labelled in the legend).
+pub struct RefLine<'a> {
+    /// Legend label.
+    pub label: &'a str,
+    /// Its height.
+    pub y: f64,
+}
+
+/// A chart of series with point markers and vertical error bars, plus reference lines.
+pub struct ErrorChart<'a> {
+    /// Chart title.
+    pub title: &'a str,
+    /// Label of the horizontal axis.
+    pub x_label: &'a str,
+    /// Label of the vertical axis.
+    pub y_label: &'a str,
+    /// The series, each joined by a thin line through its points.
+    pub series: &'a [ErrorSeries<'a>],
+    /// Horizontal reference lines.
+    pub ref_lines: &'a [RefLine<'a>],
+    /// Vertical range; `None`: the points', bars' and lines' own range, padded by 5%.
+    pub y_range: Option<(f64, f64)>,
+    /// Horizontal offset between neighbouring series, as a fraction of the x range, so that
+    /// bars at the same x do not hide each other (0: none; the series are centred on the true x).
+    pub dodge: f64,
+}
+
+/// Draws an [`ErrorChart`] into a PNG (1000×620 pixels): each series a colour, circles at the
+/// points, error bars with caps, reference lines dashed in grey tones.
+pub fn errorbar_chart(path: &Path, spec: &ErrorChart) -> Result<()> {
+    register_font();
+    let finite = |v: &f64| v.is_finite();
+    let xs: Vec<f64> = spec
+        .series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.0))
+        .filter(finite)
+        .collect();
+    if xs.is_empty() {
+        return Err(anyhow!(
+            "chart {}: no finite points to draw",
+            path.display()
+        ));
+    }
+    let (mut x0, mut x1) = xs
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+    let xpad = ((x1 - x0) * 0.04).max(1e-3);
+    (x0, x1) = (x0 - xpad, x1 + xpad);
+    let (y0, y1) = spec.y_range.unwrap_or_else(|| {
+        let ys = spec
+            .series
+            .iter()
+            .flat_map(|s| s.points.iter().flat_map(|p| [p.1, p.2, p.3]))
+            .chain(spec.ref_lines.iter().map(|l| l.y))
+            .filter(finite);
+        let (a, b) = ys.fold((f64::MAX, f64::MIN), |(a, b), y| (a.min(y), b.max(y)));
+        let pad = ((b - a) * 0.05).max(1e-3);
+        (a - pad, b + pad)
+    });
+    let root = BitMapBackend::new(path, (1000, 620)).into_drawing_area();
+    let draw = || -> std::result::Result<(), Box<dyn std::error::Error>> {
+        root.fill(&WHITE)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(spec.title, ("sans-serif", 20))
+            .margin(16)
+            .x_label_area_size(48)
+            .y_label_area_size(64)
+            .build_cartesian_2d(x0..x1, y0..y1)?;
+        chart
+            .configure_mesh()
+            .x_desc(spec.x_label)
+            .y_desc(spec.y_label)
+            .x_label_formatter(&|x| format!("{x:.2}"))
+            .y_label_formatter(&|y| format!("{y:.2}"))
+            .label_style(("sans-serif", 15))
+            .axis_desc_style(("sans-serif", 17))
+            .draw()?;
+        let greys = [
+            RGBColor(40, 40, 40),
+            RGBColor(120, 120, 120),
+            RGBColor(170, 120, 40),
+            RGBColor(90, 140, 90),
+        ];
+        for (i, l) in spec.ref_lines.iter().enumerate() {
+            let c = greys[i % greys.len()];
+            chart
+                .draw_series(DashedLineSeries::new(
+                    [(x0, l.y), (x1, l.y)],
+                    8,
+                    5,
+                    c.stroke_width(2),
+                ))?
+                .label(l.label)
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
+                });
+        }
+        let colors = [RED, BLUE, GREEN, MAGENTA, CYAN, BLACK];
+        let cap = (x1 - x0) * 0.006;
+        let n = spec.series.len() as f64;
+        for (i, s) in spec.series.iter().enumerate() {
+            let c = colors[i % colors.len()];
+            let shift = (i as f64 - (n - 1.0) / 2.0) * spec.dodge * (x1 - x0);
+            let pts: Vec<(f64, f64)> = s.points.iter().map(|p| (p.0 + shift, p.1)).collect();
+            chart.draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(1)))?;
+            chart.draw_series(s.points.iter().flat_map(|&(x, _, lo, hi)| {
+                let x = x + shift;
+                [
+                    PathElement::new(vec![(x, lo), (x, hi)], c.stroke_width(2)),
+                    PathElement::new(vec![(x - cap, lo), (x + cap, lo)], c.stroke_width(2)),
+                    PathElement::new(vec![(x - cap, hi), (x + cap, hi)], c.stroke_width(2)),
+                ]
+            }))?;
+            chart
+                .draw_series(pts.iter().map(|&p| Circle::new(p, 5, c.filled())))?
+                .label(s.label)
+                .legend(move |(x, y)| Circle::new((x + 10, y), 5, c.filled()));
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 15))
+            .draw()?;
+        root.present()?;
+        Ok(())
+    };
+    draw().map_err(|e| anyhow!("drawing {}: {e}", path.display()))
+}
+
 /// A grid of values drawn as coloured cells: `values[row][col]`, row 0 at the bottom.
 pub struct Heatmap<'a> {
     /// Chart title.
@@ -342,6 +482,38 @@ mod tests {
         )
         .is_err());
     }
+    #[test]
+    fn errorbar_chart_writes_a_png_and_refuses_empty_series() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("e.png");
+        let pts = [(0.1, 0.9, 0.85, 0.95), (0.3, 0.8, 0.78, 0.83)];
+        let spec = ErrorChart {
+            title: "t",
+            x_label: "x",
+            y_label: "y",
+            series: &[ErrorSeries {
+                label: "a",
+                points: &pts,
+            }],
+            ref_lines: &[RefLine {
+                label: "bound",
+                y: 0.5,
+            }],
+            y_range: None,
+            dodge: 0.01,
+        };
+        errorbar_chart(&p, &spec).unwrap();
+        assert_eq!(&std::fs::read(&p).unwrap()[1..4], b"PNG");
+        let empty = ErrorChart {
+            series: &[ErrorSeries {
+                label: "a",
+                points: &[],
+            }],
+            ..spec
+        };
+        assert!(errorbar_chart(&p, &empty).is_err());
+    }
+
     #[test]
     fn heatmap_writes_a_png_and_refuses_ragged_grids() {
         let dir = tempfile::tempdir().unwrap();
