@@ -16,95 +16,107 @@ fn register_font() {
     });
 }
 
-/// One named line of `(x, y)` points.
-pub struct Series<'a> {
-    /// Legend label.
-    pub label: &'a str,
-    /// Points in x order.
-    pub points: &'a [(f64, f64)],
+/// One point of a [`Line`]: its position, optional error bars (the ends of each bar, in data
+/// units) and an optional text written beside it (e.g. the alpha of a trade-off point).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Point {
+    /// Horizontal position.
+    pub x: f64,
+    /// Vertical position.
+    pub y: f64,
+    /// Vertical error bar `(low, high)`.
+    pub y_bar: Option<(f64, f64)>,
+    /// Horizontal error bar `(low, high)`.
+    pub x_bar: Option<(f64, f64)>,
+    /// Text written just above and to the right of the point.
+    pub label: Option<String>,
 }
 
-/// Draws line series on shared axes into a PNG (`width`×`height` pixels).
-pub fn line_chart(
-    path: &Path,
-    title: &str,
-    x_label: &str,
-    y_label: &str,
-    series: &[Series],
-) -> Result<()> {
-    register_font();
-    let pts = series.iter().flat_map(|s| s.points.iter());
-    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
-    for &(x, y) in pts {
-        if x.is_finite() && y.is_finite() {
-            x0 = x0.min(x);
-            x1 = x1.max(x);
-            y0 = y0.min(y);
-            y1 = y1.max(y);
+impl Point {
+    /// A point with no bars and no label.
+    pub fn new(x: f64, y: f64) -> Point {
+        Point {
+            x,
+            y,
+            ..Point::default()
         }
     }
-    if x0 > x1 {
-        return Err(anyhow!(
-            "chart {}: no finite points to draw",
-            path.display()
-        ));
-    }
-    if x1 <= x0 {
-        x1 = x0 + 1.0;
-    }
-    let pad = ((y1 - y0) * 0.05).max(1e-3);
-    let (y0, y1) = (y0 - pad, y1 + pad);
-    let root = BitMapBackend::new(path, (900, 560)).into_drawing_area();
-    let draw = || -> std::result::Result<(), Box<dyn std::error::Error>> {
-        root.fill(&WHITE)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 24))
-            .margin(16)
-            .x_label_area_size(44)
-            .y_label_area_size(64)
-            .build_cartesian_2d(x0..x1, y0..y1)?;
-        chart
-            .configure_mesh()
-            .x_desc(x_label)
-            .x_label_formatter(&|x| {
-                if x.fract() == 0.0 {
-                    format!("{x:.0}")
-                } else {
-                    format!("{x:.2}")
-                }
-            })
-            .y_desc(y_label)
-            .label_style(("sans-serif", 15))
-            .axis_desc_style(("sans-serif", 17))
-            .draw()?;
-        let colors = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK];
-        for (i, s) in series.iter().enumerate() {
-            let c = colors[i % colors.len()];
-            chart
-                .draw_series(LineSeries::new(s.points.iter().copied(), c.stroke_width(2)))?
-                .label(s.label)
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
-                });
+
+    /// With a vertical bar `y ± half` (no bar when `half` is not finite).
+    pub fn y_pm(mut self, half: f64) -> Point {
+        if half.is_finite() {
+            self.y_bar = Some((self.y - half, self.y + half));
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font(("sans-serif", 15))
-            .draw()?;
-        root.present()?;
-        Ok(())
-    };
-    draw().map_err(|e| anyhow!("drawing {}: {e}", path.display()))
+        self
+    }
+
+    /// With a vertical bar from `low` to `high`.
+    pub fn y_range(mut self, low: f64, high: f64) -> Point {
+        self.y_bar = Some((low, high));
+        self
+    }
+
+    /// With a horizontal bar `x ± half` (no bar when `half` is not finite).
+    pub fn x_pm(mut self, half: f64) -> Point {
+        if half.is_finite() {
+            self.x_bar = Some((self.x - half, self.x + half));
+        }
+        self
+    }
+
+    /// With a text beside it.
+    pub fn label(mut self, text: impl Into<String>) -> Point {
+        self.label = Some(text.into());
+        self
+    }
 }
 
-/// One named series of points with error bars: `(x, y, y_low, y_high)`, in x order.
-pub struct ErrorSeries<'a> {
+/// One named series: its points joined in the order given.
+#[derive(Clone, Debug, Default)]
+pub struct Line {
     /// Legend label.
-    pub label: &'a str,
-    /// Points and the ends of their error bars.
-    pub points: &'a [(f64, f64, f64, f64)],
+    pub label: String,
+    /// The points.
+    pub points: Vec<Point>,
+    /// Drawn dashed (e.g. a control beside the measurement it controls).
+    pub dashed: bool,
+    /// A filled circle at every point (leave off for dense curves such as a loss per step).
+    pub markers: bool,
+    /// Colour, an index into the palette; `None`: the line's own position in the chart.
+    pub color: Option<usize>,
+}
+
+impl Line {
+    /// A solid line with markers, coloured by its position.
+    pub fn new(label: impl Into<String>, points: Vec<Point>) -> Line {
+        Line {
+            label: label.into(),
+            points,
+            markers: true,
+            ..Line::default()
+        }
+    }
+
+    /// From plain `(x, y)` pairs, with no markers.
+    pub fn curve(label: impl Into<String>, xy: &[(f64, f64)]) -> Line {
+        Line {
+            label: label.into(),
+            points: xy.iter().map(|&(x, y)| Point::new(x, y)).collect(),
+            ..Line::default()
+        }
+    }
+
+    /// Drawn dashed.
+    pub fn dashed(mut self) -> Line {
+        self.dashed = true;
+        self
+    }
+
+    /// In palette colour `i`.
+    pub fn color(mut self, i: usize) -> Line {
+        self.color = Some(i);
+        self
+    }
 }
 
 /// A horizontal reference line across the whole chart (drawn dashed, labelled in the legend).
@@ -115,34 +127,95 @@ pub struct RefLine<'a> {
     pub y: f64,
 }
 
-/// A chart of series with point markers and vertical error bars, plus reference lines.
-pub struct ErrorChart<'a> {
-    /// Chart title.
+/// Where the legend sits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Legend {
+    /// Top right corner.
+    #[default]
+    UpperRight,
+    /// Top left corner.
+    UpperLeft,
+    /// Bottom right corner.
+    LowerRight,
+    /// Bottom left corner.
+    LowerLeft,
+}
+
+/// A chart of [`Line`]s on shared axes, with reference lines.
+pub struct Chart<'a> {
+    /// Chart title: what was measured, on how many samples.
     pub title: &'a str,
     /// Label of the horizontal axis.
     pub x_label: &'a str,
     /// Label of the vertical axis.
     pub y_label: &'a str,
-    /// The series, each joined by a thin line through its points.
-    pub series: &'a [ErrorSeries<'a>],
+    /// The series.
+    pub lines: &'a [Line],
     /// Horizontal reference lines.
     pub ref_lines: &'a [RefLine<'a>],
     /// Vertical range; `None`: the points', bars' and lines' own range, padded by 5%.
     pub y_range: Option<(f64, f64)>,
-    /// Horizontal offset between neighbouring series, as a fraction of the x range, so that
-    /// bars at the same x do not hide each other (0: none; the series are centred on the true x).
+    /// Horizontal offset between neighbouring lines, as a fraction of the x range, so that bars
+    /// at the same x do not hide each other (0: none; the lines are centred on the true x).
     pub dodge: f64,
+    /// Where the legend sits.
+    pub legend: Legend,
 }
 
-/// Draws an [`ErrorChart`] into a PNG (1000×620 pixels): each series a colour, circles at the
-/// points, error bars with caps, reference lines dashed in grey tones.
-pub fn errorbar_chart(path: &Path, spec: &ErrorChart) -> Result<()> {
+impl<'a> Chart<'a> {
+    /// A chart of `lines` with no reference lines, its own range, no dodge, legend top right.
+    pub fn new(title: &'a str, x_label: &'a str, y_label: &'a str, lines: &'a [Line]) -> Self {
+        Chart {
+            title,
+            x_label,
+            y_label,
+            lines,
+            ref_lines: &[],
+            y_range: None,
+            dodge: 0.0,
+            legend: Legend::UpperRight,
+        }
+    }
+}
+
+/// The line colours: Okabe and Ito's palette (distinguishable with the common colour-vision
+/// deficiencies), yellow left out (too faint on white).
+pub const PALETTE: [RGBColor; 7] = [
+    RGBColor(0, 114, 178),
+    RGBColor(213, 94, 0),
+    RGBColor(0, 158, 115),
+    RGBColor(204, 121, 167),
+    RGBColor(230, 159, 0),
+    RGBColor(86, 180, 233),
+    RGBColor(0, 0, 0),
+];
+
+/// Tick text for `v` on an axis spanning `span`: as many decimals as the span needs.
+fn tick(v: f64, span: f64) -> String {
+    let decimals = if span > 0.0 {
+        (1.0 - span.log10().floor()).clamp(0.0, 5.0) as usize
+    } else {
+        2
+    };
+    if v.fract() == 0.0 && span >= 5.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.decimals$}")
+    }
+}
+
+/// Draws a [`Chart`] into a PNG (1000×620 pixels): each line a palette colour, optional circles
+/// at the points, error bars with caps, point labels, reference lines dashed in grey tones.
+/// An error when no line has a finite point.
+pub fn chart(path: &Path, spec: &Chart) -> Result<()> {
     register_font();
     let finite = |v: &f64| v.is_finite();
-    let xs: Vec<f64> = spec
-        .series
-        .iter()
-        .flat_map(|s| s.points.iter().map(|p| p.0))
+    let pts = || spec.lines.iter().flat_map(|l| l.points.iter());
+    let xs: Vec<f64> = pts()
+        .flat_map(|p| {
+            let (a, b) = p.x_bar.unwrap_or((p.x, p.x));
+            [p.x, a, b]
+        })
         .filter(finite)
         .collect();
     if xs.is_empty() {
@@ -157,16 +230,18 @@ pub fn errorbar_chart(path: &Path, spec: &ErrorChart) -> Result<()> {
     let xpad = ((x1 - x0) * 0.04).max(1e-3);
     (x0, x1) = (x0 - xpad, x1 + xpad);
     let (y0, y1) = spec.y_range.unwrap_or_else(|| {
-        let ys = spec
-            .series
-            .iter()
-            .flat_map(|s| s.points.iter().flat_map(|p| [p.1, p.2, p.3]))
+        let ys = pts()
+            .flat_map(|p| {
+                let (a, b) = p.y_bar.unwrap_or((p.y, p.y));
+                [p.y, a, b]
+            })
             .chain(spec.ref_lines.iter().map(|l| l.y))
             .filter(finite);
         let (a, b) = ys.fold((f64::MAX, f64::MIN), |(a, b), y| (a.min(y), b.max(y)));
         let pad = ((b - a) * 0.05).max(1e-3);
         (a - pad, b + pad)
     });
+    let (xspan, yspan) = (x1 - x0, y1 - y0);
     let root = BitMapBackend::new(path, (1000, 620)).into_drawing_area();
     let draw = || -> std::result::Result<(), Box<dyn std::error::Error>> {
         root.fill(&WHITE)?;
@@ -174,22 +249,23 @@ pub fn errorbar_chart(path: &Path, spec: &ErrorChart) -> Result<()> {
             .caption(spec.title, ("sans-serif", 20))
             .margin(16)
             .x_label_area_size(48)
-            .y_label_area_size(64)
+            .y_label_area_size(72)
             .build_cartesian_2d(x0..x1, y0..y1)?;
         chart
             .configure_mesh()
             .x_desc(spec.x_label)
             .y_desc(spec.y_label)
-            .x_label_formatter(&|x| format!("{x:.2}"))
-            .y_label_formatter(&|y| format!("{y:.2}"))
+            .x_label_formatter(&|x| tick(*x, xspan))
+            .y_label_formatter(&|y| tick(*y, yspan))
+            .light_line_style(RGBColor(246, 246, 246))
             .label_style(("sans-serif", 15))
             .axis_desc_style(("sans-serif", 17))
             .draw()?;
         let greys = [
-            RGBColor(40, 40, 40),
-            RGBColor(120, 120, 120),
-            RGBColor(170, 120, 40),
-            RGBColor(90, 140, 90),
+            RGBColor(30, 30, 30),
+            RGBColor(110, 110, 110),
+            RGBColor(165, 165, 165),
+            RGBColor(200, 200, 200),
         ];
         for (i, l) in spec.ref_lines.iter().enumerate() {
             let c = greys[i % greys.len()];
@@ -205,30 +281,100 @@ pub fn errorbar_chart(path: &Path, spec: &ErrorChart) -> Result<()> {
                     PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
                 });
         }
-        let colors = [RED, BLUE, GREEN, MAGENTA, CYAN, BLACK];
-        let cap = (x1 - x0) * 0.006;
-        let n = spec.series.len() as f64;
-        for (i, s) in spec.series.iter().enumerate() {
-            let c = colors[i % colors.len()];
-            let shift = (i as f64 - (n - 1.0) / 2.0) * spec.dodge * (x1 - x0);
-            let pts: Vec<(f64, f64)> = s.points.iter().map(|p| (p.0 + shift, p.1)).collect();
-            chart.draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(1)))?;
-            chart.draw_series(s.points.iter().flat_map(|&(x, _, lo, hi)| {
-                let x = x + shift;
-                [
-                    PathElement::new(vec![(x, lo), (x, hi)], c.stroke_width(2)),
-                    PathElement::new(vec![(x - cap, lo), (x + cap, lo)], c.stroke_width(2)),
-                    PathElement::new(vec![(x - cap, hi), (x + cap, hi)], c.stroke_width(2)),
-                ]
+        let cap = xspan * 0.006;
+        let ycap = yspan * 0.010;
+        let n = spec.lines.len() as f64;
+        for (i, l) in spec.lines.iter().enumerate() {
+            let c = PALETTE[l.color.unwrap_or(i) % PALETTE.len()];
+            let shift = (i as f64 - (n - 1.0) / 2.0) * spec.dodge * xspan;
+            let at: Vec<(f64, f64)> = l
+                .points
+                .iter()
+                .filter(|p| p.x.is_finite() && p.y.is_finite())
+                .map(|p| (p.x + shift, p.y))
+                .collect();
+            let width = if l.markers { 1 } else { 2 };
+            let series = if l.dashed {
+                chart.draw_series(DashedLineSeries::new(
+                    at.iter().copied(),
+                    9,
+                    6,
+                    c.stroke_width(2),
+                ))?
+            } else {
+                chart.draw_series(LineSeries::new(at.iter().copied(), c.stroke_width(width)))?
+            };
+            let (markers, dashed) = (l.markers, l.dashed);
+            series.label(l.label.as_str()).legend(move |(x, y)| {
+                let (a, b) = if dashed { (7, 13) } else { (20, 0) };
+                let dot: ShapeStyle = if markers {
+                    c.filled()
+                } else {
+                    c.mix(0.0).filled()
+                };
+                EmptyElement::at((x, y))
+                    + PathElement::new(vec![(0, 0), (a, 0)], c.stroke_width(2))
+                    + PathElement::new(vec![(b, 0), (20, 0)], c.stroke_width(2))
+                    + Circle::new((10, 0), 4, dot)
+            });
+            chart.draw_series(l.points.iter().flat_map(|p| {
+                let x = p.x + shift;
+                let mut e = Vec::new();
+                if let Some((lo, hi)) = p.y_bar.filter(|b| b.0.is_finite() && b.1.is_finite()) {
+                    e.push(PathElement::new(vec![(x, lo), (x, hi)], c.stroke_width(2)));
+                    e.push(PathElement::new(
+                        vec![(x - cap, lo), (x + cap, lo)],
+                        c.stroke_width(2),
+                    ));
+                    e.push(PathElement::new(
+                        vec![(x - cap, hi), (x + cap, hi)],
+                        c.stroke_width(2),
+                    ));
+                }
+                if let Some((lo, hi)) = p.x_bar.filter(|b| b.0.is_finite() && b.1.is_finite()) {
+                    let (lo, hi) = (lo + shift, hi + shift);
+                    let y = p.y;
+                    e.push(PathElement::new(vec![(lo, y), (hi, y)], c.stroke_width(2)));
+                    e.push(PathElement::new(
+                        vec![(lo, y - ycap), (lo, y + ycap)],
+                        c.stroke_width(2),
+                    ));
+                    e.push(PathElement::new(
+                        vec![(hi, y - ycap), (hi, y + ycap)],
+                        c.stroke_width(2),
+                    ));
+                }
+                e
             }))?;
-            chart
-                .draw_series(pts.iter().map(|&p| Circle::new(p, 5, c.filled())))?
-                .label(s.label)
-                .legend(move |(x, y)| Circle::new((x + 10, y), 5, c.filled()));
+            if l.markers {
+                chart.draw_series(at.iter().map(|&p| Circle::new(p, 5, c.filled())))?;
+            }
+            chart.draw_series(
+                l.points
+                    .iter()
+                    .filter(|p| p.x.is_finite() && p.y.is_finite())
+                    .filter_map(|p| {
+                        let text = p.label.as_ref()?;
+                        Some(
+                            EmptyElement::at((p.x + shift, p.y))
+                                + Text::new(
+                                    text.clone(),
+                                    (7, -18),
+                                    ("sans-serif", 14).into_font().color(&c),
+                                ),
+                        )
+                    }),
+            )?;
         }
+        let pos = match spec.legend {
+            Legend::UpperRight => SeriesLabelPosition::UpperRight,
+            Legend::UpperLeft => SeriesLabelPosition::UpperLeft,
+            Legend::LowerRight => SeriesLabelPosition::LowerRight,
+            Legend::LowerLeft => SeriesLabelPosition::LowerLeft,
+        };
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
+            .position(pos)
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
             .label_font(("sans-serif", 15))
@@ -441,77 +587,46 @@ mod tests {
     use super::*;
 
     #[test]
-    fn writes_a_png() {
+    fn chart_writes_a_png_and_refuses_a_chart_with_nothing_to_draw() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.png");
-        let a: Vec<(f64, f64)> = (0..50)
+        let curve: Vec<(f64, f64)> = (0..50)
             .map(|i| (i as f64, 9.0 - (i as f64).sqrt()))
             .collect();
-        let b: Vec<(f64, f64)> = (0..50)
-            .step_by(10)
-            .map(|i| (i as f64, 9.2 - (i as f64).sqrt()))
-            .collect();
-        line_chart(
-            &p,
-            "loss",
-            "step",
-            "loss (nats)",
-            &[
-                Series {
-                    label: "train",
-                    points: &a,
-                },
-                Series {
-                    label: "val",
-                    points: &b,
-                },
-            ],
-        )
-        .unwrap();
-        let bytes = std::fs::read(&p).unwrap();
-        assert_eq!(&bytes[1..4], b"PNG");
-        assert!(line_chart(
-            &p,
-            "x",
-            "x",
-            "y",
-            &[Series {
-                label: "e",
-                points: &[]
-            }]
-        )
-        .is_err());
-    }
-    #[test]
-    fn errorbar_chart_writes_a_png_and_refuses_empty_series() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("e.png");
-        let pts = [(0.1, 0.9, 0.85, 0.95), (0.3, 0.8, 0.78, 0.83)];
-        let spec = ErrorChart {
-            title: "t",
-            x_label: "x",
-            y_label: "y",
-            series: &[ErrorSeries {
-                label: "a",
-                points: &pts,
-            }],
+        let lines = [
+            Line::curve("train", &curve),
+            Line::new(
+                "measured",
+                vec![
+                    Point::new(1.0, 8.0).y_pm(0.3).x_pm(0.5).label("α 4"),
+                    Point::new(20.0, 5.0).y_range(4.5, 5.2),
+                ],
+            ),
+            Line::new("control", vec![Point::new(1.0, 8.5), Point::new(20.0, 8.4)])
+                .dashed()
+                .color(1),
+        ];
+        let spec = Chart {
             ref_lines: &[RefLine {
                 label: "bound",
-                y: 0.5,
+                y: 4.0,
             }],
-            y_range: None,
             dodge: 0.01,
+            legend: Legend::LowerLeft,
+            ..Chart::new("t", "x", "y", &lines)
         };
-        errorbar_chart(&p, &spec).unwrap();
+        chart(&p, &spec).unwrap();
         assert_eq!(&std::fs::read(&p).unwrap()[1..4], b"PNG");
-        let empty = ErrorChart {
-            series: &[ErrorSeries {
-                label: "a",
-                points: &[],
-            }],
-            ..spec
-        };
-        assert!(errorbar_chart(&p, &empty).is_err());
+        let empty = [Line::new("e", vec![Point::new(f64::NAN, 1.0)])];
+        assert!(chart(&p, &Chart::new("x", "x", "y", &empty)).is_err());
+        assert!(chart(&p, &Chart::new("x", "x", "y", &[])).is_err());
+    }
+
+    #[test]
+    fn ticks_carry_the_decimals_the_span_needs() {
+        assert_eq!(tick(1000.0, 900.0), "1000");
+        assert_eq!(tick(4.5, 1.0), "4.5");
+        assert_eq!(tick(0.861, 0.05), "0.861");
     }
 
     #[test]

@@ -735,7 +735,7 @@ fn run<B: Backend<Elem = f32>>(cfg: &TrainConfig, opts: &RunOptions, be: B) -> R
             let be = model.backend();
             save(be, done, &data_state, &params, &opt_m, &opt_v, opt_step)?;
         }
-        plot_log(&cfg.out, &log, end, f32::NAN)?;
+        plot_log(cfg, val_tokens.len(), &log, end, f32::NAN)?;
         return Ok(TrainReport {
             log,
             checkpoint: if opts.no_checkpoint || done == 0 {
@@ -758,7 +758,7 @@ fn run<B: Backend<Elem = f32>>(cfg: &TrainConfig, opts: &RunOptions, be: B) -> R
     val_last = v;
     bar.finish_with_message(format!("done: val loss {v:.3}"));
     write_final(&cfg.out, end, v)?;
-    plot_log(&cfg.out, &log, end, v)?;
+    plot_log(cfg, val_tokens.len(), &log, end, v)?;
     let checkpoint = match last_ckpt {
         Some(p) => p,
         None if opts.no_checkpoint => PathBuf::new(),
@@ -866,7 +866,16 @@ fn write_final(out: &Path, step: u64, val: f32) -> Result<()> {
     )
 }
 
-fn plot_log(out: &Path, log: &[LogEntry], end: u64, final_val: f32) -> Result<()> {
+/// Draws `loss.png` in the run directory: the training loss (a trailing mean) and the validation
+/// loss at each evaluation (`val_tokens` held-out tokens) against the step; the numbers are in
+/// `log.jsonl` and `final.json` beside it.
+fn plot_log(
+    cfg: &TrainConfig,
+    val_tokens: usize,
+    log: &[LogEntry],
+    end: u64,
+    final_val: f32,
+) -> Result<()> {
     // training loss as a trailing mean over `w` steps (single batches are noisy)
     let w = (log.len() / 50).clamp(1, 20);
     let train: Vec<(f64, f64)> = log
@@ -888,20 +897,25 @@ fn plot_log(out: &Path, log: &[LogEntry], end: u64, final_val: f32) -> Result<()
         .filter_map(|e| e.val_loss.map(|v| (e.step as f64, v as f64)))
         .collect();
     val.push((end as f64, final_val as f64));
-    crate::plot::line_chart(
-        &out.join("loss.png"),
-        "training loss",
-        "step",
-        "cross-entropy (nats)",
-        &[
-            crate::plot::Series {
-                label: &train_label,
-                points: &train,
-            },
-            crate::plot::Series {
-                label: "validation (held-out clean text)",
-                points: &val,
-            },
-        ],
+    let title = format!(
+        "Training loss ({}×{} tokens a step); validation on {} held-out clean tokens",
+        cfg.batch * cfg.grad_accum,
+        cfg.seq,
+        val_tokens
+    );
+    let val = crate::plot::Line::new(
+        "validation (held-out clean text)",
+        val.iter()
+            .map(|&(x, y)| crate::plot::Point::new(x, y))
+            .collect(),
+    );
+    crate::plot::chart(
+        &cfg.out.join("loss.png"),
+        &crate::plot::Chart::new(
+            &title,
+            "step",
+            "cross-entropy (nats)",
+            &[crate::plot::Line::curve(train_label, &train), val],
+        ),
     )
 }

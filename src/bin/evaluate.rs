@@ -312,6 +312,7 @@ fn run() -> Result<()> {
     let mut ivs = vec![&iv];
     ivs.extend(control.as_ref().map(|(_, c)| c));
     // Each evaluation's report is written as soon as it ends (the control's after the main one).
+    let mut learned: Vec<baddata::eval::AlphaResult> = Vec::new();
     let mut report_one = |k: usize, ev: &Evaluation| -> Result<()> {
         match &control {
             Some((seed, _)) if k == 1 => {
@@ -323,9 +324,15 @@ fn run() -> Result<()> {
                     "{description}\n- **control**: the same heads and sigmas along random unit directions (seed {seed})"
                 );
                 report::write_all(&dir, ev, meta_c, &desc_c)?;
+                // the learned directions' plot again, with the control on the same axes
+                let per_alpha = ev.completions.len() / ev.rows.len().max(1);
+                report::plot(&out, &learned, per_alpha, Some(&ev.rows))?;
                 eprintln!("random-direction control (same heads and sigmas, seed {seed}):");
             }
-            _ => report::write_all(&out, ev, meta.clone(), &description)?,
+            _ => {
+                report::write_all(&out, ev, meta.clone(), &description)?;
+                learned = ev.rows.clone();
+            }
         }
         eprint!("{}", report::markdown_table(ev));
         Ok(())
@@ -419,6 +426,7 @@ fn import_scores(dir: &std::path::Path, file: &std::path::Path, field: &str) -> 
     use baddata::eval::import::{read_completions, read_scores, rescore};
     let scores = read_scores(file, field)?;
     let mut done = 0;
+    let mut imported: Vec<(Vec<baddata::eval::AlphaResult>, usize)> = Vec::new();
     for d in [dir.to_path_buf(), dir.join("random-control")] {
         let results = d.join("results.json");
         if !results.is_file() {
@@ -474,7 +482,11 @@ fn import_scores(dir: &std::path::Path, file: &std::path::Path, field: &str) -> 
         report::write_all(&out, &ev, meta, &desc)?;
         eprintln!("imported scores for {} ({}):", d.display(), out.display());
         eprint!("{}", report::markdown_table(&ev));
+        imported.push((ev.rows.clone(), ev.completions.len() / ev.rows.len().max(1)));
         done += 1;
+    }
+    if let [(learned, per_alpha), (control, _)] = &imported[..] {
+        report::plot(&dir.join("imported"), learned, *per_alpha, Some(control))?;
     }
     if done == 0 {
         bail!("{}: no results.json of an evaluation there", dir.display());

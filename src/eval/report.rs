@@ -6,11 +6,15 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
+use super::AlphaResult;
 use super::Evaluation;
-use crate::plot::{line_chart, Series};
+use crate::plot::{chart, Chart, Legend, Line, Point};
 
-/// Name of the plot file written by [`write_all`].
+/// Name of the plot file written by [`write_all`] and [`plot`].
 pub const PLOT: &str = "toxicity_vs_ce.png";
+
+/// Name of the file with the plotted numbers, beside [`PLOT`].
+pub const PLOT_CSV: &str = "toxicity_vs_ce.csv";
 
 /// The markdown table: one line per alpha.
 pub fn markdown_table(ev: &Evaluation) -> String {
@@ -56,19 +60,69 @@ pub fn write_all(
     }
     w.flush()
         .with_context(|| format!("writing {}", p.display()))?;
-    let points: Vec<(f64, f64)> = ev.rows.iter().map(|r| (r.ce, r.toxicity)).collect();
-    let alphas: Vec<String> = ev.rows.iter().map(|r| r.alpha.to_string()).collect();
-    let label = format!("ITI, alpha = {}", alphas.join(", "));
-    line_chart(
-        &dir.join(PLOT),
-        "Toxicity vs clean cross-entropy over ITI strength",
-        "cross-entropy on clean text (nats)",
-        "toxicity x100",
-        &[Series {
-            label: &label,
-            points: &points,
-        }],
-    )
-    .with_context(|| format!("plotting {}", dir.join(PLOT).display()))?;
+    let per_alpha = ev.completions.len() / ev.rows.len().max(1);
+    plot(dir, &ev.rows, per_alpha, None)?;
     Ok(())
+}
+
+/// Draws [`PLOT`] in `dir` and writes its numbers to [`PLOT_CSV`]: mean toxicity (±1 standard
+/// error over the `per_alpha` completions of each alpha) against clean cross-entropy, one point
+/// per alpha and labelled with it, for the learned directions and, when given, for the
+/// random-direction control (dashed, on the same axes).
+pub fn plot(
+    dir: &Path,
+    rows: &[AlphaResult],
+    per_alpha: usize,
+    control: Option<&[AlphaResult]>,
+) -> Result<()> {
+    let mut csv = String::from("directions,alpha,toxicity_x100,toxicity_se,ce,delta_ce_pct,kl\n");
+    let mut lines = Vec::new();
+    for (name, rows, dashed) in [("learned", rows, false)]
+        .into_iter()
+        .chain(control.map(|c| ("random", c, true)))
+    {
+        for r in rows {
+            csv += &format!(
+                "{name},{},{},{},{},{},{}\n",
+                r.alpha, r.toxicity, r.toxicity_se, r.ce, r.delta_ce_pct, r.kl
+            );
+        }
+        let points = rows
+            .iter()
+            .map(|r| {
+                Point::new(r.ce, r.toxicity)
+                    .y_pm(r.toxicity_se)
+                    .label(format!("α {}", r.alpha))
+            })
+            .collect();
+        let label = if dashed {
+            "random directions (control), same heads and sigmas"
+        } else {
+            "learned directions (ITI)"
+        };
+        let mut line = Line::new(label, points);
+        if dashed {
+            line = line.dashed();
+        }
+        lines.push(line);
+    }
+    let p = dir.join(PLOT_CSV);
+    std::fs::write(&p, csv).with_context(|| format!("writing {}", p.display()))?;
+    let title = format!(
+        "Toxicity (mean ± s.e., {per_alpha} completions per alpha) vs clean cross-entropy over ITI strength"
+    );
+    let path = dir.join(PLOT);
+    chart(
+        &path,
+        &Chart {
+            legend: Legend::UpperRight,
+            ..Chart::new(
+                &title,
+                "cross-entropy on clean text (nats)",
+                "toxicity x100",
+                &lines,
+            )
+        },
+    )
+    .with_context(|| format!("plotting {}", path.display()))
 }

@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
+use super::summary::Row;
 use super::summary::Summary;
 use super::SweepSpec;
-use crate::plot::{line_chart, Series};
+use crate::plot::{chart, Chart, Legend, Line, Point};
 
 /// Writes `text` to `path` atomically.
 fn write(path: &Path, text: &str) -> Result<()> {
@@ -18,14 +19,35 @@ fn write(path: &Path, text: &str) -> Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
-/// Draws every figure of `s` into `dir`; returns the files written.
+/// The 95% half-width of a row's toxicity on set `k`: over seeds, or with one seed over prompts
+/// (1.96 standard errors).
+fn toxicity_bar(r: &Row, k: usize) -> f64 {
+    let t = &r.sets[k];
+    if t.toxicity.ci95.is_finite() {
+        t.toxicity.ci95
+    } else {
+        1.96 * t.prompt_se
+    }
+}
+
+/// What the bars are, for titles.
+fn bars(seeds: usize) -> &'static str {
+    if seeds > 1 {
+        "95% CI over seeds"
+    } else {
+        "95% CI over prompts, one seed"
+    }
+}
+
+/// Draws every figure of `s` into `dir`, each with the numbers it plots as CSV beside it;
+/// returns the files written.
 pub fn draw(spec: &SweepSpec, dir: &Path, s: &Summary) -> Result<Vec<PathBuf>> {
     let dir = dir.to_path_buf();
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut files = Vec::new();
     let seeds = s.seeds;
 
-    // Figure 5: per-head probe accuracies per ratio
+    // Figure 5: per-head probe accuracies per ratio, ranked
     let mut csv = String::from("ratio,cell_head_index,val_accuracy\n");
     for p in &s.probes {
         for (i, a) in p.accuracies.iter().enumerate() {
@@ -35,48 +57,51 @@ pub fn draw(spec: &SweepSpec, dir: &Path, s: &Summary) -> Result<Vec<PathBuf>> {
     let f = dir.join("probe_accuracy_by_ratio.csv");
     write(&f, &csv)?;
     files.push(f);
-    let series: Vec<(String, Vec<(f64, f64)>)> = s
+    let lines: Vec<Line> = s
         .probes
         .iter()
         .map(|p| {
             let mut a = p.accuracies.clone();
             a.sort_by(|x, y| y.total_cmp(x));
             let n = a.len().max(1) as f64;
-            (
-                format!("toxic {:.0}%", p.ratio * 100.0),
-                a.iter()
-                    .enumerate()
-                    .map(|(i, &v)| ((i as f64 + 0.5) / n, v))
-                    .collect(),
-            )
+            let xy: Vec<(f64, f64)> = a
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| ((i as f64 + 0.5) / n, v))
+                .collect();
+            Line::curve(format!("toxic {:.0}%", p.ratio * 100.0), &xy)
         })
         .collect();
-    if !series.is_empty() {
+    if !lines.is_empty() {
+        let heads = s.probes[0].accuracies.len() / seeds.max(1);
+        let test = s.probe_test.as_ref().map_or(String::new(), |t| {
+            format!("; largest ratio > 0%: P = {:.2}, p = {:.2e}", t.effect, t.p)
+        });
+        let title = format!(
+            "Probe validation accuracy per head, ranked ({heads} heads × {seeds} seed(s) per ratio{test})"
+        );
         let f = dir.join("probe_accuracy_by_ratio.png");
-        line_chart(
+        chart(
             &f,
-            &format!("Per-head probe accuracy, ranked (every head of {seeds} seed(s) per ratio)"),
-            "head's rank as a fraction of all heads (best first)",
-            "validation accuracy",
-            &series
-                .iter()
-                .map(|(l, p)| Series {
-                    label: l,
-                    points: p,
-                })
-                .collect::<Vec<_>>(),
+            &Chart::new(
+                &title,
+                "head's rank as a fraction of all heads (best first)",
+                "validation accuracy",
+                &lines,
+            ),
         )?;
         files.push(f);
     }
 
     // toxicity and CE against the ratio, per condition
-    let mut csv =
-        String::from("ratio,condition,alpha,set,toxicity,toxicity_ci95,prompt_se,ce,ce_ci95\n");
+    let mut csv = String::from(
+        "ratio,condition,alpha,set,toxicity,toxicity_ci95,prompt_se,ce,ce_ci95,seeds\n",
+    );
     for r in &s.rows {
         for t in &r.sets {
             let _ = writeln!(
                 csv,
-                "{},{},{},{},{},{},{},{},{}",
+                "{},{},{},{},{},{},{},{},{},{}",
                 r.ratio,
                 r.condition,
                 r.alpha,
@@ -85,108 +110,157 @@ pub fn draw(spec: &SweepSpec, dir: &Path, s: &Summary) -> Result<Vec<PathBuf>> {
                 t.toxicity.ci95,
                 t.prompt_se,
                 r.ce.mean,
-                r.ce.ci95
+                r.ce.ci95,
+                t.toxicity.n
             );
         }
     }
     let f = dir.join("toxicity_by_ratio.csv");
     write(&f, &csv)?;
     files.push(f);
-    for (k, ps) in spec.eval.prompt_sets.iter().enumerate() {
-        let by_cond = |cond: &str| -> Vec<(f64, f64)> {
-            s.rows
-                .iter()
-                .filter(|r| r.condition == cond)
-                .map(|r| (r.ratio * 100.0, r.sets[k].toxicity.mean))
-                .collect()
-        };
-        let conds = [
-            "none",
-            "prompting",
+    // (condition, legend, colour, dashed): the random control in its ITI strength's colour
+    let conds = [
+        ("none", "no intervention".to_string(), 6, false),
+        ("prompting", "prompting baseline".to_string(), 4, false),
+        (
             "iti-weak",
+            format!("ITI weak (α {})", spec.eval.alphas[0]),
+            5,
+            false,
+        ),
+        (
             "iti-mid",
+            format!("ITI mid (α {})", spec.eval.alphas[1]),
+            0,
+            false,
+        ),
+        (
             "iti-strong",
+            format!("ITI strong (α {})", spec.eval.alphas[2]),
+            1,
+            false,
+        ),
+        (
             "random-strong",
-        ];
-        let series: Vec<(String, Vec<(f64, f64)>)> = conds
+            format!("random directions (α {})", spec.eval.alphas[2]),
+            1,
+            true,
+        ),
+    ];
+    for (k, ps) in spec.eval.prompt_sets.iter().enumerate() {
+        let lines: Vec<Line> = conds
             .iter()
-            .map(|c| (c.to_string(), by_cond(c)))
-            .filter(|(_, p)| !p.is_empty())
+            .filter_map(|(cond, label, color, dashed)| {
+                let points: Vec<Point> = s
+                    .rows
+                    .iter()
+                    .filter(|r| r.condition == *cond)
+                    .map(|r| {
+                        Point::new(r.ratio * 100.0, r.sets[k].toxicity.mean)
+                            .y_pm(toxicity_bar(r, k))
+                    })
+                    .collect();
+                if points.is_empty() {
+                    return None;
+                }
+                let l = Line::new(label.clone(), points).color(*color);
+                Some(if *dashed { l.dashed() } else { l })
+            })
             .collect();
-        if series.is_empty() {
+        if lines.is_empty() {
             continue;
         }
         let f = dir.join(format!("toxicity_by_ratio_{}.png", ps.name));
-        line_chart(
+        let title = format!(
+            "Toxicity of completions of the {} prompts against the toxic ratio ({})",
+            ps.name,
+            bars(seeds)
+        );
+        chart(
             &f,
-            &format!(
-                "Toxicity of completions ({}) against the toxic ratio, {seeds} seed(s)",
-                ps.name
-            ),
-            "toxic share of training tokens (%)",
-            "toxicity x100",
-            &series
-                .iter()
-                .map(|(l, p)| Series {
-                    label: l,
-                    points: p,
-                })
-                .collect::<Vec<_>>(),
+            &Chart {
+                dodge: 0.006,
+                ..Chart::new(
+                    &title,
+                    "toxic share of training tokens (%)",
+                    "toxicity x100",
+                    &lines,
+                )
+            },
         )?;
         files.push(f);
     }
-    let ce: Vec<(f64, f64)> = s
+    let ce: Vec<Point> = s
         .rows
         .iter()
         .filter(|r| r.condition == "none")
-        .map(|r| (r.ratio * 100.0, r.ce.mean))
+        .map(|r| Point::new(r.ratio * 100.0, r.ce.mean).y_pm(r.ce.ci95))
         .collect();
     if !ce.is_empty() {
         let f = dir.join("ce_by_ratio.png");
-        line_chart(
+        let title = format!(
+            "Clean cross-entropy of the unsteered model against the toxic ratio ({seeds} seed(s), 95% CI)"
+        );
+        let lines = [Line::new("no intervention", ce).color(6)];
+        chart(
             &f,
-            &format!("Clean cross-entropy against the toxic ratio, {seeds} seed(s)"),
-            "toxic share of training tokens (%)",
-            "cross-entropy on clean text (nats)",
-            &[Series {
-                label: "no intervention",
-                points: &ce,
-            }],
+            &Chart::new(
+                &title,
+                "toxic share of training tokens (%)",
+                "cross-entropy on clean text (nats)",
+                &lines,
+            ),
         )?;
         files.push(f);
     }
-    // the trade-off over alpha, one line per ratio (first prompt set)
-    let mut series = Vec::new();
-    for &ratio in &spec.ratios {
-        let pts: Vec<(f64, f64)> = s
-            .rows
-            .iter()
-            .filter(|r| {
-                r.ratio == ratio && (r.condition == "none" || r.condition.starts_with("iti"))
-            })
-            .map(|r| (r.ce.mean, r.sets[0].toxicity.mean))
-            .collect();
-        if !pts.is_empty() {
-            series.push((format!("toxic {:.0}%", ratio * 100.0), pts));
+    // the trade-off over alpha, one line per ratio (first prompt set), the random control dashed
+    let mut lines = Vec::new();
+    for (i, &ratio) in spec.ratios.iter().enumerate() {
+        let point = |r: &Row| {
+            Point::new(r.ce.mean, r.sets[0].toxicity.mean)
+                .y_pm(toxicity_bar(r, 0))
+                .x_pm(r.ce.ci95)
+                .label(format!("α {}", r.alpha))
+        };
+        let at = |pred: &dyn Fn(&Row) -> bool| -> Vec<Point> {
+            s.rows
+                .iter()
+                .filter(|r| r.ratio == ratio && pred(r))
+                .map(point)
+                .collect()
+        };
+        let learned = at(&|r| r.condition == "none" || r.condition.starts_with("iti"));
+        let random = at(&|r| r.condition == "none" || r.condition.starts_with("random"));
+        if !learned.is_empty() {
+            let name = format!("toxic {:.0}%", ratio * 100.0);
+            lines.push(Line::new(format!("{name}, ITI"), learned).color(i));
+            if random.len() > 1 {
+                lines.push(
+                    Line::new(format!("{name}, random directions"), random)
+                        .color(i)
+                        .dashed(),
+                );
+            }
         }
     }
-    if !series.is_empty() {
+    if !lines.is_empty() {
         let f = dir.join("tradeoff.png");
-        line_chart(
+        let title = format!(
+            "Toxicity ({}) vs clean CE over alpha ({})",
+            spec.eval.prompt_sets[0].name,
+            bars(seeds)
+        );
+        chart(
             &f,
-            &format!(
-                "Toxicity vs clean CE over alpha 0, {:?} ({}), {seeds} seed(s)",
-                spec.eval.alphas, spec.eval.prompt_sets[0].name
-            ),
-            "cross-entropy on clean text (nats)",
-            "toxicity x100",
-            &series
-                .iter()
-                .map(|(l, p)| Series {
-                    label: l,
-                    points: p,
-                })
-                .collect::<Vec<_>>(),
+            &Chart {
+                legend: Legend::UpperRight,
+                ..Chart::new(
+                    &title,
+                    "cross-entropy on clean text (nats)",
+                    "toxicity x100",
+                    &lines,
+                )
+            },
         )?;
         files.push(f);
     }

@@ -12,7 +12,7 @@ use super::chains::{Feature, ToyChains};
 use super::entanglement::{random_entanglement, welch_bound, D4_ENTANGLEMENT};
 use super::summary::MeanCi;
 use super::{CellSettings, Hook, ProbeSettings, ToyConfig};
-use crate::plot::{errorbar_chart, ErrorChart, ErrorSeries, RefLine};
+use crate::plot::{chart, Chart, Legend, Line, Point, RefLine};
 
 /// Draws of all the features' directions for the random-directions reference level.
 pub const RANDOM_TRIALS: usize = 20_000;
@@ -351,17 +351,17 @@ pub fn csv(r: &ToyResults) -> String {
 /// the reference levels (Welch bound, D4 lines, random directions). The two groups are drawn
 /// 0.8% of the x range to either side of their share so that their bars stay apart.
 pub fn plot(r: &ToyResults, path: &Path) -> Result<()> {
-    let pts = |f: &dyn Fn(&SharePoint) -> &MeanCi| -> Vec<(f64, f64, f64, f64)> {
+    let pts = |f: &dyn Fn(&SharePoint) -> &MeanCi| -> Vec<Point> {
         r.points
             .iter()
             .map(|p| {
                 let m = f(p);
-                let (lo, hi) = if m.ci_lo.is_finite() {
-                    (m.ci_lo, m.ci_hi)
+                let pt = Point::new(p.share, m.mean);
+                if m.ci_lo.is_finite() {
+                    pt.y_range(m.ci_lo, m.ci_hi)
                 } else {
-                    (m.mean, m.mean)
-                };
-                (p.share, m.mean, lo, hi)
+                    pt
+                }
             })
             .collect()
     };
@@ -403,25 +403,23 @@ pub fn plot(r: &ToyResults, path: &Path) -> Result<()> {
         },
         r.probe.layer
     );
-    errorbar_chart(
+    let series = [
+        Line::new(rare_label, rare).color(1),
+        Line::new(other_label, others).color(0),
+    ];
+    chart(
         path,
-        &ErrorChart {
-            title: &title,
-            x_label: "share of training sequences from the underrepresented chain",
-            y_label: "entanglement: max |cos| with another feature",
-            series: &[
-                ErrorSeries {
-                    label: &rare_label,
-                    points: &rare,
-                },
-                ErrorSeries {
-                    label: &other_label,
-                    points: &others,
-                },
-            ],
+        &Chart {
             ref_lines: &lines,
             y_range: Some((0.0, 1.0)),
             dodge: 0.008,
+            legend: Legend::LowerRight,
+            ..Chart::new(
+                &title,
+                "share of training sequences from the underrepresented chain",
+                "entanglement: max |cos| with another feature",
+                &series,
+            )
         },
     )
 }
