@@ -24,7 +24,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Result};
 use baddata::backend::cpu::attention as cpu_attn;
 use baddata::backend::cuda::attention::AttentionKernels;
-use baddata::backend::cuda::CudaBackend;
+use baddata::backend::cuda::CudaDevice;
 use baddata::backend::AttnShape;
 use criterion::{Criterion, Throughput};
 use cudarc::driver::CudaSlice;
@@ -99,7 +99,7 @@ fn cpu_benches(c: &mut Criterion) {
 /// (only at OLMo-1B's shape).
 type Row = (String, f64, f64, Option<f64>);
 
-fn gpu_benches(c: &mut Criterion, be: &CudaBackend) -> Result<()> {
+fn gpu_benches(c: &mut Criterion, be: &CudaDevice) -> Result<()> {
     println!("GPU attention benches on {}", be.describe());
     let k = AttentionKernels::new(be)?;
     let shapes = [

@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Result};
 use baddata::backend::cuda::adamw::{grad_norm_partials_len, AdamWKernels, Clip};
-use baddata::backend::cuda::CudaBackend;
+use baddata::backend::cuda::CudaDevice;
 use baddata::optim::adamw::{adamw_reference, AdamWConfig, StepArgs};
 use criterion::{Criterion, Throughput};
 use cudarc::driver::CudaSlice;
@@ -89,7 +89,7 @@ struct Buffers {
     partials: CudaSlice<f64>,
 }
 
-fn alloc(be: &CudaBackend, n: usize) -> Result<Buffers> {
+fn alloc(be: &CudaDevice, n: usize) -> Result<Buffers> {
     let s = be.stream();
     let e = |e| anyhow!("allocating benchmark buffers for {n} parameters: {e}");
     let mut b = Buffers {
@@ -115,7 +115,7 @@ fn alloc(be: &CudaBackend, n: usize) -> Result<Buffers> {
     Ok(b)
 }
 
-fn gpu_benches(c: &mut Criterion, be: &CudaBackend) -> Result<()> {
+fn gpu_benches(c: &mut Criterion, be: &CudaDevice) -> Result<()> {
     println!("GPU benches on {}", be.describe());
     let k = AdamWKernels::new(be)?;
     let (free, _) = be
@@ -235,7 +235,7 @@ fn print_rows(rows: &[(&str, u64, f64)], copy_bps: f64) {
 type OpRows = Vec<(&'static str, u64, f64)>;
 
 /// Training-step kernels at OLMo-1B's shape; returns the title and rows of their summary table.
-fn op_benches(c: &mut Criterion, be: &CudaBackend) -> Result<(String, OpRows)> {
+fn op_benches(c: &mut Criterion, be: &CudaDevice) -> Result<(String, OpRows)> {
     use baddata::backend::cuda::cross_entropy::CrossEntropyKernels;
     use baddata::backend::cuda::embedding::{EmbeddingBwdPlan, EmbeddingKernels};
     use baddata::backend::cuda::layernorm::{LayerNormKernels, LnVersion};

@@ -35,7 +35,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Result};
 use baddata::backend::cpu::matmul as cpu_mm;
 use baddata::backend::cuda::matmul::{MatmulKernels, MmElem, MmVersion};
-use baddata::backend::cuda::CudaBackend;
+use baddata::backend::cuda::CudaDevice;
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, Throughput};
 use cudarc::driver::CudaSlice;
@@ -126,7 +126,7 @@ struct Layer {
 fn bench_layer<Y: MmElem + cudarc::driver::ValidAsZeroBits>(
     group: &mut BenchmarkGroup<'_, WallTime>,
     rows: &mut Vec<Row>,
-    be: &CudaBackend,
+    be: &CudaDevice,
     mm: &MatmulKernels,
     mut l: Layer,
 ) -> Result<()> {
@@ -185,7 +185,7 @@ fn bench_layer<Y: MmElem + cudarc::driver::ValidAsZeroBits>(
     Ok(())
 }
 
-fn gpu_benches(c: &mut Criterion, be: &CudaBackend) -> Result<()> {
+fn gpu_benches(c: &mut Criterion, be: &CudaDevice) -> Result<()> {
     println!("GPU matmul benches on {}", be.describe());
     let s = be.stream().clone();
     let mut rng = ChaCha8Rng::seed_from_u64(11);

@@ -4,7 +4,7 @@
 // to bf16, when `has_grad`), targets [n] u32, losses [n] fp32. The logits are stored in bf16
 // (DESIGN.md: 1.65 GB instead of 3.3 GB at OLMo-1B, 8 x 2048, and half the bytes to read);
 // every value is widened to fp32 on load and all the math below is fp32.
-// CPU reference: src/backend/cpu/loss.rs `cross_entropy`, fed the same bf16 values. Per row i
+// CPU reference: src/backend/cpu/cross_entropy.rs `cross_entropy`, fed the same bf16 values. Per row i
 // with target t:
 //   m = max_j x_j;  S = Σ_j exp(x_j − m);  losses[i] = (m + ln S) − x_t
 //   with grad:  x_j <- bf16(exp(x_j − m) · (scale / S) − [j = t]·scale)

@@ -7,7 +7,7 @@
 //   dout  [n, d]  gradient of `out`
 //   dwte  [V, d]  gradient of the table, ACCUMULATED: dwte[ids[i], :] += dout[i, :]
 //
-// CPU references: src/backend/cpu/pointwise.rs `embedding_fwd`, `embedding_bwd`.
+// CPU references: src/backend/cpu/embedding.rs `embedding_fwd`, `embedding_bwd`.
 //
 // Determinism of the backward without float atomics: the positions are bucketed by token id
 // on the host when the batch is staged (the ids come from the host anyway; see

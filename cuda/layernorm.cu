@@ -2,7 +2,7 @@
 //
 // Layouts (row-major fp32, caller-owned; no buffer may alias another):
 //   x, a, b, xsum, out, dy, xhat, dx  [n, d]      mean, rstd  [n]
-// CPU references: src/backend/cpu/norm.rs `layernorm_fwd`, `layernorm_bwd`.
+// CPU references: src/backend/cpu/layernorm.rs `layernorm_fwd`, `layernorm_bwd`.
 //
 // One warp per row (LN_WARPS rows per block of 32·LN_WARPS threads). Lane l reads elements
 // (or float4s when d % 4 == 0 and every [n, d] buffer is 16-byte aligned) l, l + 32, ... in

@@ -195,14 +195,6 @@ impl ModelConfig {
         crate::model::params::ParamLayout::new(self).len()
     }
 
-    /// Forward-pass FLOPs per token for a sequence of length `t` (matmuls 2·params, attention
-    /// 2·2·T·d per layer averaged over causal positions), as used for MFU. Training is 3×.
-    pub fn flops_per_token(&self, t: usize) -> f64 {
-        let n = self.n_params() as f64;
-        let attn = (self.n_layers * 2 * self.d_model * t) as f64; // causal: half of 4·T·d
-        2.0 * n + attn
-    }
-
     /// The `config.json` that Hugging Face `transformers` reads as an `OlmoConfig`.
     pub fn to_hf_config(&self) -> serde_json::Value {
         serde_json::json!({

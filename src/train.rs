@@ -19,7 +19,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::backend::cpu::Cpu;
 use crate::backend::cuda::executor::CudaExecutor;
-use crate::backend::cuda::CudaBackend;
+use crate::backend::cuda::CudaDevice;
 use crate::backend::device::Device;
 use crate::backend::profile::Profiled;
 use crate::backend::Backend;
@@ -289,11 +289,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainReport> {
             if let Ok((free, total)) = ctx.mem_get_info() {
                 check_device_memory(cfg, free as u64, total as u64)?;
             }
-            run_on(
-                cfg,
-                opts,
-                CudaExecutor::new(CudaBackend::new(ctx.clone())?)?,
-            )
+            run_on(cfg, opts, CudaExecutor::new(CudaDevice::new(ctx.clone())?)?)
         }
     }
 }

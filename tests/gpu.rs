@@ -10,13 +10,15 @@
 //! are run.
 
 use anyhow::{anyhow, ensure, Result};
-use baddata::backend::cpu::{loss as cpu_loss, norm as cpu_norm, pointwise as cpu_pw};
+use baddata::backend::cpu::{
+    cross_entropy as cpu_ce, embedding as cpu_emb, layernorm as cpu_ln, pointwise as cpu_pw,
+};
 use baddata::backend::cuda::adamw::{grad_norm_partials_len, AdamWKernels, Clip, CudaAdamW};
 use baddata::backend::cuda::cross_entropy::CrossEntropyKernels;
 use baddata::backend::cuda::embedding::{EmbeddingBwdPlan, EmbeddingKernels};
 use baddata::backend::cuda::layernorm::{LayerNormKernels, LnVersion};
 use baddata::backend::cuda::pointwise::PointwiseKernels;
-use baddata::backend::cuda::CudaBackend;
+use baddata::backend::cuda::CudaDevice;
 use baddata::backend::AttnShape;
 use baddata::model::transformer::rope_table;
 use baddata::optim::adamw::{
@@ -37,7 +39,7 @@ use gpu_common::{
 };
 
 struct Gpu {
-    be: CudaBackend,
+    be: CudaDevice,
     k: AdamWKernels,
 }
 
@@ -99,7 +101,7 @@ fn main() {
         ),
     ];
     let setup = || {
-        let be = CudaBackend::open(0)?;
+        let be = CudaDevice::open(0)?;
         let k = AdamWKernels::new(&be)?;
         let device = be.describe();
         Ok((Gpu { be, k }, device))
@@ -573,7 +575,7 @@ fn embedding_fwd_matches_cpu(gpu: &Gpu) -> Result<()> {
             )?;
             let got = download_guarded(&gpu.be, &dout, off, n * d, GUARD_F32, "out")?;
             let mut want = vec![0f32; n * d];
-            cpu_pw::embedding_fwd(&mut want, &ids, &wte, d)?;
+            cpu_emb::embedding_fwd(&mut want, &ids, &wte, d)?;
             check_bits(&ctx, "out", &got, &want)?;
         }
     }
@@ -612,7 +614,7 @@ fn embedding_bwd_matches_cpu_bit_exact(gpu: &Gpu) -> Result<()> {
                 )?);
             }
             let mut want = dwte0.clone();
-            cpu_pw::embedding_bwd(&mut want, &ids, &dout, d)?;
+            cpu_emb::embedding_bwd(&mut want, &ids, &dout, d)?;
             check_bits(&ctx, "dwte vs CPU", &runs[0], &want)?;
             check_bits(&ctx, "dwte run 2 vs run 1", &runs[1], &runs[0])?;
         }
@@ -686,9 +688,9 @@ fn check_layernorm_fwd(
 ) -> Result<()> {
     let n = x.len() / d;
     let (mut o32, mut m32, mut r32) = (vec![0f32; n * d], vec![0f32; n], vec![0f32; n]);
-    cpu_norm::layernorm_fwd(&mut o32, &mut m32, &mut r32, x, d, eps as f32);
+    cpu_ln::layernorm_fwd(&mut o32, &mut m32, &mut r32, x, d, eps as f32);
     let (mut o64, mut m64, mut r64) = (vec![0f64; n * d], vec![0f64; n], vec![0f64; n]);
-    cpu_norm::layernorm_fwd(&mut o64, &mut m64, &mut r64, &to64(x), d, eps);
+    cpu_ln::layernorm_fwd(&mut o64, &mut m64, &mut r64, &to64(x), d, eps);
     let got = download_guarded(&gpu.be, dout, off, n * d, GUARD_F32, "out")?;
     check_close(ctx, "out", &got, &o32, &o64)?;
     let got = download_guarded(&gpu.be, dmean, off, n, GUARD_F32, "mean")?;
@@ -763,7 +765,7 @@ fn layernorm_bwd_version(gpu: &Gpu, ver: LnVersion) -> Result<()> {
                 let x = ln_input(&mut rng, n, d);
                 let (mut xhat, mut mean, mut rstd) =
                     (vec![0f32; n * d], vec![0f32; n], vec![0f32; n]);
-                cpu_norm::layernorm_fwd(&mut xhat, &mut mean, &mut rstd, &x, d, 1e-5);
+                cpu_ln::layernorm_fwd(&mut xhat, &mut mean, &mut rstd, &x, d, 1e-5);
                 let dy = uniform(&mut rng, n * d, -1.0, 1.0);
                 let dx0 = if accumulate {
                     uniform(&mut rng, n * d, -1.0, 1.0)
@@ -785,9 +787,9 @@ fn layernorm_bwd_version(gpu: &Gpu, ver: LnVersion) -> Result<()> {
                 )?;
                 let got = download_guarded(&gpu.be, &ddx, off, n * d, GUARD_F32, "dx")?;
                 let mut w32 = dx0.clone();
-                cpu_norm::layernorm_bwd(&mut w32, &dy, &xhat, &rstd, d, accumulate);
+                cpu_ln::layernorm_bwd(&mut w32, &dy, &xhat, &rstd, d, accumulate);
                 let mut w64 = to64(&dx0);
-                cpu_norm::layernorm_bwd(
+                cpu_ln::layernorm_bwd(
                     &mut w64,
                     &to64(&dy),
                     &to64(&xhat),
@@ -992,9 +994,9 @@ fn cross_entropy_matches_cpu(gpu: &Gpu) -> Result<()> {
                     scale.map(|s| s as f32),
                 )?;
                 let (mut x32, mut l32) = (x.clone(), vec![0f32; n]);
-                cpu_loss::cross_entropy(&mut x32, &mut l32, &t, v, scale.map(|s| s as f32))?;
+                cpu_ce::cross_entropy(&mut x32, &mut l32, &t, v, scale.map(|s| s as f32))?;
                 let (mut x64, mut l64) = (to64(&x), vec![0f64; n]);
-                cpu_loss::cross_entropy(&mut x64, &mut l64, &t, v, scale)?;
+                cpu_ce::cross_entropy(&mut x64, &mut l64, &t, v, scale)?;
                 let got = download_guarded(&gpu.be, &dloss, off, n, GUARD_F32, "losses")?;
                 check_close(&ctx, "losses", &got, &l32, &l64)?;
                 let got = download_guarded(&gpu.be, &dlog, off, n * v, guard, "logits")?;

@@ -19,7 +19,7 @@
 use anyhow::{anyhow, ensure, Context, Result};
 use baddata::backend::cpu::attention as cpu_attn;
 use baddata::backend::cuda::attention::AttentionKernels;
-use baddata::backend::cuda::CudaBackend;
+use baddata::backend::cuda::CudaDevice;
 use baddata::backend::AttnShape;
 use cudarc::driver::CudaSlice;
 use rand::SeedableRng;
@@ -34,7 +34,7 @@ use gpu_common::{
 };
 
 struct Gpu {
-    be: CudaBackend,
+    be: CudaDevice,
     k: AttentionKernels,
 }
 
@@ -60,7 +60,7 @@ fn main() {
         bf16_oracle_rounds_to_nearest_even,
     )];
     let setup = || {
-        let be = CudaBackend::open(0)?;
+        let be = CudaDevice::open(0)?;
         let k = AttentionKernels::new(&be)?;
         let device = be.describe();
         Ok((Gpu { be, k }, device))

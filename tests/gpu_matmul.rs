@@ -29,7 +29,7 @@
 use anyhow::{anyhow, ensure, Result};
 use baddata::backend::cpu::matmul as cpu_mm;
 use baddata::backend::cuda::matmul::{MatmulKernels, MmVersion};
-use baddata::backend::cuda::CudaBackend;
+use baddata::backend::cuda::CudaDevice;
 use cudarc::driver::CudaSlice;
 use half::bf16;
 use rand::SeedableRng;
@@ -44,7 +44,7 @@ use gpu_common::{
 };
 
 struct Gpu {
-    be: CudaBackend,
+    be: CudaDevice,
     /// The executor's choice (`matmul::DEFAULT_VERSION`).
     mm: MatmulKernels,
     /// Each version on every product, whatever its size.
@@ -81,7 +81,7 @@ fn main() {
         cpu_reference_matches_naive_loop,
     )];
     let setup = || {
-        let be = CudaBackend::open(0)?;
+        let be = CudaDevice::open(0)?;
         let mm = MatmulKernels::new(&be)?;
         let staged = MatmulKernels::with_version(&be, MmVersion::Staged)?;
         let asynchronous = MatmulKernels::with_version(&be, MmVersion::Async)?;

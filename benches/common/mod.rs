@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
-use baddata::backend::cuda::CudaBackend;
+use baddata::backend::cuda::CudaDevice;
 use criterion::Criterion;
 use cudarc::driver::{CudaSlice, DeviceRepr};
 
@@ -30,10 +30,10 @@ pub fn run_benches(
     mut c: Criterion,
     what: &str,
     fallback: &str,
-    gpu: impl FnOnce(&mut Criterion, &CudaBackend) -> Result<()>,
+    gpu: impl FnOnce(&mut Criterion, &CudaDevice) -> Result<()>,
     cpu: impl FnOnce(&mut Criterion),
 ) {
-    match CudaBackend::open(0) {
+    match CudaDevice::open(0) {
         Ok(be) => {
             if let Err(e) = gpu(&mut c, &be) {
                 eprintln!("{what} failed: {e:#}");
@@ -53,7 +53,7 @@ pub fn run_benches(
 }
 
 /// Fills a device buffer by tiling a random host block over it.
-pub fn fill<T: DeviceRepr>(be: &CudaBackend, buf: &mut CudaSlice<T>, block: &[T]) -> Result<()> {
+pub fn fill<T: DeviceRepr>(be: &CudaDevice, buf: &mut CudaSlice<T>, block: &[T]) -> Result<()> {
     let n = buf.len();
     let mut i = 0;
     while i < n {
@@ -67,7 +67,7 @@ pub fn fill<T: DeviceRepr>(be: &CudaBackend, buf: &mut CudaSlice<T>, block: &[T]
 }
 
 /// Best-of-5 seconds per call (`calls` calls each) of `f`, synchronising around each batch.
-pub fn best_time(be: &CudaBackend, calls: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+pub fn best_time(be: &CudaDevice, calls: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     let mut best = f64::INFINITY;
     for _ in 0..5 {
         be.synchronize()?;
@@ -83,11 +83,7 @@ pub fn best_time(be: &CudaBackend, calls: usize, mut f: impl FnMut() -> Result<(
 
 /// Wall time of `iters` calls of `f`, synchronising before and after (criterion's
 /// `iter_custom`); a failed launch or synchronisation panics, as criterion expects a time.
-pub fn timed_launches(
-    be: &CudaBackend,
-    iters: u64,
-    f: &mut impl FnMut() -> Result<()>,
-) -> Duration {
+pub fn timed_launches(be: &CudaDevice, iters: u64, f: &mut impl FnMut() -> Result<()>) -> Duration {
     be.synchronize().expect("sync");
     let t = Instant::now();
     for _ in 0..iters {

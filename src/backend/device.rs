@@ -13,7 +13,7 @@ use cudarc::driver::CudaContext;
 use super::cpu::Cpu;
 use super::cuda;
 use super::cuda::executor::CudaExecutor;
-use super::cuda::CudaBackend;
+use super::cuda::CudaDevice;
 use super::Backend;
 
 /// Work generic over the executor, run on whichever one a [`Device`] names
@@ -84,7 +84,7 @@ impl Device {
     pub fn run<J: ExecutorJob>(&self, job: J) -> Result<J::Output> {
         match self {
             Device::Cpu => job.run(Cpu::<f32>::new()),
-            Device::Cuda(ctx) => job.run(CudaExecutor::new(CudaBackend::new(ctx.clone())?)?),
+            Device::Cuda(ctx) => job.run(CudaExecutor::new(CudaDevice::new(ctx.clone())?)?),
         }
     }
 

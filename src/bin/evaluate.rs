@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 
 use baddata::backend::cpu::Cpu;
-use baddata::backend::cuda::{executor::CudaExecutor, CudaBackend};
+use baddata::backend::cuda::{executor::CudaExecutor, CudaDevice};
 use baddata::backend::device::{Device, DeviceArg};
 use baddata::backend::Backend;
 use baddata::checkpoint;
@@ -73,7 +73,7 @@ struct Args {
     #[arg(long, value_enum, default_value_t = DemoPrompts::Rtp)]
     demo_prompts: DemoPrompts,
     /// Number of demo prompts, the first N of the set; 0: all of it (with --demo). All 1,519
-    /// RTP prompts give the demo model's mean toxicity a standard error of about 0.4 (x100).
+    /// RTP prompts give the demo model's mean toxicity a standard error of about 0.5 (x100).
     #[arg(long, default_value_t = 0)]
     n_prompts: usize,
     /// Words per demo prompt (with --demo --demo-prompts probe).
@@ -349,7 +349,7 @@ fn run() -> Result<()> {
     match &device {
         Device::Cpu => job.run(Cpu::<f32>::new(), &ivs, &mut report_one)?,
         Device::Cuda(ctx) => job.run(
-            CudaExecutor::new(CudaBackend::new(ctx.clone())?)?,
+            CudaExecutor::new(CudaDevice::new(ctx.clone())?)?,
             &ivs,
             &mut report_one,
         )?,

@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 
 use baddata::backend::cpu::Cpu;
-use baddata::backend::cuda::{executor::CudaExecutor, CudaBackend};
+use baddata::backend::cuda::{executor::CudaExecutor, CudaDevice};
 use baddata::backend::device::{Device, DeviceArg};
 use baddata::backend::Backend;
 use baddata::checkpoint;
@@ -202,10 +202,9 @@ fn run() -> Result<()> {
     };
     match &device {
         Device::Cpu => job.run(Cpu::<f32>::new(), &mut emit)?,
-        Device::Cuda(ctx) => job.run(
-            CudaExecutor::new(CudaBackend::new(ctx.clone())?)?,
-            &mut emit,
-        )?,
+        Device::Cuda(ctx) => {
+            job.run(CudaExecutor::new(CudaDevice::new(ctx.clone())?)?, &mut emit)?
+        }
     }
     sink.flush()?;
     let secs = start.elapsed().as_secs_f64();

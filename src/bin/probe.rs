@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 
-use baddata::backend::cuda::{executor::CudaExecutor, CudaBackend};
+use baddata::backend::cuda::{executor::CudaExecutor, CudaDevice};
 use baddata::backend::device::{Device, DeviceArg};
 use baddata::checkpoint;
 use baddata::data::demo::{prepare_demo, read_probe};
@@ -201,9 +201,7 @@ fn run() -> Result<()> {
     };
     let r = match &device {
         Device::Cpu => run_probe(&job)?,
-        Device::Cuda(ctx) => {
-            run_probe_on(&job, CudaExecutor::new(CudaBackend::new(ctx.clone())?)?)?
-        }
+        Device::Cuda(ctx) => run_probe_on(&job, CudaExecutor::new(CudaDevice::new(ctx.clone())?)?)?,
     };
     if r.truncated > 0 {
         eprintln!(

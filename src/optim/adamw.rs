@@ -133,14 +133,14 @@ impl StepArgs {
 /// CPU executor runs it (in parallel chunks; each element's arithmetic is independent).
 pub fn adamw_reference(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], a: &StepArgs) {
     assert!(p.len() == g.len() && p.len() == m.len() && p.len() == v.len());
-    crate::backend::cpu::optim::adamw(p, g, m, v, a);
+    crate::backend::cpu::adamw::adamw(p, g, m, v, a);
 }
 
 /// Global L2 norm of a gradient vector, summed deterministically: fixed 4096-element chunks
 /// in f64, each chunk's partial sum added in order (the GPU grad-norm kernel reduces in the
 /// same two levels).
 pub fn global_norm(g: &[f32]) -> f32 {
-    crate::backend::cpu::optim::norm_sq(g).sqrt() as f32
+    crate::backend::cpu::adamw::norm_sq(g).sqrt() as f32
 }
 
 /// The factor that brings the gradient's norm down to `max_norm` (1.0 when already below, or

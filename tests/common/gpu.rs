@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, ensure, Result};
 use baddata::backend::cuda::executor::CudaExecutor;
-use baddata::backend::cuda::CudaBackend;
+use baddata::backend::cuda::CudaDevice;
 use baddata::backend::Backend;
 use cudarc::driver::{CudaContext, CudaSlice, DeviceRepr};
 use half::bf16;
@@ -86,7 +86,7 @@ pub fn open_ctx() -> Result<(Ctx, String)> {
 
 /// A fresh executor on the shared context (modules load in milliseconds).
 pub fn exec(ctx: &Ctx) -> Result<CudaExecutor> {
-    CudaExecutor::new(CudaBackend::new(ctx.clone())?)
+    CudaExecutor::new(CudaDevice::new(ctx.clone())?)
 }
 
 /// A new executor buffer holding `host`.
@@ -182,7 +182,7 @@ pub fn bf16_oracle_rounds_to_nearest_even() -> Result<()> {
 
 /// Device buffer holding `off` guard elements, then `data`, then 3 guard elements.
 pub fn upload_guarded<T: DeviceRepr + Copy>(
-    be: &CudaBackend,
+    be: &CudaDevice,
     data: &[T],
     off: usize,
     guard: T,
@@ -198,7 +198,7 @@ pub fn upload_guarded<T: DeviceRepr + Copy>(
 /// Downloads `buf`, checks every guard element is bit-for-bit intact and returns the `n`
 /// elements after `off`.
 pub fn download_guarded<T: DeviceRepr + bytemuck::Pod + std::fmt::Debug>(
-    be: &CudaBackend,
+    be: &CudaDevice,
     buf: &CudaSlice<T>,
     off: usize,
     n: usize,

@@ -6,12 +6,13 @@
 //! fixed index order (GEMM included: `gemm` splits work over output tiles only, never over `k`), so
 //! two runs give bit-identical results whatever the thread count.
 
+pub mod adamw;
 pub mod attention;
+pub mod cross_entropy;
 pub mod decode;
-pub mod loss;
+pub mod embedding;
+pub mod layernorm;
 pub mod matmul;
-pub mod norm;
-pub mod optim;
 pub mod pointwise;
 
 use super::{AttnShape, Backend, CacheShape, Float, Span, SpanMut};
@@ -173,7 +174,7 @@ impl<T: Float> Backend for Cpu<T> {
         need("embedding out", out.len(), n * d)?;
         need("embedding ids", ids.len(), n)?;
         let w = span("wte", &wte, wte.len)?;
-        pointwise::embedding_fwd(&mut out[..n * d], &ids[..n], w, d)
+        embedding::embedding_fwd(&mut out[..n * d], &ids[..n], w, d)
     }
 
     fn embedding_bwd(
@@ -188,7 +189,7 @@ impl<T: Float> Backend for Cpu<T> {
         need("embedding ids", ids.len(), n)?;
         let len = dwte.len;
         let dw = span_mut("dwte", dwte, len)?;
-        pointwise::embedding_bwd(dw, &ids[..n], &dout[..n * d], d)
+        embedding::embedding_bwd(dw, &ids[..n], &dout[..n * d], d)
     }
 
     fn layernorm_fwd(
@@ -205,7 +206,7 @@ impl<T: Float> Backend for Cpu<T> {
         need("layernorm x", x.len(), n * d)?;
         need("layernorm mean", mean.len(), n)?;
         need("layernorm rstd", rstd.len(), n)?;
-        norm::layernorm_fwd(
+        layernorm::layernorm_fwd(
             &mut out[..n * d],
             &mut mean[..n],
             &mut rstd[..n],
@@ -230,7 +231,7 @@ impl<T: Float> Backend for Cpu<T> {
         need("layernorm dy", dy.len(), n * d)?;
         need("layernorm xhat", xhat.len(), n * d)?;
         need("layernorm rstd", rstd.len(), n)?;
-        norm::layernorm_bwd(
+        layernorm::layernorm_bwd(
             &mut dx[..n * d],
             &dy[..n * d],
             &xhat[..n * d],
@@ -468,7 +469,7 @@ impl<T: Float> Backend for Cpu<T> {
         need("cross_entropy logits", logits.len(), n * v)?;
         need("cross_entropy losses", losses.len(), n)?;
         need("cross_entropy targets", targets.len(), n)?;
-        loss::cross_entropy(
+        cross_entropy::cross_entropy(
             &mut logits[..n * v],
             &mut losses[..n],
             &targets[..n],
@@ -525,7 +526,7 @@ impl<T: Float> Backend for Cpu<T> {
 
     fn norm_sq(&self, g: &Vec<T>, n: usize) -> Result<f64> {
         need("norm_sq input", g.len(), n)?;
-        Ok(optim::norm_sq(&g[..n]))
+        Ok(adamw::norm_sq(&g[..n]))
     }
 
     fn adamw(
@@ -541,7 +542,7 @@ impl<T: Float> Backend for Cpu<T> {
         need("adamw grads", g.len(), n)?;
         need("adamw m", m.len(), n)?;
         need("adamw v", v.len(), n)?;
-        optim::adamw(&mut p[..n], &g[..n], &mut m[..n], &mut v[..n], args);
+        adamw::adamw(&mut p[..n], &g[..n], &mut m[..n], &mut v[..n], args);
         Ok(())
     }
 }

@@ -15,7 +15,7 @@ use cudarc::driver::{
 };
 use half::bf16;
 
-use super::CudaBackend;
+use super::CudaDevice;
 use crate::optim::adamw::{AdamW, AdamWConfig, StepArgs};
 
 // SAFETY: StepArgs is #[repr(C)] Pod (eight f32 then one u64, 40 bytes); `cuda/adamw.cu`
@@ -59,7 +59,7 @@ pub struct AdamWKernels {
 
 impl AdamWKernels {
     /// Looks the kernels up in the `adamw` module.
-    pub fn new(gpu: &CudaBackend) -> Result<Self> {
+    pub fn new(gpu: &CudaDevice) -> Result<Self> {
         let step_fn = gpu.function("adamw", "adamw_step")?;
         // The grid-stride step launches exactly one resident wave: as many blocks as fit on
         // every SM at once (more would run as a second, partial wave).
@@ -215,7 +215,7 @@ pub struct CudaAdamW {
 
 impl CudaAdamW {
     /// Fresh (zero) moments for `n` parameters.
-    pub fn new(gpu: &CudaBackend, cfg: AdamWConfig, n: usize, no_decay_len: usize) -> Result<Self> {
+    pub fn new(gpu: &CudaDevice, cfg: AdamWConfig, n: usize, no_decay_len: usize) -> Result<Self> {
         let s = gpu.stream();
         let alloc = |what: &str, e| anyhow!("cannot allocate AdamW {what} ({n} elements): {e}");
         Ok(CudaAdamW {
@@ -233,7 +233,7 @@ impl CudaAdamW {
     }
 
     /// Uploads a host optimizer state (e.g. from a checkpoint).
-    pub fn from_host(gpu: &CudaBackend, host: &AdamW) -> Result<Self> {
+    pub fn from_host(gpu: &CudaDevice, host: &AdamW) -> Result<Self> {
         let mut o = Self::new(gpu, host.cfg, host.m.len(), host.no_decay_len)?;
         let s = gpu.stream();
         s.memcpy_htod(&host.m, &mut o.m)

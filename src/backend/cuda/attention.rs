@@ -23,7 +23,7 @@ use cudarc::driver::{
     CudaFunction, CudaSlice, CudaStream, CudaView, CudaViewMut, LaunchConfig, PushKernelArg,
 };
 
-use super::{need_len, CudaBackend};
+use super::{need_len, CudaDevice};
 use crate::backend::AttnShape;
 
 /// Threads per block (`ATT_THREADS`: 4 warps).
@@ -132,7 +132,7 @@ fn tile_config(s: AttnShape, smem: u32) -> LaunchConfig {
 
 impl AttentionKernels {
     /// Looks the kernels up in the `attention` module and raises their shared-memory limits.
-    pub fn new(gpu: &CudaBackend) -> Result<Self> {
+    pub fn new(gpu: &CudaDevice) -> Result<Self> {
         let mut per_dh = Vec::with_capacity(SUPPORTED_DH.len());
         for dh in SUPPORTED_DH {
             let names = [

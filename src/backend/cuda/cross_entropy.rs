@@ -1,6 +1,6 @@
 //! Launcher for `cuda/cross_entropy.cu`: fused softmax cross-entropy, one block per row, the
 //! gradient written over the logits (no probability tensor). The math is
-//! [`crate::backend::cpu::loss::cross_entropy`] on the same bf16 values, in fp32.
+//! [`crate::backend::cpu::cross_entropy::cross_entropy`] on the same bf16 values, in fp32.
 //!
 //! Buffers (caller-owned): `logits` `[n, V]` bf16 (overwritten by the gradient, rounded to bf16,
 //! when a grad scale is given; untouched otherwise), `targets` `[n]` u32, `losses` `[n]` fp32.
@@ -12,7 +12,7 @@ use cudarc::driver::{
     CudaFunction, CudaStream, CudaView, CudaViewMut, LaunchConfig, PushKernelArg,
 };
 
-use super::{need_len, CudaBackend};
+use super::{need_len, CudaDevice};
 
 const CE_THREADS: u32 = 256;
 
@@ -24,7 +24,7 @@ pub struct CrossEntropyKernels {
 
 impl CrossEntropyKernels {
     /// Looks the kernel up in the `cross_entropy` module.
-    pub fn new(gpu: &CudaBackend) -> Result<Self> {
+    pub fn new(gpu: &CudaDevice) -> Result<Self> {
         Ok(CrossEntropyKernels {
             f: gpu.function("cross_entropy", "cross_entropy_fwd_bwd")?,
             stream: gpu.stream().clone(),

@@ -15,7 +15,7 @@ use cudarc::driver::{
     CudaFunction, CudaStream, CudaView, CudaViewMut, LaunchConfig, PushKernelArg,
 };
 
-use super::{need_len, CudaBackend};
+use super::{need_len, CudaDevice};
 use crate::backend::{CacheShape, DECODE_META};
 
 /// Threads per block of both kernels (`DEC_THREADS` in `cuda/decode.cu`).
@@ -47,7 +47,7 @@ fn check_shape(op: &str, n: usize, c: CacheShape) -> Result<()> {
 
 impl DecodeKernels {
     /// Looks the kernels up in the `decode` module.
-    pub fn new(gpu: &CudaBackend) -> Result<Self> {
+    pub fn new(gpu: &CudaDevice) -> Result<Self> {
         Ok(DecodeKernels {
             append_fn: gpu.function("decode", "kv_append")?,
             attn_fns: [

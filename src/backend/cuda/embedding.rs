@@ -1,6 +1,6 @@
 //! Launchers for `cuda/embedding.cu`: token embedding forward (gather) and a deterministic
 //! backward (scatter-add without float atomics). The math is
-//! [`crate::backend::cpu::pointwise::embedding_fwd`] / [`crate::backend::cpu::pointwise::embedding_bwd`].
+//! [`crate::backend::cpu::embedding::embedding_fwd`] / [`crate::backend::cpu::embedding::embedding_bwd`].
 //!
 //! Buffers (fp32 row-major, caller-owned): `wte` / `dwte` `[V, d]` (spans of the flat parameter
 //! and gradient buffers), `ids` `[n]` u32, `out` / `dout` `[n, d]`.
@@ -19,7 +19,7 @@ use cudarc::driver::{
     CudaFunction, CudaSlice, CudaStream, CudaView, CudaViewMut, LaunchConfig, PushKernelArg,
 };
 
-use super::{need_len, CudaBackend};
+use super::{need_len, CudaDevice};
 
 const EMB_THREADS: u32 = 128;
 
@@ -136,7 +136,7 @@ pub struct EmbeddingKernels {
 
 impl EmbeddingKernels {
     /// Looks the kernels up in the `embedding` module.
-    pub fn new(gpu: &CudaBackend) -> Result<Self> {
+    pub fn new(gpu: &CudaDevice) -> Result<Self> {
         Ok(EmbeddingKernels {
             fwd_fn: gpu.function("embedding", "embedding_fwd")?,
             bwd_fn: gpu.function("embedding", "embedding_bwd")?,

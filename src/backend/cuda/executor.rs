@@ -32,7 +32,7 @@ use super::embedding::{DeviceEmbeddingPlan, EmbeddingBwdPlan, EmbeddingKernels};
 use super::layernorm::LayerNormKernels;
 use super::matmul::MatmulKernels;
 use super::pointwise::PointwiseKernels;
-use super::CudaBackend;
+use super::CudaDevice;
 use crate::backend::{AttnShape, Backend, CacheShape, Span, SpanMut, DECODE_META};
 use crate::optim::adamw::StepArgs;
 
@@ -59,7 +59,7 @@ struct NormScratch {
 
 /// The GPU executor: one device, one stream, every kernel family of the training step.
 pub struct CudaExecutor {
-    gpu: CudaBackend,
+    gpu: CudaDevice,
     emb: EmbeddingKernels,
     ln: LayerNormKernels,
     pw: PointwiseKernels,
@@ -118,7 +118,7 @@ fn prefix_mut<'a, T>(
 
 impl CudaExecutor {
     /// Wraps an opened backend (modules loaded) and looks up every kernel.
-    pub fn new(gpu: CudaBackend) -> Result<Self> {
+    pub fn new(gpu: CudaDevice) -> Result<Self> {
         Ok(CudaExecutor {
             emb: EmbeddingKernels::new(&gpu)?,
             ln: LayerNormKernels::new(&gpu)?,
@@ -135,11 +135,11 @@ impl CudaExecutor {
 
     /// Opens CUDA device `ordinal` (see [`super::open_context`]).
     pub fn open(ordinal: usize) -> Result<Self> {
-        Self::new(CudaBackend::open(ordinal)?)
+        Self::new(CudaDevice::open(ordinal)?)
     }
 
     /// The device, its modules and its stream.
-    pub fn gpu(&self) -> &CudaBackend {
+    pub fn gpu(&self) -> &CudaDevice {
         &self.gpu
     }
 

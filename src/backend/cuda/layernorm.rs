@@ -1,6 +1,6 @@
 //! Launchers for `cuda/layernorm.cu`: non-parametric layernorm forward and backward, fp32,
-//! one warp per row. The math is [`crate::backend::cpu::norm::layernorm_fwd`] /
-//! [`crate::backend::cpu::norm::layernorm_bwd`].
+//! one warp per row. The math is [`crate::backend::cpu::layernorm::layernorm_fwd`] /
+//! [`crate::backend::cpu::layernorm::layernorm_bwd`].
 //!
 //! Buffers (fp32 row-major, caller-owned, no two aliasing): `x`, `out`, `dy`, `xhat`, `dx`
 //! `[n, d]`; `mean`, `rstd` `[n]`. Each view must hold at least the elements the shape needs;
@@ -16,7 +16,7 @@ use cudarc::driver::{
     CudaFunction, CudaStream, CudaView, CudaViewMut, LaunchConfig, PushKernelArg,
 };
 
-use super::{need_len, CudaBackend};
+use super::{need_len, CudaDevice};
 
 /// Rows per block (one warp each), `LN_WARPS` in the kernel file.
 const LN_WARPS: u32 = 4;
@@ -75,12 +75,12 @@ fn check_shape(op: &str, n: usize, d: usize) -> Result<()> {
 
 impl LayerNormKernels {
     /// Looks the [`DEFAULT_VERSION`] kernels up in the `layernorm` module.
-    pub fn new(gpu: &CudaBackend) -> Result<Self> {
+    pub fn new(gpu: &CudaDevice) -> Result<Self> {
         Self::with_version(gpu, DEFAULT_VERSION)
     }
 
     /// Looks the kernels of version `v` up in the `layernorm` module.
-    pub fn with_version(gpu: &CudaBackend, v: LnVersion) -> Result<Self> {
+    pub fn with_version(gpu: &CudaDevice, v: LnVersion) -> Result<Self> {
         let f = |name: &str| gpu.function("layernorm", &format!("{name}{}", v.suffix()));
         Ok(LayerNormKernels {
             fwd_fn: f("layernorm_fwd")?,

@@ -39,7 +39,7 @@ use cudarc::driver::{
 };
 use half::bf16;
 
-use super::{need_len, CudaBackend};
+use super::{need_len, CudaDevice};
 
 /// Element type of a matmul's `y` (forward) or `dy` (backward): `f32`, or `half::bf16` for the
 /// logits. Sealed: the kernels exist for these two only.
@@ -172,12 +172,12 @@ fn check_shape(op: &str, m: usize, k: usize, n: usize) -> Result<()> {
 
 impl MatmulKernels {
     /// Looks the [`DEFAULT_VERSION`] kernels up in the `matmul` module.
-    pub fn new(gpu: &CudaBackend) -> Result<Self> {
+    pub fn new(gpu: &CudaDevice) -> Result<Self> {
         Self::with_version(gpu, DEFAULT_VERSION)
     }
 
     /// Looks the kernels up, launching `version` (benches and tests compare the versions).
-    pub fn with_version(gpu: &CudaBackend, version: MmVersion) -> Result<Self> {
+    pub fn with_version(gpu: &CudaDevice, version: MmVersion) -> Result<Self> {
         let f = |name: &str| gpu.function("matmul", name);
         let fwd_async_fn = [f("matmul_fwd_async")?, f("matmul_fwd_async_bf16")?];
         let bwd_x_async_fn = f("matmul_bwd_x_async")?;

@@ -95,14 +95,14 @@ pub fn load_modules(ctx: &Arc<CudaContext>) -> Result<Vec<(&'static str, Arc<Cud
 }
 
 /// One device, its kernel modules and the stream every launch goes to.
-pub struct CudaBackend {
+pub struct CudaDevice {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     modules: Vec<(&'static str, Arc<CudaModule>)>,
     sm_count: u32,
 }
 
-impl CudaBackend {
+impl CudaDevice {
     /// Loads the embedded modules into `ctx` and uses its default stream.
     pub fn new(ctx: Arc<CudaContext>) -> Result<Self> {
         let modules = load_modules(&ctx)?;
@@ -111,7 +111,7 @@ impl CudaBackend {
             .map_err(|e| anyhow!("cannot read the multiprocessor count: {e}"))?
             .max(1) as u32;
         let stream = ctx.default_stream();
-        Ok(CudaBackend {
+        Ok(CudaDevice {
             ctx,
             stream,
             modules,

@@ -15,7 +15,7 @@ use cudarc::driver::{
     CudaFunction, CudaStream, CudaView, CudaViewMut, LaunchConfig, PushKernelArg,
 };
 
-use super::{need_len, CudaBackend};
+use super::{need_len, CudaDevice};
 use crate::backend::AttnShape;
 
 const PW_THREADS: u32 = 256;
@@ -35,7 +35,7 @@ pub struct PointwiseKernels {
 
 impl PointwiseKernels {
     /// Looks the kernels up in the `pointwise` module.
-    pub fn new(gpu: &CudaBackend) -> Result<Self> {
+    pub fn new(gpu: &CudaDevice) -> Result<Self> {
         Ok(PointwiseKernels {
             swiglu_fwd_fn: gpu.function("pointwise", "swiglu_fwd")?,
             swiglu_bwd_fn: gpu.function("pointwise", "swiglu_bwd")?,
