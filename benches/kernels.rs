@@ -37,7 +37,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Result};
 use baddata::backend::cuda::adamw::{grad_norm_partials_len, AdamWKernels, Clip};
 use baddata::backend::cuda::CudaDevice;
-use baddata::optim::adamw::{adamw_reference, AdamWConfig, StepArgs};
+use baddata::optim::adamw::{adamw_reference, AdamWConfig};
 use criterion::{Criterion, Throughput};
 use cudarc::driver::CudaSlice;
 use half::bf16;
@@ -69,7 +69,7 @@ fn cpu_benches(c: &mut Criterion) {
     let g: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
     let mut m: Vec<f32> = (0..n).map(|_| rng.random_range(-0.1..0.1)).collect();
     let mut v: Vec<f32> = (0..n).map(|_| rng.random_range(1e-6..1e-2)).collect();
-    let args = StepArgs::new(&AdamWConfig::default(), 1e-4, 1.0, 10, n / 4);
+    let args = AdamWConfig::default().step_args(1e-4, 1.0, 10, n / 4);
     let mut group = c.benchmark_group("cpu");
     group.throughput(Throughput::BytesDecimal(28 * n as u64));
     group.bench_function("adamw_reference_1M", |b| {
@@ -132,7 +132,7 @@ fn gpu_benches(c: &mut Criterion, be: &CudaDevice) -> Result<()> {
     }
     println!("parameters: {n}");
     let mut b = alloc(be, n)?;
-    let args = StepArgs::new(&AdamWConfig::default(), 1e-4, 1.0, 10, n / 50);
+    let args = AdamWConfig::default().step_args(1e-4, 1.0, 10, n / 50);
     let s = be.stream().clone();
 
     // Each closure is one call of the measured operation (asynchronous).

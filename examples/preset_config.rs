@@ -30,7 +30,7 @@ fn main() -> Result<()> {
         "wrote {} ({}: {} parameters)",
         out.display(),
         args[0],
-        cfg.n_params()
+        baddata::model::params::n_params(&cfg)
     );
     Ok(())
 }

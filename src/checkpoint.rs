@@ -345,7 +345,7 @@ mod tests {
     fn round_trip_and_atomic_latest() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = small();
-        let n = cfg.n_params();
+        let n = crate::model::params::n_params(&cfg);
         let params: Vec<f32> = (0..n).map(|i| (i as f32 * 0.013).sin()).collect();
         let mut opt = AdamW::new(AdamWConfig::default(), n, 128 * 8);
         opt.m

@@ -190,11 +190,6 @@ impl ModelConfig {
         Ok(())
     }
 
-    /// Number of parameters (a tied embedding counted once).
-    pub fn n_params(&self) -> usize {
-        crate::model::params::ParamLayout::new(self).len()
-    }
-
     /// The `config.json` that Hugging Face `transformers` reads as an `OlmoConfig`.
     pub fn to_hf_config(&self) -> serde_json::Value {
         serde_json::json!({

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod data;
 pub mod eval;
+pub mod float;
 pub mod model;
 pub mod optim;
 pub mod perf;

@@ -71,7 +71,7 @@ pub fn mfu(tokens_per_s: f64, flops_per_token: f64, peak_tflops: f64) -> f64 {
 /// bf16 operand copies ([`matmul_scratch_elements`]). The CUDA context (about
 /// 0.5 GiB) is not counted: it is already taken when free memory is read.
 pub fn cuda_train_memory(cfg: &ModelConfig, batch: usize, seq: usize) -> Vec<(String, u64)> {
-    let p = cfg.n_params() as u64;
+    let p = crate::model::params::n_params(cfg) as u64;
     let mut rows = vec![(
         "parameters, gradients, AdamW m and v (fp32)".to_string(),
         16 * p,
@@ -161,7 +161,7 @@ mod tests {
     fn olmo_1b_parameter_count_by_hand() {
         let cfg = ModelConfig::preset("olmo-1b").unwrap();
         assert_eq!(matmul_params(&cfg), OLMO_1B_PARAMS);
-        assert_eq!(cfg.n_params(), OLMO_1B_PARAMS);
+        assert_eq!(crate::model::params::n_params(&cfg), OLMO_1B_PARAMS);
     }
 
     #[test]

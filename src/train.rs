@@ -30,7 +30,7 @@ use crate::data::shard::Shard;
 use crate::data::tokenizer::TokenizerId;
 use crate::model::params::ParamLayout;
 use crate::model::Model;
-use crate::optim::adamw::{clip_scale, StepArgs};
+use crate::optim::adamw::clip_scale;
 use crate::optim::{AdamW, AdamWConfig, CosineSchedule};
 
 /// One data source of the training mixture.
@@ -672,13 +672,7 @@ fn run<B: Backend<Elem = f32>>(cfg: &TrainConfig, opts: &RunOptions, be: B) -> R
         }
         // exactly AdamW::update: step count first, then the bias corrections of that count
         opt_step += 1;
-        let args = StepArgs::new(
-            &adamw_cfg,
-            lr,
-            clip_scale(norm, cfg.grad_clip),
-            opt_step,
-            no_decay_len,
-        );
+        let args = adamw_cfg.step_args(lr, clip_scale(norm, cfg.grad_clip), opt_step, no_decay_len);
         be.adamw(&mut params, &grads, &mut opt_m, &mut opt_v, n_params, &args)?;
         be.on_step(None)?;
         if peak_mem_bytes.is_none() {

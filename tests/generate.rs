@@ -278,7 +278,7 @@ fn padded_ids_are_never_sampled() {
     let (mut model, mut params) = model_and_params();
     let cfg = model.cfg.clone();
     let (d, vr, v) = (cfg.d_model, cfg.vocab_real, cfg.vocab_size);
-    let e = model.layout.embed;
+    let e = model.layout.embed.offset;
     // Padded rows = ±100 × real rows 0.., so some padded logit is huge at every position.
     for r in vr..v {
         let k = (r - vr) / 2;

@@ -13,17 +13,16 @@ use anyhow::{anyhow, ensure, Result};
 use baddata::backend::cpu::{
     cross_entropy as cpu_ce, embedding as cpu_emb, layernorm as cpu_ln, pointwise as cpu_pw,
 };
-use baddata::backend::cuda::adamw::{grad_norm_partials_len, AdamWKernels, Clip, CudaAdamW};
+use baddata::backend::cuda::adamw::{grad_norm_partials_len, AdamWKernels, Clip};
 use baddata::backend::cuda::cross_entropy::CrossEntropyKernels;
 use baddata::backend::cuda::embedding::{EmbeddingBwdPlan, EmbeddingKernels};
 use baddata::backend::cuda::layernorm::{LayerNormKernels, LnVersion};
 use baddata::backend::cuda::pointwise::PointwiseKernels;
 use baddata::backend::cuda::CudaDevice;
-use baddata::backend::AttnShape;
+use baddata::backend::{AttnShape, StepArgs};
 use baddata::model::transformer::rope_table;
-use baddata::optim::adamw::{
-    adamw_reference, clip_scale, global_norm, AdamW, AdamWConfig, StepArgs,
-};
+use baddata::optim::adamw::{adamw_reference, clip_scale, global_norm, AdamW, AdamWConfig};
+use baddata::optim::cuda::CudaAdamW;
 use cudarc::driver::CudaSlice;
 use half::bf16;
 use rand::{Rng, SeedableRng};
@@ -189,7 +188,7 @@ fn adamw_matches_cpu_reference(gpu: &Gpu) -> Result<()> {
                     &mut partials,
                     &mut dnorm.as_view_mut(),
                 )?;
-                let args = StepArgs::new(&cfg, lr, f32::NAN, t as u64 + 1, no_decay);
+                let args = cfg.step_args(lr, f32::NAN, t as u64 + 1, no_decay);
                 gpu.k.step(
                     &mut dp.slice_mut(off..off + n),
                     &dg.slice(off..off + n),
@@ -263,7 +262,7 @@ fn adamw_bit_exact_with_host_clip_scale(gpu: &Gpu) -> Result<()> {
         for t in 1..=3u64 {
             let g = grads(&mut rng, n);
             let dg = upload_guarded(&gpu.be, &g, 0, GUARD_F32)?;
-            let args = StepArgs::new(&cfg, 3e-4 * t as f32, 0.7, t, no_decay);
+            let args = cfg.step_args(3e-4 * t as f32, 0.7, t, no_decay);
             gpu.k.step(
                 &mut dp.slice_mut(0..n),
                 &dg.slice(0..n),
@@ -439,7 +438,7 @@ fn adamw_rejects_mismatched_lengths(gpu: &Gpu) -> Result<()> {
     let g = s.alloc_zeros::<f32>(9).map_err(|e| anyhow!("{e}"))?;
     let mut m = s.alloc_zeros::<f32>(10).map_err(|e| anyhow!("{e}"))?;
     let mut v = s.alloc_zeros::<f32>(10).map_err(|e| anyhow!("{e}"))?;
-    let args = StepArgs::new(&AdamWConfig::default(), 1e-3, 1.0, 1, 0);
+    let args = AdamWConfig::default().step_args(1e-3, 1.0, 1, 0);
     let r = gpu.k.step(
         &mut p.as_view_mut(),
         &g.as_view(),

@@ -14,7 +14,7 @@ use baddata::backend::cuda::matmul::{self, MmVersion};
 use baddata::backend::{Backend, Span, SpanMut};
 use baddata::config::ModelConfig;
 use baddata::model::{init_params, Model, ParamLayout};
-use baddata::optim::adamw::{clip_scale, AdamWConfig, StepArgs};
+use baddata::optim::adamw::{clip_scale, AdamWConfig};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -309,8 +309,7 @@ fn training_steps_bit_identical_across_runs(ctx: &Ctx) -> Result<()> {
             let loss = model.forward_backward(&p, &mut g, &toks, 4, 128, false, 1.0)?;
             let be = model.backend();
             let norm = be.norm_sq(&g, n)?.sqrt() as f32;
-            let args = StepArgs::new(
-                &AdamWConfig::default(),
+            let args = AdamWConfig::default().step_args(
                 1e-3,
                 clip_scale(norm, 1.0),
                 step,
@@ -403,7 +402,7 @@ fn head_shift_equals_o_proj_bias(ctx: &Ctx) -> Result<()> {
                 *x = rng.random_range(-3.0..3.0);
             }
         }
-        let wo = &params[layout.layers[l].o..layout.layers[l].o + d * d];
+        let wo = &params[layout.layers[l].o.range()];
         let bias: Vec<f32> = (0..d)
             .map(|i| {
                 (0..d)
@@ -450,7 +449,7 @@ fn norm_and_adamw_match_cpu(ctx: &Ctx) -> Result<()> {
         ((gn - cn) / cn).abs() < 1e-12,
         "norm_sq gpu {gn} vs cpu {cn}"
     );
-    let args = StepArgs::new(&AdamWConfig::default(), 1e-3, 0.5, 3, 1000);
+    let args = AdamWConfig::default().step_args(1e-3, 0.5, 3, 1000);
     let (mut gp, gg, mut gm, mut gv) = (up(&p)?, up(&g)?, up(&mv)?, up(&vv)?);
     gpu.adamw(&mut gp, &gg, &mut gm, &mut gv, n, &args)?;
     let (mut cp, mut cm, mut cv) = (p.clone(), mv.clone(), vv.clone());

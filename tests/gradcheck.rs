@@ -584,7 +584,7 @@ fn bad_inputs_are_errors_not_panics() {
 
 #[test]
 fn adamw_steps_through_the_backend_fit_a_repeated_batch() {
-    use baddata::optim::adamw::{AdamWConfig, StepArgs};
+    use baddata::optim::adamw::AdamWConfig;
     let cfg = ModelConfig {
         n_layers: 2,
         d_model: 32,
@@ -616,13 +616,7 @@ fn adamw_steps_through_the_backend_fit_a_repeated_batch() {
             .unwrap();
         let norm = be.norm_sq(&g, n).unwrap().sqrt() as f32;
         let clip = baddata::optim::adamw::clip_scale(norm, 1.0);
-        let args = StepArgs::new(
-            &AdamWConfig::default(),
-            1e-2,
-            clip,
-            step,
-            cfg.vocab_size * cfg.d_model,
-        );
+        let args = AdamWConfig::default().step_args(1e-2, clip, step, cfg.vocab_size * cfg.d_model);
         be.adamw(&mut p, &g, &mut m, &mut v, n, &args).unwrap();
     }
     assert!(

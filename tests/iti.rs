@@ -92,7 +92,7 @@ fn shift_equals_bias<T: Float>(tol: f64, what: &str) {
                 *x = T::of(3.0 * (rng.random::<f64>() - 0.5));
             }
         }
-        let o = layout.layers[l].o;
+        let o = layout.layers[l].o.offset;
         shift_model.set_head_shift(l, Some(&s)).unwrap();
         bias_model
             .set_o_bias(l, Some(&o_times(&params, o, d, &s, false)))

@@ -669,7 +669,7 @@ fn short_buffers_are_errors() {
 
 #[test]
 fn adamw_and_norm_match_the_reference_bit_for_bit() {
-    use baddata::optim::adamw::{adamw_reference, global_norm, AdamWConfig, StepArgs};
+    use baddata::optim::adamw::{adamw_reference, global_norm, AdamWConfig};
     let be = Cpu::<f32>::new();
     let mut r = rng(21);
     // Longer than one rayon chunk (16384) and one norm chunk (4096), not a multiple of either.
@@ -679,7 +679,7 @@ fn adamw_and_norm_match_the_reference_bit_for_bit() {
     };
     let (p0, g, m0) = (mk(&mut r, 1.0), mk(&mut r, 0.1), mk(&mut r, 0.01));
     let v0: Vec<f32> = mk(&mut r, 0.01).iter().map(|x| x.abs()).collect();
-    let args = StepArgs::new(&AdamWConfig::default(), 3e-4, 0.7, 5, 20_001);
+    let args = AdamWConfig::default().step_args(3e-4, 0.7, 5, 20_001);
     let (mut p1, mut m1, mut v1) = (p0.clone(), m0.clone(), v0.clone());
     adamw_reference(&mut p1, &g, &mut m1, &mut v1, &args);
     let (mut p2, mut m2, mut v2) = (p0.clone(), m0.clone(), v0.clone());

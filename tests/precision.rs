@@ -11,7 +11,7 @@ use baddata::backend::cpu::Cpu;
 use baddata::backend::Backend;
 use baddata::config::ModelConfig;
 use baddata::model::{init_params, Model, ParamLayout};
-use baddata::optim::adamw::{clip_scale, AdamWConfig, StepArgs};
+use baddata::optim::adamw::{clip_scale, AdamWConfig};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -68,8 +68,7 @@ fn run(be: Cpu<f32>, steps: u64) -> Result<(Vec<f64>, Vec<f32>)> {
         }
         let be = model.backend();
         let norm = be.norm_sq(&grads, n)?.sqrt() as f32;
-        let args = StepArgs::new(
-            &AdamWConfig::default(),
+        let args = AdamWConfig::default().step_args(
             3e-3,
             clip_scale(norm, 1.0),
             step,

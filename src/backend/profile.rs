@@ -27,7 +27,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use super::{AttnShape, Backend, CacheShape, Span, SpanMut};
-use crate::optim::adamw::StepArgs;
+use crate::backend::StepArgs;
 
 /// An executor that times the ops of chosen training steps (see the module docs).
 pub struct Profiled<B: Backend> {

@@ -216,7 +216,7 @@ fn run() -> Result<Outcome> {
     eprintln!(
         "training {} ({:.2}M parameters) on {}: {} steps of {}×{} tokens{}, sources {}",
         model_name,
-        cfg.model.n_params() as f64 / 1e6,
+        baddata::model::params::n_params(&cfg.model) as f64 / 1e6,
         device.describe(),
         cfg.steps,
         cfg.batch,
@@ -358,7 +358,7 @@ fn write_summary(
         "seq": cfg.seq,
         "grad_accum": cfg.grad_accum,
         "steps": rep.log.len(),
-        "params": cfg.model.n_params(),
+        "params": baddata::model::params::n_params(&cfg.model),
         "tokens_per_s": rep.tokens_per_s_median,
         "step_ms_median": rep.step_ms_median,
         "peak_mem_bytes": rep.peak_mem_bytes,

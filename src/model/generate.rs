@@ -410,12 +410,11 @@ impl<B: Backend + 'static> Model<B> {
         be.upload_ids(&ids, &mut w.ids)?;
         be.upload_ids(&meta, &mut w.meta)?;
         be.upload_ids(&last, &mut w.last)?;
-        let span = |off: usize, len: usize| Span::new(params, off, len);
         let eps = cfg.layer_norm_eps;
-        be.embedding_fwd(&mut w.x, &w.ids, span(lay.embed, v * d), n, d)?;
+        be.embedding_fwd(&mut w.x, &w.ids, lay.embed.of(params), n, d)?;
         for (l, lo) in lay.layers.iter().enumerate() {
             be.layernorm_fwd(&mut w.ln, &mut w.mean, &mut w.rstd, &w.x, n, d, eps)?;
-            be.matmul_fwd(&mut w.qkv, &w.ln, span(lo.qkv, 3 * d * d), n, d, 3 * d)?;
+            be.matmul_fwd(&mut w.qkv, &w.ln, lo.qkv.of(params), n, d, 3 * d)?;
             if let Some(c) = cfg.clip_qkv {
                 be.clamp_fwd(&mut w.qkv, n * 3 * d, c)?;
             }
@@ -425,7 +424,7 @@ impl<B: Backend + 'static> Model<B> {
             // shift added to the flagged tokens.
             let shift = self.head_shift(l).map(|s| Span::new(s, 0, d));
             be.attention_decode(&mut w.z, &w.qkv, &k[l], &vc[l], &w.meta, n, c, shift)?;
-            be.matmul_fwd(&mut w.tmp, &w.z, span(lo.o, d * d), n, d, d)?;
+            be.matmul_fwd(&mut w.tmp, &w.z, lo.o.of(params), n, d, d)?;
             if let Some(bias) = self.o_bias(l) {
                 be.add_rows(&mut w.tmp, Span::new(bias, 0, d), n, d)?;
             }
@@ -440,16 +439,16 @@ impl<B: Backend + 'static> Model<B> {
                 d,
                 eps,
             )?;
-            be.matmul_fwd(&mut w.gu, &w.ln, span(lo.gate_up, 2 * f * d), n, d, 2 * f)?;
+            be.matmul_fwd(&mut w.gu, &w.ln, lo.gate_up.of(params), n, d, 2 * f)?;
             be.swiglu_fwd(&mut w.hid, &w.gu, n, f)?;
-            be.matmul_fwd(&mut w.tmp, &w.hid, span(lo.down, d * f), n, f, d)?;
+            be.matmul_fwd(&mut w.tmp, &w.hid, lo.down.of(params), n, f, d)?;
             be.add(&mut w.x, &w.xm, &w.tmp, n * d)?;
         }
         // Final layernorm and the output layer on the last token of each chunk only: the gather
         // `xl[k] = x[last[k]]` is an embedding lookup in the table `x` `[n, D]`.
         be.embedding_fwd(&mut w.xl, &w.last, Span::new(&w.x, 0, n * d), m, d)?;
         be.layernorm_fwd(&mut w.lnl, &mut w.meanl, &mut w.rstdl, &w.xl, m, d, eps)?;
-        be.matmul_fwd(&mut w.logits, &w.lnl, span(lay.head, v * d), m, d, v)?;
+        be.matmul_fwd(&mut w.logits, &w.lnl, lay.head.of(params), m, d, v)?;
         let mut host = be.download(&w.logits)?;
         host.truncate(m * v);
         for ch in chunks {

@@ -20,6 +20,7 @@
 //! `lm_head` is a linear layer, so it is decayed. The embedding comes first, so the undecayed
 //! region is the prefix `[0, V·D)` (AdamW's `no_decay_len`) with or without a head.
 
+use crate::backend::{Span, SpanMut};
 use crate::config::ModelConfig;
 
 /// One named tensor inside the flat parameter buffer, under its Hugging Face name.
@@ -50,29 +51,64 @@ impl TensorSpec {
     }
 }
 
-/// Offsets of one block's fused weights in the flat buffer.
+/// Where one weight matrix sits in a flat buffer: `rows × cols`, row-major, from `offset`. The
+/// layout hands these out so that no caller recomputes a weight's length from the model's sizes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Matrix {
+    /// Offset of the first element.
+    pub offset: usize,
+    /// Rows (a linear layer's output features).
+    pub rows: usize,
+    /// Columns (its input features).
+    pub cols: usize,
+}
+
+impl Matrix {
+    /// Number of elements, `rows · cols`.
+    pub fn len(&self) -> usize {
+        self.rows * self.cols
+    }
+    /// True for a matrix with no elements (never the case for a valid config).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The element range in the flat buffer.
+    pub fn range(&self) -> std::ops::Range<usize> {
+        self.offset..self.offset + self.len()
+    }
+    /// This matrix inside `buf` (the parameter buffer), for an op to read.
+    pub fn of<'a, B: ?Sized>(&self, buf: &'a B) -> Span<'a, B> {
+        Span::new(buf, self.offset, self.len())
+    }
+    /// This matrix inside `buf` (the gradient buffer), for an op to write.
+    pub fn of_mut<'a, B: ?Sized>(&self, buf: &'a mut B) -> SpanMut<'a, B> {
+        SpanMut::new(buf, self.offset, self.len())
+    }
+}
+
+/// One block's fused weights in the flat buffer.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct LayerOffsets {
+pub struct LayerWeights {
     /// `[3D, D]`: q, k, v projections stacked by rows.
-    pub qkv: usize,
+    pub qkv: Matrix,
     /// `[D, D]`: output projection.
-    pub o: usize,
+    pub o: Matrix,
     /// `[2F, D]`: gate rows then up rows.
-    pub gate_up: usize,
+    pub gate_up: Matrix,
     /// `[D, F]`: down projection.
-    pub down: usize,
+    pub down: Matrix,
 }
 
 /// Where every parameter sits in the flat buffer.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ParamLayout {
-    /// Offset of the `[V, D]` embedding (always 0).
-    pub embed: usize,
-    /// Offset of the `[V, D]` output layer: [`ParamLayout::embed`] when tied, else that of
-    /// `lm_head.weight`, the last tensor of the buffer.
-    pub head: usize,
-    /// Per-block offsets.
-    pub layers: Vec<LayerOffsets>,
+    /// The `[V, D]` embedding (always at offset 0).
+    pub embed: Matrix,
+    /// The `[V, D]` output layer: [`ParamLayout::embed`] when tied, else `lm_head.weight`, the
+    /// last tensor of the buffer.
+    pub head: Matrix,
+    /// Per-block weights.
+    pub layers: Vec<LayerWeights>,
     /// Every tensor under its HF name, in buffer order (q, k, v and gate, up listed separately).
     pub tensors: Vec<TensorSpec>,
     total: usize,
@@ -139,22 +175,31 @@ impl ParamLayout {
                 true,
                 &mut off,
             );
-            layers.push(LayerOffsets {
-                qkv,
-                o,
-                gate_up,
-                down,
+            let m = |offset, rows, cols| Matrix { offset, rows, cols };
+            layers.push(LayerWeights {
+                qkv: m(qkv, 3 * d, d),
+                o: m(o, d, d),
+                gate_up: m(gate_up, 2 * f, d),
+                down: m(down, d, f),
             });
         }
+        let embed = Matrix {
+            offset: 0,
+            rows: v,
+            cols: d,
+        };
         let head = if cfg.tie_word_embeddings {
-            0
+            embed
         } else {
             let head = off;
             push("lm_head.weight".into(), vec![v, d], true, &mut off);
-            head
+            Matrix {
+                offset: head,
+                ..embed
+            }
         };
         ParamLayout {
-            embed: 0,
+            embed,
             head,
             layers,
             tensors,
@@ -176,6 +221,11 @@ impl ParamLayout {
     pub fn get(&self, name: &str) -> Option<&TensorSpec> {
         self.tensors.iter().find(|t| t.name == name)
     }
+}
+
+/// Number of parameters of `cfg` (a tied embedding counted once): the length of its layout.
+pub fn n_params(cfg: &ModelConfig) -> usize {
+    ParamLayout::new(cfg).len()
 }
 
 #[cfg(test)]
@@ -205,7 +255,8 @@ mod tests {
             (h.name.as_str(), h.offset, h.decay),
             ("lm_head.weight", a.len(), true)
         );
-        assert_eq!(b.head, a.len());
+        assert_eq!(b.head.offset, a.len());
+        assert_eq!(b.head.range(), h.range());
         assert_eq!(&b.tensors[..b.tensors.len() - 1], &a.tensors[..]);
     }
 
@@ -226,7 +277,17 @@ mod tests {
             lay.get("model.layers.1.self_attn.k_proj.weight")
                 .unwrap()
                 .offset,
-            lay.layers[1].qkv + 256 * 256
+            lay.layers[1].qkv.offset + 256 * 256
         );
+        // Each fused matrix covers exactly the tensors it stacks.
+        for (l, w) in lay.layers.iter().enumerate() {
+            let at = |n: &str| lay.get(&format!("model.layers.{l}.{n}.weight")).unwrap();
+            assert_eq!(w.qkv.offset, at("self_attn.q_proj").offset);
+            assert_eq!(w.qkv.range().end, at("self_attn.v_proj").range().end);
+            assert_eq!(w.o.range(), at("self_attn.o_proj").range());
+            assert_eq!(w.gate_up.offset, at("mlp.gate_proj").offset);
+            assert_eq!(w.gate_up.range().end, at("mlp.up_proj").range().end);
+            assert_eq!(w.down.range(), at("mlp.down_proj").range());
+        }
     }
 }

@@ -27,7 +27,7 @@
 //! e.g. training and validation), so a step allocates nothing on the executor.
 
 use super::params::ParamLayout;
-use crate::backend::{AttnShape, Backend, Float, Span, SpanMut};
+use crate::backend::{AttnShape, Backend, Float, Span};
 use crate::config::ModelConfig;
 use anyhow::{bail, ensure, Context, Result};
 
@@ -456,7 +456,7 @@ impl<B: Backend> Model<B> {
         let cfg = &self.cfg;
         let lay = &self.layout;
         let ws = self.workspaces.last_mut().context("no workspace")?;
-        let (d, f, v) = (cfg.d_model, cfg.d_ff, cfg.vocab_size);
+        let (d, f) = (cfg.d_model, cfg.d_ff);
         let n = ws.batch * ws.seq;
         let s = AttnShape {
             b: ws.batch,
@@ -465,7 +465,7 @@ impl<B: Backend> Model<B> {
             dh: cfg.d_head(),
         };
         let eps = cfg.layer_norm_eps;
-        let wte = Span::new(params, lay.embed, v * d);
+        let wte = lay.embed.of(params);
         let n_layers = cfg.n_layers;
         be.embedding_fwd(&mut ws.res[0], &ws.ids, wte, n, d)?;
         if let Some(a) = ws.layers.first_mut() {
@@ -489,14 +489,7 @@ impl<B: Backend> Model<B> {
             let a = &mut this[l];
             // Attention sublayer: x_mid = x + o(attn(rope(qkv(LN(x))))); a.ln1 = LN(x) is
             // already there (written with the previous layer's residual add, or above).
-            be.matmul_fwd(
-                &mut a.qkv,
-                &a.ln1,
-                Span::new(params, lo.qkv, 3 * d * d),
-                n,
-                d,
-                3 * d,
-            )?;
+            be.matmul_fwd(&mut a.qkv, &a.ln1, lo.qkv.of(params), n, d, 3 * d)?;
             if let Some(c) = cfg.clip_qkv {
                 be.clamp_fwd(&mut a.qkv, n * 3 * d, c)?;
             }
@@ -505,7 +498,7 @@ impl<B: Backend> Model<B> {
             let shift = self.head_shift[l].as_ref().map(|v| Span::new(v, 0, d));
             be.attention_fwd(&mut a.z, &mut a.lse, &a.qkv, s, shift)?;
             // o_proj output goes to x_out (free until the MLP writes it), then the residual add.
-            be.matmul_fwd(x_out, &a.z, Span::new(params, lo.o, d * d), n, d, d)?;
+            be.matmul_fwd(x_out, &a.z, lo.o.of(params), n, d, d)?;
             if let Some(bias) = &self.o_bias[l] {
                 be.add_rows(x_out, Span::new(bias, 0, d), n, d)?;
             }
@@ -522,24 +515,10 @@ impl<B: Backend> Model<B> {
                 d,
                 eps,
             )?;
-            be.matmul_fwd(
-                &mut a.gu,
-                &a.ln2,
-                Span::new(params, lo.gate_up, 2 * f * d),
-                n,
-                d,
-                2 * f,
-            )?;
+            be.matmul_fwd(&mut a.gu, &a.ln2, lo.gate_up.of(params), n, d, 2 * f)?;
             be.swiglu_fwd(&mut a.h, &a.gu, n, f)?;
             // The down output goes to lnf (free until the final LN) as scratch.
-            be.matmul_fwd(
-                &mut ws.lnf,
-                &a.h,
-                Span::new(params, lo.down, d * f),
-                n,
-                f,
-                d,
-            )?;
+            be.matmul_fwd(&mut ws.lnf, &a.h, lo.down.of(params), n, f, d)?;
             // x_out = x_mid + down output, fused with the next layer's layernorm of x_out (the
             // last layer's sum feeds the final layernorm, which writes lnf itself).
             match next.first_mut() {
@@ -566,7 +545,7 @@ impl<B: Backend> Model<B> {
     fn loss_logits(&mut self, params: &B::Buf) -> Result<()> {
         let (d, v) = (self.cfg.d_model, self.cfg.vocab_size);
         let ws = self.workspaces.last_mut().context("no workspace")?;
-        let wte = Span::new(params, self.layout.head, v * d);
+        let wte = self.layout.head.of(params);
         let n = ws.batch * ws.seq;
         self.backend
             .logits_fwd(&mut ws.logits, &ws.lnf, wte, n, d, v)
@@ -639,7 +618,7 @@ impl<B: Backend> Model<B> {
             Some(b) => b,
             none => none.insert(be.alloc(rows * v)?),
         };
-        let head = Span::new(params, self.layout.head, v * d);
+        let head = self.layout.head.of(params);
         be.matmul_fwd(out, &ws.lnf, head, rows, d, v)?;
         let mut all = be.download(out)?;
         all.truncate(batch * seq * v);
@@ -739,10 +718,10 @@ impl<B: Backend> Model<B> {
         // Head: dlnf = dlogits·H, dH (+)= dlogitsᵀ·lnf (H the embedding when tied).
         be.logits_bwd(
             &mut g.dln,
-            SpanMut::new(grads, lay.head, v * d),
+            lay.head.of_mut(grads),
             &ws.logits,
             &ws.lnf,
-            Span::new(params, lay.head, v * d),
+            lay.head.of(params),
             n,
             d,
             v,
@@ -752,34 +731,12 @@ impl<B: Backend> Model<B> {
 
         for (lo, a) in lay.layers.iter().zip(ws.layers.iter()).rev() {
             // MLP: dres holds dL/d res[2l+2] (= dL/d down output, and flows on to res[2l+1]).
-            be.matmul_bwd_x(
-                &mut g.dh,
-                &g.dres,
-                Span::new(params, lo.down, d * f),
-                n,
-                f,
-                d,
-            )?;
-            be.matmul_bwd_w(
-                SpanMut::new(grads, lo.down, d * f),
-                &g.dres,
-                &a.h,
-                n,
-                f,
-                d,
-                accumulate,
-            )?;
+            be.matmul_bwd_x(&mut g.dh, &g.dres, lo.down.of(params), n, f, d)?;
+            be.matmul_bwd_w(lo.down.of_mut(grads), &g.dres, &a.h, n, f, d, accumulate)?;
             be.swiglu_bwd(&mut g.dgu, &g.dh, &a.gu, n, f)?;
-            be.matmul_bwd_x(
-                &mut g.dln,
-                &g.dgu,
-                Span::new(params, lo.gate_up, 2 * f * d),
-                n,
-                d,
-                2 * f,
-            )?;
+            be.matmul_bwd_x(&mut g.dln, &g.dgu, lo.gate_up.of(params), n, d, 2 * f)?;
             be.matmul_bwd_w(
-                SpanMut::new(grads, lo.gate_up, 2 * f * d),
+                lo.gate_up.of_mut(grads),
                 &g.dgu,
                 &a.ln2,
                 n,
@@ -789,41 +746,19 @@ impl<B: Backend> Model<B> {
             )?;
             be.layernorm_bwd(&mut g.dres, &g.dln, &a.ln2, &a.rstd2, n, d, true)?;
             // Attention: dres now holds dL/d res[2l+1].
-            be.matmul_bwd_x(&mut g.dz, &g.dres, Span::new(params, lo.o, d * d), n, d, d)?;
-            be.matmul_bwd_w(
-                SpanMut::new(grads, lo.o, d * d),
-                &g.dres,
-                &a.z,
-                n,
-                d,
-                d,
-                accumulate,
-            )?;
+            be.matmul_bwd_x(&mut g.dz, &g.dres, lo.o.of(params), n, d, d)?;
+            be.matmul_bwd_w(lo.o.of_mut(grads), &g.dres, &a.z, n, d, d, accumulate)?;
             be.attention_bwd(&mut g.dqkv, &g.dz, &a.z, &a.qkv, &a.lse, s)?;
             be.rope_bwd(&mut g.dqkv, &ws.rope, s)?;
             if let Some(c) = cfg.clip_qkv {
                 // The clamp's input, recomputed (the forward clamped and rotated it in place).
                 let pre = g.qkv_pre.as_mut().context("no clip_qkv scratch")?;
-                be.matmul_fwd(
-                    pre,
-                    &a.ln1,
-                    Span::new(params, lo.qkv, 3 * d * d),
-                    n,
-                    d,
-                    3 * d,
-                )?;
+                be.matmul_fwd(pre, &a.ln1, lo.qkv.of(params), n, d, 3 * d)?;
                 be.clamp_bwd(&mut g.dqkv, pre, n * 3 * d, c)?;
             }
-            be.matmul_bwd_x(
-                &mut g.dln,
-                &g.dqkv,
-                Span::new(params, lo.qkv, 3 * d * d),
-                n,
-                d,
-                3 * d,
-            )?;
+            be.matmul_bwd_x(&mut g.dln, &g.dqkv, lo.qkv.of(params), n, d, 3 * d)?;
             be.matmul_bwd_w(
-                SpanMut::new(grads, lo.qkv, 3 * d * d),
+                lo.qkv.of_mut(grads),
                 &g.dqkv,
                 &a.ln1,
                 n,
@@ -836,15 +771,9 @@ impl<B: Backend> Model<B> {
         // Embedding: dE += scatter of dL/d res[0] (untied: onto zeros, or the earlier
         // micro-batches' sum).
         if !cfg.tie_word_embeddings && !accumulate {
-            be.zero_range(SpanMut::new(grads, lay.embed, v * d))?;
+            be.zero_range(lay.embed.of_mut(grads))?;
         }
-        be.embedding_bwd(
-            SpanMut::new(grads, lay.embed, v * d),
-            &ws.ids,
-            &g.dres,
-            n,
-            d,
-        )?;
+        be.embedding_bwd(lay.embed.of_mut(grads), &ws.ids, &g.dres, n, d)?;
         self.pending_loss = Some(n);
         Ok(())
     }

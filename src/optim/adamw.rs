@@ -16,6 +16,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::backend::StepArgs;
+
 /// AdamW hyper-parameters (OLMo-1B's by default).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -76,54 +78,26 @@ impl AdamW {
             grads,
             &mut self.m,
             &mut self.v,
-            &StepArgs::new(&self.cfg, lr, clip_scale, self.step, self.no_decay_len),
+            &self
+                .cfg
+                .step_args(lr, clip_scale, self.step, self.no_decay_len),
         );
     }
 }
 
-/// The scalars of one update, with the bias corrections precomputed (the GPU kernel takes the
-/// same struct).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct StepArgs {
-    /// Learning rate of this step.
-    pub lr: f32,
-    /// β1.
-    pub beta1: f32,
-    /// β2.
-    pub beta2: f32,
-    /// ε.
-    pub eps: f32,
-    /// Weight decay.
-    pub weight_decay: f32,
-    /// Gradient multiplier (global-norm clipping).
-    pub clip_scale: f32,
-    /// 1 − β1ᵗ.
-    pub bias1: f32,
-    /// 1 − β2ᵗ.
-    pub bias2: f32,
-    /// Elements below this index are not decayed.
-    pub no_decay_len: u64,
-}
-
-impl StepArgs {
-    /// Scalars for update number `step` (1-based).
-    pub fn new(
-        cfg: &AdamWConfig,
-        lr: f32,
-        clip_scale: f32,
-        step: u64,
-        no_decay_len: usize,
-    ) -> Self {
+impl AdamWConfig {
+    /// The op's scalars ([`StepArgs`]) for update number `step` (1-based), the bias corrections
+    /// `1 − βᵗ` computed in f64 and rounded once.
+    pub fn step_args(&self, lr: f32, clip_scale: f32, step: u64, no_decay_len: usize) -> StepArgs {
         StepArgs {
             lr,
-            beta1: cfg.beta1,
-            beta2: cfg.beta2,
-            eps: cfg.eps,
-            weight_decay: cfg.weight_decay,
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+            weight_decay: self.weight_decay,
             clip_scale,
-            bias1: 1.0 - (cfg.beta1 as f64).powi(step as i32) as f32,
-            bias2: 1.0 - (cfg.beta2 as f64).powi(step as i32) as f32,
+            bias1: 1.0 - (self.beta1 as f64).powi(step as i32) as f32,
+            bias2: 1.0 - (self.beta2 as f64).powi(step as i32) as f32,
             no_decay_len: no_decay_len as u64,
         }
     }

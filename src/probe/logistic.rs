@@ -13,11 +13,12 @@
 //! `J` is strictly convex for `λ > 0` (the bias direction too, as long as some `p_i(1 − p_i) > 0`),
 //! so Newton's method with a backtracking (Armijo) line search converges to the unique optimum
 //! from `w = 0, b = 0` in a handful of steps. Everything is f64 and sequential per fit (the
-//! Hessian through `matrixmultiply`'s fixed-order GEMM), so fits are bit-identical run to run.
+//! Hessian through [`Float::gemm`], the `gemm` crate in a fixed order of summation), so fits
+//! are bit-identical run to run.
 
 use anyhow::{bail, ensure, Result};
 
-use crate::backend::Float;
+use crate::float::Float;
 
 /// Settings of one fit.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]

@@ -2,7 +2,7 @@
 //! the executor's float type and, in f32, bit-identical to [`crate::optim::adamw`].
 
 use crate::backend::Float;
-use crate::optim::adamw::StepArgs;
+use crate::backend::StepArgs;
 use rayon::prelude::*;
 
 /// Elements per partial sum of [`norm_sq`] (the same chunking as `optim::adamw::global_norm`).

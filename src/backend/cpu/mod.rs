@@ -536,7 +536,7 @@ impl<T: Float> Backend for Cpu<T> {
         m: &mut Vec<T>,
         v: &mut Vec<T>,
         n: usize,
-        args: &crate::optim::adamw::StepArgs,
+        args: &crate::backend::StepArgs,
     ) -> Result<()> {
         need("adamw params", p.len(), n)?;
         need("adamw grads", g.len(), n)?;

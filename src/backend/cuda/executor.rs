@@ -33,8 +33,8 @@ use super::layernorm::LayerNormKernels;
 use super::matmul::MatmulKernels;
 use super::pointwise::PointwiseKernels;
 use super::CudaDevice;
+use crate::backend::StepArgs;
 use crate::backend::{AttnShape, Backend, CacheShape, Span, SpanMut, DECODE_META};
-use crate::optim::adamw::StepArgs;
 
 /// Token ids on the device, with the host copy they were uploaded from.
 pub struct DeviceIds {
