@@ -28,6 +28,8 @@
 //! `tools/torch_baseline.py` computes the same formula from the same `config.json`, so the two
 //! MFUs compare like for like.
 
+use crate::backend::cuda::executor::Linear;
+use crate::backend::AttnShape;
 use crate::config::ModelConfig;
 
 /// bf16 dense tensor-core peak of an H100 SXM, from NVIDIA's datasheet (TFLOP/s, no sparsity).
@@ -64,59 +66,138 @@ pub fn mfu(tokens_per_s: f64, flops_per_token: f64, peak_tflops: f64) -> f64 {
 /// Device memory a training run on the CUDA executor allocates, by buffer: `(what, bytes)`.
 /// Everything is allocated by the end of the first step (the workspace before it; the gradient
 /// scratch, the attention Δ and the norm scratch during it) and nothing after it (see
-/// docs/gpu-results.md, "Device memory of a training step"): the flat parameter, gradient and AdamW moment buffers
-/// (fp32), the workspace of `batch` rows of `seq` tokens with its gradient scratch (fp32 floats,
-/// bf16 logits, u32 ids: [`crate::model::transformer::workspace_elements`]), the attention
-/// backward's Δ `[B, H, T]`, the gradient norm's f64 chunk sums and, with the async matmul, its
-/// bf16 operand copies ([`matmul_scratch_elements`]). The CUDA context (about
-/// 0.5 GiB) is not counted: it is already taken when free memory is read.
+/// docs/gpu-results.md, "Device memory of a training step"): the flat parameter, gradient and
+/// AdamW moment buffers (fp32), each training tensor of the workspace of `batch` rows of `seq`
+/// tokens ([`crate::model::workspace::table`]), and what the executor allocates for itself
+/// ([`crate::backend::cuda::executor::step_scratch`]). The CUDA context (about 0.5 GiB) is not
+/// counted: it is already taken when free memory is read.
 pub fn cuda_train_memory(cfg: &ModelConfig, batch: usize, seq: usize) -> Vec<(String, u64)> {
-    let p = crate::model::params::n_params(cfg) as u64;
+    let p = crate::model::params::n_params(cfg);
     let mut rows = vec![(
         "parameters, gradients, AdamW m and v (fp32)".to_string(),
-        16 * p,
+        16 * p as u64,
     )];
-    for (what, floats, logits, ids) in
-        crate::model::transformer::workspace_elements(cfg, batch, seq)
-    {
-        rows.push((
-            what.to_string(),
-            4 * floats as u64 + 2 * logits as u64 + 4 * ids as u64,
-        ));
+    for slot in crate::model::workspace::table(cfg, batch, seq) {
+        if slot.lifetime.in_training() {
+            rows.push((
+                format!("{} {} × {}: {}", slot.name, slot.dims, slot.per, slot.what),
+                slot.cuda_bytes(),
+            ));
+        }
     }
-    if crate::backend::cuda::matmul::DEFAULT_VERSION
-        != crate::backend::cuda::matmul::MmVersion::Staged
-    {
-        rows.push((
-            "matmul operand copies (bf16, the largest product's two operands)".to_string(),
-            2 * matmul_scratch_elements(cfg, batch * seq) as u64,
-        ));
-    }
-    rows.push((
-        "attention backward Δ, gradient-norm partial sums".to_string(),
-        4 * (batch * cfg.n_heads * seq) as u64
-            + 8 * crate::backend::cuda::adamw::grad_norm_partials_len(p as usize) as u64,
+    let s = AttnShape {
+        b: batch,
+        t: seq,
+        h: cfg.n_heads,
+        dh: cfg.d_head(),
+    };
+    rows.extend(crate::backend::cuda::executor::step_scratch(
+        &linear_layers(cfg),
+        s,
+        p,
     ));
     rows
 }
 
-/// Elements of the matmul operand scratch ([`crate::backend::cuda::matmul::async_scratch_elements`])
-/// for `rows` token rows: the largest over the model's linear layers (qkv D → 3D, o D → D,
-/// gate and up D → 2F, down F → D, and the output layer D → V, whose bf16 gradient is read
-/// as it is when V is a multiple of 8).
+/// The model's linear layers as the matmuls see them (one block's four, then the output
+/// layer), from the parameter layout's matrices.
+fn linear_layers(cfg: &ModelConfig) -> Vec<Linear> {
+    let lay = crate::model::params::ParamLayout::new(cfg);
+    let linear = |m: crate::model::params::Matrix, logits| Linear {
+        k: m.cols,
+        n: m.rows,
+        logits,
+    };
+    let mut out: Vec<Linear> = lay
+        .layers
+        .first()
+        .map(|w| vec![w.qkv, w.o, w.gate_up, w.down])
+        .unwrap_or_default()
+        .into_iter()
+        .map(|m| linear(m, false))
+        .collect();
+    out.push(linear(lay.head, true));
+    out
+}
+
+/// Elements of the matmul operand scratch a training step over `rows` token rows leaves
+/// allocated on the CUDA executor ([`crate::backend::cuda::executor::matmul_scratch_elements`]
+/// over the model's linear layers).
 pub fn matmul_scratch_elements(cfg: &ModelConfig, rows: usize) -> usize {
-    use crate::backend::cuda::matmul::async_scratch_elements as s;
-    let (d, f, v) = (cfg.d_model, cfg.d_ff, cfg.vocab_size);
-    [
-        s(rows, d, 3 * d, false),
-        s(rows, d, d, false),
-        s(rows, d, 2 * f, false),
-        s(rows, f, d, false),
-        s(rows, d, v, v % 8 == 0),
-    ]
-    .into_iter()
-    .max()
-    .unwrap_or(0)
+    crate::backend::cuda::executor::matmul_scratch_elements(&linear_layers(cfg), rows)
+}
+
+/// The memory table of docs/gpu-results.md: one row per buffer of [`cuda_train_memory`] (each
+/// workspace tensor with its shape, copies, dtype and when it is allocated), one column per
+/// `(label, model, batch, seq)`, and the totals.
+pub fn memory_table_markdown(columns: &[(&str, &ModelConfig, usize, usize)]) -> String {
+    fn size(b: u64) -> String {
+        let gib = b as f64 / (1u64 << 30) as f64;
+        if gib >= 1.0 {
+            format!("{gib:.2} GiB")
+        } else if b >= 1 << 20 {
+            format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64)
+        } else {
+            format!("{:.1} KiB", b as f64 / 1024.0)
+        }
+    }
+    let mut out = String::from("| buffer | shape × copies | dtype | allocated |");
+    for (label, ..) in columns {
+        out.push_str(&format!(" {label} |"));
+    }
+    out.push_str("\n|---|---|---|---|");
+    out.push_str(&"---:|".repeat(columns.len()));
+    out.push('\n');
+    let per_col: Vec<Vec<(String, u64)>> = columns
+        .iter()
+        .map(|&(_, cfg, b, t)| cuda_train_memory(cfg, b, t))
+        .collect();
+    let slots: Vec<_> = columns
+        .first()
+        .map(|&(_, cfg, b, t)| crate::model::workspace::table(cfg, b, t))
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|s| s.lifetime.in_training())
+        .collect();
+    let n_rows = per_col.first().map_or(0, Vec::len);
+    for i in 0..n_rows {
+        // Row 0 is the parameters, rows 1..=slots.len() the workspace, the rest the executor's.
+        let (what, shape, dtype, when) = if i == 0 {
+            (
+                "params, grads, AdamW m and v".to_string(),
+                "[P] × 4".to_string(),
+                "fp32",
+                "before the run",
+            )
+        } else if let Some(s) = slots.get(i - 1) {
+            (
+                format!("`{}`: {}", s.name, s.what),
+                format!("{} × {}", s.dims, s.per),
+                s.dtype.cuda_name(),
+                s.lifetime.name(),
+            )
+        } else {
+            (per_col[0][i].0.clone(), "".to_string(), "", "first step")
+        };
+        out.push_str(&format!("| {what} | {shape} | {dtype} | {when} |"));
+        for col in &per_col {
+            out.push_str(&format!(
+                " {} |",
+                col.get(i).map_or(String::new(), |r| size(r.1))
+            ));
+        }
+        out.push('\n');
+    }
+    out.push_str("| **total** | | | |");
+    for col in &per_col {
+        let total: u64 = col.iter().map(|r| r.1).sum();
+        out.push_str(&format!(
+            " **{:.1} GiB** |",
+            total as f64 / (1u64 << 30) as f64
+        ));
+    }
+    out.push('\n');
+    out
 }
 
 #[cfg(test)]
@@ -146,6 +227,37 @@ mod tests {
             "{}",
             gib(&small, 64, 1024)
         );
+    }
+
+    /// The memory table of docs/gpu-results.md is [`memory_table_markdown`]'s output, between
+    /// its two markers: generated, not kept by hand. `BADDATA_BLESS=1` rewrites the file.
+    #[test]
+    fn the_documented_memory_table_is_generated() {
+        const BEGIN: &str = "<!-- memory table: generated by perf::memory_table_markdown; \
+                             BADDATA_BLESS=1 cargo test --release --lib memory_table rewrites it -->\n";
+        const END: &str = "<!-- end of the generated memory table -->";
+        let one_b = ModelConfig::preset("olmo-1b").unwrap();
+        let small = ModelConfig::preset("olmo-124m").unwrap();
+        let table = memory_table_markdown(&[
+            ("olmo-1b, 8 × 2048 (N = 16,384)", &one_b, 8, 2048),
+            ("olmo-124m, 64 × 1024 (N = 65,536)", &small, 64, 1024),
+        ]);
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/gpu-results.md");
+        let doc = std::fs::read_to_string(&path).unwrap();
+        let (a, b) = match (doc.find(BEGIN), doc.find(END)) {
+            (Some(a), Some(b)) if a < b => (a + BEGIN.len(), b),
+            _ => panic!("{}: the memory table's markers are missing", path.display()),
+        };
+        if std::env::var_os("BADDATA_BLESS").is_some() {
+            std::fs::write(&path, format!("{}{table}{}", &doc[..a], &doc[b..])).unwrap();
+        } else {
+            assert_eq!(
+                &doc[a..b],
+                table,
+                "{} is out of date: rerun with BADDATA_BLESS=1",
+                path.display()
+            );
+        }
     }
 
     /// OLMo-1B counted by hand: V = 50,304 (50,280 padded), D = 2,048, F = 8,192, L = 16.

@@ -5,6 +5,7 @@ pub mod generate;
 pub mod init;
 pub mod params;
 pub mod transformer;
+pub mod workspace;
 
 pub use init::init_params;
 pub use params::ParamLayout;

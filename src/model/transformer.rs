@@ -24,64 +24,14 @@
 //! before the embedding backward accumulates into it (tied, the head's gradient is there first).
 //!
 //! Activations live in a workspace allocated once per (batch, seq) shape (two shapes are kept,
-//! e.g. training and validation), so a step allocates nothing on the executor.
+//! e.g. training and validation), so a step allocates nothing on the executor; its tensors are
+//! listed once, in [`super::workspace::table`].
 
 use super::params::ParamLayout;
+use super::workspace::Workspace;
 use crate::backend::{AttnShape, Backend, Float, Span};
 use crate::config::ModelConfig;
 use anyhow::{bail, ensure, Context, Result};
-
-/// Activations of one block.
-struct LayerActs<B: Backend> {
-    ln1: B::Buf,
-    mean1: B::Buf,
-    rstd1: B::Buf,
-    qkv: B::Buf,
-    z: B::Buf,
-    lse: B::Buf,
-    ln2: B::Buf,
-    mean2: B::Buf,
-    rstd2: B::Buf,
-    gu: B::Buf,
-    h: B::Buf,
-}
-
-/// Gradient scratch, reused by every layer (allocated on the first backward of a shape).
-struct GradScratch<B: Backend> {
-    dres: B::Buf,
-    dln: B::Buf,
-    dqkv: B::Buf,
-    dz: B::Buf,
-    dgu: B::Buf,
-    dh: B::Buf,
-    /// `[N, 3D]` recomputed `a·W_qkvᵀ` (the clamp's input), with `clip_qkv` only.
-    qkv_pre: Option<B::Buf>,
-}
-
-/// Every buffer one (batch, seq) shape needs.
-struct Workspace<B: Backend> {
-    batch: usize,
-    seq: usize,
-    ids: B::Ids,
-    targets: B::Ids,
-    /// `[T, dh/2]` cosines then `[T, dh/2]` sines.
-    rope: B::Buf,
-    /// Residual stream before each sublayer and after the last: `2L + 1` buffers `[N, D]`.
-    res: Vec<B::Buf>,
-    layers: Vec<LayerActs<B>>,
-    lnf: B::Buf,
-    meanf: B::Buf,
-    rstdf: B::Buf,
-    /// `[N, V]` logits of the loss (bf16 on the GPU), overwritten by their gradient in a
-    /// backward pass.
-    logits: B::Logits,
-    /// `[N, V]` logits at the executor's float precision for [`Model::logits`] (allocated on its
-    /// first call: inference only, never by training).
-    infer_logits: Option<B::Buf>,
-    /// `[N]` per-position losses.
-    losses: B::Buf,
-    grad: Option<GradScratch<B>>,
-}
 
 /// The RoPE table for `t` positions of heads of width `dh`: angles `pos·θ^(−2i/dh)` computed in
 /// f64, then cos and sin rounded to the executor's precision. Layout `[T, dh/2]` cos, then sin.
@@ -97,131 +47,6 @@ pub fn rope_table(t: usize, dh: usize, theta: f64) -> Vec<f64> {
         }
     }
     out
-}
-
-/// Elements of every buffer one (batch, seq) workspace allocates, as the model's private
-/// `Workspace::new` and `ensure_grad` allocate them: `(what, float elements, logit elements, id elements)`. Kept
-/// beside the allocations; a test holds the two together.
-pub fn workspace_elements(
-    cfg: &ModelConfig,
-    batch: usize,
-    seq: usize,
-) -> Vec<(&'static str, usize, usize, usize)> {
-    let (n, d, f, v, h, l) = (
-        batch * seq,
-        cfg.d_model,
-        cfg.d_ff,
-        cfg.vocab_size,
-        cfg.n_heads,
-        cfg.n_layers,
-    );
-    vec![
-        ("residual stream res[0..=2L]", (2 * l + 1) * n * d, 0, 0),
-        (
-            "saved activations: ln1, qkv, z, ln2, gu, h, mean/rstd, lse",
-            l * (6 * n * d + 3 * n * f + n * (h + 4)),
-            0,
-            0,
-        ),
-        (
-            "final layernorm output, its mean/rstd, per-row losses, RoPE table",
-            n * d + 3 * n + seq * cfg.d_head(),
-            0,
-            0,
-        ),
-        (
-            "logits [N, V] (their gradient written in place)",
-            0,
-            n * v,
-            0,
-        ),
-        (
-            "gradient scratch: dres, dln, dqkv, dz, dgu, dh",
-            6 * n * d + 3 * n * f,
-            0,
-            0,
-        ),
-        (
-            "clip_qkv: recomputed q, k, v projections (the clamp's input)",
-            if cfg.clip_qkv.is_some() { 3 * n * d } else { 0 },
-            0,
-            0,
-        ),
-        ("ids and targets", 0, 0, 2 * n),
-    ]
-}
-
-impl<B: Backend> Workspace<B> {
-    fn new(be: &B, cfg: &ModelConfig, batch: usize, seq: usize) -> Result<Self> {
-        let (n, d, f, v, h) = (
-            batch * seq,
-            cfg.d_model,
-            cfg.d_ff,
-            cfg.vocab_size,
-            cfg.n_heads,
-        );
-        let mut rope = be.alloc(seq * cfg.d_head())?;
-        let table: Vec<B::Elem> = rope_table(seq, cfg.d_head(), cfg.rope_theta)
-            .into_iter()
-            .map(B::Elem::of)
-            .collect();
-        be.upload(&table, &mut rope)?;
-        let res = (0..2 * cfg.n_layers + 1)
-            .map(|_| be.alloc(n * d))
-            .collect::<Result<Vec<_>>>()?;
-        let layers = (0..cfg.n_layers)
-            .map(|_| {
-                Ok(LayerActs {
-                    ln1: be.alloc(n * d)?,
-                    mean1: be.alloc(n)?,
-                    rstd1: be.alloc(n)?,
-                    qkv: be.alloc(n * 3 * d)?,
-                    z: be.alloc(n * d)?,
-                    lse: be.alloc(n * h)?,
-                    ln2: be.alloc(n * d)?,
-                    mean2: be.alloc(n)?,
-                    rstd2: be.alloc(n)?,
-                    gu: be.alloc(n * 2 * f)?,
-                    h: be.alloc(n * f)?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Workspace {
-            batch,
-            seq,
-            ids: be.alloc_ids(n)?,
-            targets: be.alloc_ids(n)?,
-            rope,
-            res,
-            layers,
-            lnf: be.alloc(n * d)?,
-            meanf: be.alloc(n)?,
-            rstdf: be.alloc(n)?,
-            logits: be.alloc_logits(n * v)?,
-            infer_logits: None,
-            losses: be.alloc(n)?,
-            grad: None,
-        })
-    }
-
-    fn ensure_grad(&mut self, be: &B, cfg: &ModelConfig) -> Result<()> {
-        if self.grad.is_none() {
-            let (n, d, f) = (self.batch * self.seq, cfg.d_model, cfg.d_ff);
-            self.grad = Some(GradScratch {
-                dres: be.alloc(n * d)?,
-                dln: be.alloc(n * d)?,
-                dqkv: be.alloc(n * 3 * d)?,
-                dz: be.alloc(n * d)?,
-                dgu: be.alloc(n * 2 * f)?,
-                dh: be.alloc(n * f)?,
-                qkv_pre: match cfg.clip_qkv {
-                    Some(_) => Some(be.alloc(n * 3 * d)?),
-                    None => None,
-                },
-            });
-        }
-        Ok(())
-    }
 }
 
 /// An OLMo v1 model bound to an executor: configuration, parameter layout, activation
@@ -614,10 +439,11 @@ impl<B: Backend> Model<B> {
         let be = &self.backend;
         let ws = self.workspaces.last_mut().context("no workspace")?;
         let rows = ws.batch * ws.seq;
-        let out = match &mut ws.infer_logits {
-            Some(b) => b,
-            none => none.insert(be.alloc(rows * v)?),
-        };
+        ws.ensure_infer_logits(be)?;
+        let out = ws
+            .infer_logits
+            .as_mut()
+            .context("inference logits not allocated")?;
         let head = self.layout.head.of(params);
         be.matmul_fwd(out, &ws.lnf, head, rows, d, v)?;
         let mut all = be.download(out)?;
@@ -694,7 +520,7 @@ impl<B: Backend> Model<B> {
         let cfg = &self.cfg;
         let lay = &self.layout;
         let ws = self.workspaces.last_mut().context("no workspace")?;
-        ws.ensure_grad(be, cfg)?;
+        ws.ensure_grad(be)?;
         let (d, f, v) = (cfg.d_model, cfg.d_ff, cfg.vocab_size);
         let n = batch * seq;
         let s = AttnShape {
@@ -776,66 +602,5 @@ impl<B: Backend> Model<B> {
         be.embedding_bwd(lay.embed.of_mut(grads), &ws.ids, &g.dres, n, d)?;
         self.pending_loss = Some(n);
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::backend::cpu::Cpu;
-    use crate::backend::profile::Profiled;
-
-    /// [`workspace_elements`] counts exactly what a training pass allocates on the executor
-    /// (the workspace and its gradient scratch), as the counting wrapper sees the allocations.
-    #[test]
-    fn workspace_elements_match_the_allocations() {
-        let tied = ModelConfig {
-            n_layers: 3,
-            d_model: 24,
-            n_heads: 2,
-            d_ff: 40,
-            vocab_size: 128,
-            vocab_real: 100,
-            context: 16,
-            rope_theta: 10_000.0,
-            layer_norm_eps: 1e-5,
-            eos_token_id: 0,
-            tie_word_embeddings: true,
-            clip_qkv: None,
-        };
-        let clipped = ModelConfig {
-            tie_word_embeddings: false,
-            clip_qkv: Some(1.0),
-            ..tied.clone()
-        };
-        for cfg in [tied, clipped] {
-            allocations_of(cfg);
-        }
-    }
-
-    fn allocations_of(cfg: ModelConfig) {
-        let (batch, seq) = (3, 7);
-        let mut model =
-            Model::new(cfg.clone(), Profiled::new(Cpu::<f32>::new(), 0..0, None)).unwrap();
-        let params = model.alloc_params().unwrap();
-        let mut grads = model.alloc_params().unwrap();
-        let before = model.backend().allocated();
-        let tokens: Vec<u32> = (0..batch * (seq + 1)).map(|i| (i % 90) as u32).collect();
-        model
-            .forward_backward(&params, &mut grads, &tokens, batch, seq, false, 1.0)
-            .unwrap();
-        let after = model.backend().allocated();
-        let rows = workspace_elements(&cfg, batch, seq);
-        let want = [
-            rows.iter().map(|r| r.1).sum::<usize>(),
-            rows.iter().map(|r| r.2).sum::<usize>(),
-            rows.iter().map(|r| r.3).sum::<usize>(),
-        ];
-        let got = [0, 1, 2].map(|k| after[k] - before[k]);
-        assert!(got[0] > 0 && got[1] > 0 && got[2] > 0, "{got:?}");
-        assert_eq!(
-            got, want,
-            "allocated (floats, logits, ids) vs workspace_elements"
-        );
     }
 }

@@ -30,11 +30,58 @@ use super::cross_entropy::CrossEntropyKernels;
 use super::decode::DecodeKernels;
 use super::embedding::{DeviceEmbeddingPlan, EmbeddingBwdPlan, EmbeddingKernels};
 use super::layernorm::LayerNormKernels;
-use super::matmul::MatmulKernels;
+use super::matmul::{async_scratch_elements, MatmulKernels, MmVersion, DEFAULT_VERSION};
 use super::pointwise::PointwiseKernels;
 use super::CudaDevice;
 use crate::backend::StepArgs;
 use crate::backend::{AttnShape, Backend, CacheShape, Span, SpanMut, DECODE_META};
+
+/// One linear layer of a model, as the step's matmuls see it: `k` inputs, `n` outputs;
+/// `logits`: the output layer, whose backward reads the bf16 gradient of the logits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Linear {
+    /// Input features.
+    pub k: usize,
+    /// Output features.
+    pub n: usize,
+    /// Whether this is the output layer.
+    pub logits: bool,
+}
+
+/// Elements of bf16 operand scratch the matmul keeps after a step over `rows` token rows whose
+/// linear layers are `layers`: the largest product's operand copies
+/// ([`async_scratch_elements`]; the logits' gradient is read as it is when `n` is a multiple of
+/// 8), or 0 when the executor launches the staged version, which copies nothing.
+pub fn matmul_scratch_elements(layers: &[Linear], rows: usize) -> usize {
+    if DEFAULT_VERSION == MmVersion::Staged {
+        return 0;
+    }
+    layers
+        .iter()
+        .map(|l| async_scratch_elements(rows, l.k, l.n, l.logits && l.n % 8 == 0))
+        .max()
+        .unwrap_or(0)
+}
+
+/// Device memory the executor allocates for itself during a training step, beside the buffers
+/// its caller allocates through [`Backend`]: `(what, bytes)`. `layers` as for
+/// [`matmul_scratch_elements`], `s` the step's attention shape, `n_params` the length of the
+/// flat parameter (and gradient) buffer.
+pub fn step_scratch(layers: &[Linear], s: AttnShape, n_params: usize) -> Vec<(String, u64)> {
+    let mut rows = Vec::new();
+    let mm = matmul_scratch_elements(layers, s.n());
+    if mm > 0 {
+        rows.push((
+            "matmul operand copies (bf16, the largest product's two operands)".to_string(),
+            2 * mm as u64,
+        ));
+    }
+    rows.push((
+        "attention backward Δ [B, H, T] (fp32), gradient-norm partial sums (f64)".to_string(),
+        4 * (s.b * s.h * s.t) as u64 + 8 * grad_norm_partials_len(n_params) as u64,
+    ));
+    rows
+}
 
 /// Token ids on the device, with the host copy they were uploaded from.
 pub struct DeviceIds {
