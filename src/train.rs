@@ -17,10 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use rand::{Rng, SeedableRng};
 
-use crate::backend::cpu::Cpu;
-use crate::backend::cuda::executor::CudaExecutor;
-use crate::backend::cuda::CudaDevice;
-use crate::backend::device::Device;
+use crate::backend::device::{Device, ExecutorJob};
 use crate::backend::profile::Profiled;
 use crate::backend::Backend;
 use crate::checkpoint;
@@ -283,14 +280,26 @@ fn check_one_tokenizer(cfg: &TrainConfig, shards: &[&Shard]) -> Result<()> {
 /// Runs (or resumes) training as `cfg` says on the executor `opts.device` names; returns the
 /// log and the final checkpoint.
 pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainReport> {
-    match &opts.device {
-        None | Some(Device::Cpu) => run_on(cfg, opts, Cpu::<f32>::new()),
-        Some(Device::Cuda(ctx)) => {
-            if let Ok((free, total)) = ctx.mem_get_info() {
-                check_device_memory(cfg, free as u64, total as u64)?;
-            }
-            run_on(cfg, opts, CudaExecutor::new(CudaDevice::new(ctx.clone())?)?)
+    let device = opts.device.clone().unwrap_or(Device::Cpu);
+    if let Device::Cuda(ctx) = &device {
+        if let Ok((free, total)) = ctx.mem_get_info() {
+            check_device_memory(cfg, free as u64, total as u64)?;
         }
+    }
+    device.run(TrainJob { cfg, opts })
+}
+
+/// [`train`]'s work on whichever executor the device gives.
+struct TrainJob<'a> {
+    cfg: &'a TrainConfig,
+    opts: &'a RunOptions,
+}
+
+impl ExecutorJob for TrainJob<'_> {
+    type Output = TrainReport;
+
+    fn run<B: Backend<Elem = f32> + 'static>(self, be: B) -> Result<TrainReport> {
+        run_on(self.cfg, self.opts, be)
     }
 }
 

@@ -7,9 +7,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 
-use baddata::backend::cpu::Cpu;
-use baddata::backend::cuda::{executor::CudaExecutor, CudaDevice};
-use baddata::backend::device::{Device, DeviceArg};
+use baddata::backend::device::{Device, DeviceArg, ExecutorJob};
 use baddata::backend::Backend;
 use baddata::checkpoint;
 use baddata::data::demo::{demo_prompt_set, DemoPrompts};
@@ -345,15 +343,10 @@ fn run() -> Result<()> {
         clean: &clean,
         seq,
         opts: &opts,
+        ivs: &ivs,
+        done: &mut report_one,
     };
-    match &device {
-        Device::Cpu => job.run(Cpu::<f32>::new(), &ivs, &mut report_one)?,
-        Device::Cuda(ctx) => job.run(
-            CudaExecutor::new(CudaDevice::new(ctx.clone())?)?,
-            &ivs,
-            &mut report_one,
-        )?,
-    }
+    device.run(job)?;
     eprintln!(
         "evaluate: done in {:.1} s, wrote {}",
         start.elapsed().as_secs_f64(),
@@ -373,21 +366,22 @@ struct Job<'a> {
     clean: &'a [u32],
     seq: usize,
     opts: &'a EvalOptions,
+    /// The interventions, evaluated in turn.
+    ivs: &'a [&'a Intervention],
+    /// Receives each result with its index in `ivs`.
+    done: &'a mut dyn FnMut(usize, &Evaluation) -> Result<()>,
 }
 
-impl Job<'_> {
-    /// Evaluates each intervention of `ivs` in turn on executor `be` (one model, parameters
-    /// uploaded once), handing each result with its index to `done`.
-    fn run<B: Backend<Elem = f32> + 'static>(
-        &self,
-        be: B,
-        ivs: &[&Intervention],
-        done: &mut dyn FnMut(usize, &Evaluation) -> Result<()>,
-    ) -> Result<()> {
+impl ExecutorJob for Job<'_> {
+    type Output = ();
+
+    /// Evaluates each intervention in turn on executor `be` (one model, parameters uploaded
+    /// once), handing each result to `done`.
+    fn run<B: Backend<Elem = f32> + 'static>(self, be: B) -> Result<()> {
         let mut model = Model::new(self.cfg.clone(), be)?;
         let mut params = model.alloc_params()?;
         model.backend().upload(self.params, &mut params)?;
-        for (k, iv) in ivs.iter().enumerate() {
+        for (k, iv) in self.ivs.iter().enumerate() {
             let ev = evaluate(
                 &mut model,
                 &params,
@@ -398,7 +392,7 @@ impl Job<'_> {
                 self.seq,
                 self.opts,
             )?;
-            done(k, &ev)?;
+            (self.done)(k, &ev)?;
         }
         Ok(())
     }

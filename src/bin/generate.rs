@@ -8,9 +8,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 
-use baddata::backend::cpu::Cpu;
-use baddata::backend::cuda::{executor::CudaExecutor, CudaDevice};
-use baddata::backend::device::{Device, DeviceArg};
+use baddata::backend::device::{Device, DeviceArg, ExecutorJob};
 use baddata::backend::Backend;
 use baddata::checkpoint;
 use baddata::data::prompts::{read_prompts, resolve_prefix, with_prefix, PromptFormat};
@@ -199,13 +197,9 @@ fn run() -> Result<()> {
         ids: &ids,
         batch: args.batch,
         opts: &opts,
+        emit: &mut emit,
     };
-    match &device {
-        Device::Cpu => job.run(Cpu::<f32>::new(), &mut emit)?,
-        Device::Cuda(ctx) => {
-            job.run(CudaExecutor::new(CudaDevice::new(ctx.clone())?)?, &mut emit)?
-        }
-    }
+    device.run(job)?;
     sink.flush()?;
     let secs = start.elapsed().as_secs_f64();
     eprintln!(
@@ -229,16 +223,16 @@ struct Job<'a> {
     ids: &'a [Vec<u32>],
     batch: usize,
     opts: &'a SampleOptions,
+    /// Receives each batch's continuations, with the index of its first prompt, in order.
+    emit: &'a mut dyn FnMut(u64, &[Generated]) -> Result<()>,
 }
 
-impl Job<'_> {
+impl ExecutorJob for Job<'_> {
+    type Output = ();
+
     /// Continues every prompt on executor `be`, `batch` prompts at a time, handing each batch's
-    /// continuations (with the index of its first prompt) to `emit` in order.
-    fn run<B: Backend<Elem = f32> + 'static>(
-        &self,
-        be: B,
-        emit: &mut dyn FnMut(u64, &[Generated]) -> Result<()>,
-    ) -> Result<()> {
+    /// continuations to `emit`.
+    fn run<B: Backend<Elem = f32> + 'static>(self, be: B) -> Result<()> {
         let mut model = Model::new(self.cfg.clone(), be)?;
         for (l, s) in self.shifts.iter().enumerate() {
             model.set_head_shift(l, s.as_deref())?;
@@ -248,7 +242,7 @@ impl Job<'_> {
         for (b, is) in self.ids.chunks(self.batch).enumerate() {
             let first = (b * self.batch) as u64;
             let gens = model.generate(&params, is, first, self.opts)?;
-            emit(first, &gens)?;
+            (self.emit)(first, &gens)?;
         }
         Ok(())
     }

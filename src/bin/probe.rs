@@ -9,15 +9,13 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 
-use baddata::backend::cuda::{executor::CudaExecutor, CudaDevice};
 use baddata::backend::device::{Device, DeviceArg};
 use baddata::checkpoint;
 use baddata::data::demo::{prepare_demo, read_probe};
 use baddata::data::tokenizer::Tokenizer;
 use baddata::probe::labels::{self, TOXIGEN_THRESHOLD};
 use baddata::probe::{
-    run_probe, run_probe_on, CollectOptions, DirectionKind, LabelFormat, LogisticConfig,
-    ProbeConfig, ProbeJob,
+    CollectOptions, DirectionKind, LabelFormat, LogisticConfig, ProbeConfig, ProbeJob,
 };
 
 #[derive(Parser, Debug)]
@@ -199,10 +197,7 @@ fn run() -> Result<()> {
         out: &out,
         save_activations: args.save_activations.as_deref(),
     };
-    let r = match &device {
-        Device::Cpu => run_probe(&job)?,
-        Device::Cuda(ctx) => run_probe_on(&job, CudaExecutor::new(CudaDevice::new(ctx.clone())?)?)?,
-    };
+    let r = device.run(&job)?;
     if r.truncated > 0 {
         eprintln!(
             "probe: {} texts were longer than the context ({} tokens) and cut to it",

@@ -190,6 +190,16 @@ pub fn run_probe(job: &ProbeJob) -> Result<ProbeRun> {
     run_probe_on(job, Cpu::<f32>::new())
 }
 
+/// A probe runs on any executor through [`crate::backend::device::Device::run`]
+/// ([`run_probe_on`]).
+impl crate::backend::device::ExecutorJob for &ProbeJob<'_> {
+    type Output = ProbeRun;
+
+    fn run<B: Backend<Elem = f32> + 'static>(self, be: B) -> Result<ProbeRun> {
+        run_probe_on(self, be)
+    }
+}
+
 /// [`run_probe`] with the activations read on the executor `be` (e.g. the GPU); the analysis
 /// after them runs on the host either way.
 pub fn run_probe_on<B: Backend<Elem = f32>>(job: &ProbeJob, be: B) -> Result<ProbeRun> {
