@@ -7,14 +7,14 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use baddata::config::{ModelConfig, PRESETS};
+use baddata::config::{ModelConfig, Preset};
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.len() != 2 {
         bail!(
             "usage: preset_config PRESET OUT/config.json (presets: {})",
-            PRESETS.join(", ")
+            Preset::ALL.map(Preset::name).join(", ")
         );
     }
     let cfg = ModelConfig::preset(&args[0])?;

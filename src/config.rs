@@ -50,21 +50,48 @@ fn tied_by_default() -> bool {
 /// The largest parameter count [`ModelConfig::validate`] accepts (2^38, about 275 billion).
 pub const MAX_PARAMS: u64 = 1 << 38;
 
-/// Names accepted by `--preset`.
-pub const PRESETS: &[&str] = &["tiny", "olmo-124m", "olmo-1b"];
-
-/// Pads a vocabulary size up to a multiple of 64 (OLMo pads 50,280 to 50,304 = 786·64... the
-/// next multiple of 128 after 50,280 is 50,304, which is also a multiple of 64).
-pub fn pad_vocab(n: usize) -> usize {
-    n.div_ceil(128) * 128
+/// A model preset (`--preset`): a model shape with the training defaults that go with it.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Preset {
+    /// The CPU demo: 4 layers of width 256; its vocabulary comes from the tokenizer.
+    Tiny,
+    /// A GPT-2-small-sized OLMo: 12 layers of width 768.
+    #[value(name = "olmo-124m")]
+    Olmo124m,
+    /// OLMo-1B's shape: 16 layers of width 2048.
+    #[value(name = "olmo-1b")]
+    Olmo1b,
 }
 
-impl ModelConfig {
-    /// A named preset. `tiny` is the CPU demo; its vocabulary is set later from the tokenizer.
-    pub fn preset(name: &str) -> Result<Self> {
+impl Preset {
+    /// Every preset, smallest first.
+    pub const ALL: [Preset; 3] = [Preset::Tiny, Preset::Olmo124m, Preset::Olmo1b];
+
+    /// The name `--preset` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Preset::Tiny => "tiny",
+            Preset::Olmo124m => "olmo-124m",
+            Preset::Olmo1b => "olmo-1b",
+        }
+    }
+
+    /// The preset called `name`.
+    pub fn from_name(name: &str) -> Result<Preset> {
+        match Preset::ALL.into_iter().find(|p| p.name() == name) {
+            Some(p) => Ok(p),
+            None => bail!(
+                "unknown preset {name:?}: expected one of {}",
+                Preset::ALL.map(Preset::name).join(", ")
+            ),
+        }
+    }
+
+    /// Its model shape.
+    pub fn model(self) -> ModelConfig {
         let olmo_vocab = 50_280;
-        let c = match name {
-            "tiny" => ModelConfig {
+        match self {
+            Preset::Tiny => ModelConfig {
                 n_layers: 4,
                 d_model: 256,
                 n_heads: 4,
@@ -78,7 +105,7 @@ impl ModelConfig {
                 tie_word_embeddings: true,
                 clip_qkv: None,
             },
-            "olmo-124m" => ModelConfig {
+            Preset::Olmo124m => ModelConfig {
                 n_layers: 12,
                 d_model: 768,
                 n_heads: 12,
@@ -92,7 +119,7 @@ impl ModelConfig {
                 tie_word_embeddings: true,
                 clip_qkv: None,
             },
-            "olmo-1b" => ModelConfig {
+            Preset::Olmo1b => ModelConfig {
                 n_layers: 16,
                 d_model: 2048,
                 n_heads: 16,
@@ -106,12 +133,21 @@ impl ModelConfig {
                 tie_word_embeddings: true,
                 clip_qkv: None,
             },
-            other => bail!(
-                "unknown preset {other:?}: expected one of {}",
-                PRESETS.join(", ")
-            ),
-        };
-        Ok(c)
+        }
+    }
+}
+
+/// Pads a vocabulary size up to a multiple of 64 (OLMo pads 50,280 to 50,304 = 786·64... the
+/// next multiple of 128 after 50,280 is 50,304, which is also a multiple of 64).
+pub fn pad_vocab(n: usize) -> usize {
+    n.div_ceil(128) * 128
+}
+
+impl ModelConfig {
+    /// A preset by name (see [`Preset`]). `tiny` is the CPU demo; its vocabulary is set later
+    /// from the tokenizer.
+    pub fn preset(name: &str) -> Result<Self> {
+        Ok(Preset::from_name(name)?.model())
     }
 
     /// Sets the vocabulary from a tokenizer's size (padded) and its end-of-text id.

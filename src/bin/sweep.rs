@@ -225,7 +225,7 @@ fn run() -> Result<Outcome> {
     if !demo && flags.toxic.is_none() {
         bail!("a sweep on --data needs --toxic DIR (the toxic source the ratios draw from)");
     }
-    let preset = flags.preset.clone().unwrap_or_else(|| "tiny".into());
+    let preset = flags.preset.unwrap_or(baddata::config::Preset::Tiny).name();
     let out = args.out.clone().unwrap_or_else(|| {
         PathBuf::from(if demo {
             "runs/sweep-demo".to_string()

@@ -15,7 +15,8 @@ use baddata::perf;
 use baddata::train::interrupt::{Interrupt, EXIT_INTERRUPTED};
 use baddata::train::run_dir;
 use baddata::train::setup::{
-    base_model, check_flags, fresh_config, read_config_file, resumed_config, TrainFlags, DEMO_DATA,
+    base_model, check_flags, fresh_config, read_config_file, resumed_config, Base, TrainFlags,
+    DEMO_DATA,
 };
 use baddata::train::{train, RunOptions, TrainConfig, TrainReport};
 
@@ -101,8 +102,8 @@ fn run() -> Result<Outcome> {
     check_flags(flags)?;
     let file = flags.config.as_deref().map(read_config_file).transpose()?;
     let mut demo = flags.is_demo(file.as_ref());
-    let (base, preset, init_dir) = base_model(flags)?;
-    if let Some(dir) = &init_dir {
+    let (base, start) = base_model(flags)?;
+    if let Base::InitFrom { dir, .. } = &start {
         eprintln!(
             "--init-from {}: the model shape is the checkpoint's ({} layers, d_model {}, {} heads, \
              vocab {}, context {}, {} head{})",
@@ -120,7 +121,7 @@ fn run() -> Result<Outcome> {
         if demo {
             PathBuf::from("runs/demo")
         } else {
-            PathBuf::from(format!("runs/{preset}"))
+            PathBuf::from(format!("runs/{}", start.name()))
         }
     });
     if out.exists() && !out.is_dir() {
@@ -383,12 +384,12 @@ fn write_summary(
 /// The preset whose shape `model` has (the vocabulary aside), or a description of the shape.
 fn preset_name(model: &ModelConfig) -> String {
     let shape = |m: &ModelConfig| (m.n_layers, m.d_model, m.n_heads, m.d_ff, m.context);
-    baddata::config::PRESETS
-        .iter()
-        .find(|p| ModelConfig::preset(p).is_ok_and(|m| shape(&m) == shape(model)))
+    baddata::config::Preset::ALL
+        .into_iter()
+        .find(|p| shape(&p.model()) == shape(model))
         .map_or_else(
             || format!("a {}-layer d_model {} model", model.n_layers, model.d_model),
-            |p| p.to_string(),
+            |p| p.name().to_string(),
         )
 }
 

@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 
 use super::run_dir::ExistingRun;
 use super::{SourceSpec, TrainConfig};
-use crate::config::ModelConfig;
+use crate::config::{ModelConfig, Preset};
 use crate::data::demo::prepare_demo;
 use crate::data::tokenizer::Tokenizer;
 use crate::optim::AdamWConfig;
@@ -21,9 +21,9 @@ pub type ConfigFile = serde_json::Map<String, serde_json::Value>;
 /// what it computes).
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct TrainFlags {
-    /// Model preset: tiny (CPU demo), olmo-124m, olmo-1b [default: tiny].
-    #[arg(long, value_name = "NAME")]
-    pub preset: Option<String>,
+    /// Model preset [default: tiny].
+    #[arg(long, value_enum, value_name = "NAME")]
+    pub preset: Option<Preset>,
     /// Continued pretraining: start from this checkpoint's weights (ours, or a Hugging Face OLMo
     /// v1 release such as allenai/OLMo-1B-hf or OLMo-1B-0724-hf, single or sharded) with a fresh
     /// optimizer and this run's data. The model shape is the checkpoint's, so --preset is refused
@@ -160,7 +160,7 @@ pub fn demo_defaults(
     }
 }
 
-pub fn real_defaults(preset: &str, mut cfg: TrainConfig) -> TrainConfig {
+pub fn real_defaults(base: &Base, mut cfg: TrainConfig) -> TrainConfig {
     // OLMo-1B's recipe; batch sizes for one 80 GB GPU.
     cfg.lr = 4e-4;
     cfg.warmup = 2000;
@@ -168,18 +168,50 @@ pub fn real_defaults(preset: &str, mut cfg: TrainConfig) -> TrainConfig {
     cfg.eval_every = 500;
     cfg.save_every = 1000;
     cfg.seq = cfg.model.context;
-    cfg.batch = if preset == "olmo-1b" { 8 } else { 64 };
-    if preset.starts_with("init-") {
-        // continued pretraining of a released model on one GPU
-        cfg.seq = cfg.model.context.min(2048);
-        cfg.batch = 8;
+    match base {
+        Base::Preset(Preset::Olmo1b) => cfg.batch = 8,
+        Base::Preset(_) => cfg.batch = 64,
+        Base::InitFrom { .. } => {
+            // continued pretraining of a released model on one GPU
+            cfg.seq = cfg.model.context.min(2048);
+            cfg.batch = 8;
+        }
     }
     cfg
 }
 
-/// The model shape and the preset name a run starts from: the preset's, or with `--init-from`
-/// the checkpoint's (named `init-DIRNAME`; never re-sized to a tokenizer).
-pub fn base_model(args: &TrainFlags) -> Result<(ModelConfig, String, Option<PathBuf>)> {
+/// What a run's model starts from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Base {
+    /// A preset's shape, freshly initialised.
+    Preset(Preset),
+    /// A checkpoint's weights (`--init-from`).
+    InitFrom {
+        /// The checkpoint directory.
+        dir: PathBuf,
+        /// Its directory name.
+        name: String,
+    },
+}
+
+impl Base {
+    /// The run's name for default output paths: the preset's, or `init-DIRNAME`.
+    pub fn name(&self) -> String {
+        match self {
+            Base::Preset(p) => p.name().to_string(),
+            Base::InitFrom { name, .. } => format!("init-{name}"),
+        }
+    }
+
+    /// Whether this is the CPU demo's preset (whose vocabulary follows the tokenizer).
+    pub fn is_tiny(&self) -> bool {
+        *self == Base::Preset(Preset::Tiny)
+    }
+}
+
+/// The model shape a run starts from, and what it comes from: the preset's (tiny by default),
+/// or with `--init-from` the checkpoint's (never re-sized to a tokenizer).
+pub fn base_model(args: &TrainFlags) -> Result<(ModelConfig, Base)> {
     match &args.init_from {
         Some(dir) => {
             let (ck_dir, m) = crate::checkpoint::read_config(dir)
@@ -187,11 +219,11 @@ pub fn base_model(args: &TrainFlags) -> Result<(ModelConfig, String, Option<Path
             let name = ck_dir
                 .file_name()
                 .map_or("checkpoint".into(), |n| n.to_string_lossy().into_owned());
-            Ok((m, format!("init-{name}"), Some(ck_dir)))
+            Ok((m, Base::InitFrom { dir: ck_dir, name }))
         }
         None => {
-            let p = args.preset.clone().unwrap_or_else(|| "tiny".into());
-            Ok((ModelConfig::preset(&p)?, p, None))
+            let p = args.preset.unwrap_or(Preset::Tiny);
+            Ok((p.model(), Base::Preset(p)))
         }
     }
 }
@@ -325,9 +357,6 @@ pub fn check_flags(args: &TrainFlags) -> Result<()> {
     if args.demo_vocab.is_some() && (args.data.is_some() || !args.sources.is_empty()) {
         bail!("--demo-vocab sets the demo's tokenizer; with --data or --source the data's own tokenizer is used");
     }
-    if let Some(p) = &args.preset {
-        ModelConfig::preset(p)?;
-    }
     Ok(())
 }
 
@@ -340,13 +369,12 @@ pub fn fresh_config(
     out: &Path,
     progress: bool,
 ) -> Result<TrainConfig> {
-    let (mut model, preset, init_dir) = base_model(args)?;
-    let preset = preset.as_str();
+    let (mut model, base) = base_model(args)?;
     let defaults = |c: TrainConfig| {
-        if preset == "tiny" {
+        if base.is_tiny() {
             c
         } else {
-            real_defaults(preset, c)
+            real_defaults(&base, c)
         }
     };
     let mut cfg = if args.synthetic {
@@ -360,7 +388,7 @@ pub fn fresh_config(
         c.synthetic = true;
         c
     } else if demo {
-        if init_dir.is_some() {
+        if matches!(base, Base::InitFrom { .. }) {
             bail!(
                 "--init-from needs --data (or --source) tokenized with the checkpoint's tokenizer: \
                  the embedded demo's shards use a BPE of their own"
@@ -405,13 +433,13 @@ pub fn fresh_config(
         let (sources, val, tokenizer) = data_sources(args)?;
         if let Some(t) = &tokenizer {
             let tok = Tokenizer::load(t)?;
-            if preset == "tiny" {
+            if base.is_tiny() {
                 // the demo-sized model takes its vocabulary from the tokenizer
                 model = model.with_vocab(tok.vocab_size(), tok.eos_id()?);
             } else {
                 crate::data::tokenizer::check_fits(tok.vocab_size(), model.vocab_real, t)?;
             }
-            if let Some(dir) = &init_dir {
+            if let Base::InitFrom { dir, .. } = &base {
                 check_same_tokenizer(t, dir)?;
             }
         }
@@ -423,7 +451,7 @@ pub fn fresh_config(
             .get("model")
             .and_then(|m| m.as_object())
             .is_some_and(|m| m.contains_key("vocab_size") || m.contains_key("vocab_real"));
-        if let (Some(t), false, true) = (&cfg.tokenizer, file_sets_vocab, preset == "tiny") {
+        if let (Some(t), false, true) = (&cfg.tokenizer, file_sets_vocab, base.is_tiny()) {
             // a tiny model takes its vocabulary from the tokenizer the file names
             let tok = Tokenizer::load(t)?;
             cfg.model = cfg
@@ -695,8 +723,8 @@ pub fn resumed_config(
             asked = overlay_config(&asked, fields, path)?;
         }
         apply_flags(&mut asked, args);
-        if let Some(p) = &args.preset {
-            let m = ModelConfig::preset(p)?;
+        if let Some(p) = args.preset {
+            let m = p.model();
             let s = &saved.model;
             if (m.n_layers, m.d_model, m.n_heads, m.d_ff, m.context)
                 != (s.n_layers, s.d_model, s.n_heads, s.d_ff, s.context)
