@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 
-use baddata::backend::device::{Device, DeviceArg, ExecutorJob};
+use baddata::backend::device::ExecutorJob;
 use baddata::backend::Backend;
 use baddata::checkpoint;
 use baddata::data::demo::{demo_prompt_set, DemoPrompts};
@@ -34,10 +34,8 @@ evaluate --checkpoint runs/c4-pol10 --intervention runs/c4-pol10/probe/intervent
 --prompts rtp.jsonl --format rtp --val data/val.shard --alphas 0,4,8"
 )]
 struct Args {
-    /// Checkpoint directory (ours, or a Hugging Face OLMo v1 release: single or sharded
-    /// safetensors), or run directory (its latest).
-    #[arg(long, default_value = "runs/demo")]
-    checkpoint: PathBuf,
+    #[command(flatten)]
+    checkpoint: baddata::cli::CheckpointFlag,
     /// Tokenizer (default: the checkpoint's tokenizer.json).
     #[arg(long)]
     tokenizer: Option<PathBuf>,
@@ -117,9 +115,8 @@ struct Args {
     /// drawn with this seed; written to OUT/random-control/.
     #[arg(long, value_name = "SEED")]
     random_control: Option<u64>,
-    /// Where to run: auto, cpu or cuda.
-    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
-    device: DeviceArg,
+    #[command(flatten)]
+    device: baddata::cli::DeviceFlag,
     /// Instead of the ITI evaluation, score capability benchmarks as lm-evaluation-harness
     /// v0.4.12 does (comma separated): hellaswag, arc_easy, arc_challenge, piqa, mmlu, lambada,
     /// or all. Uses --checkpoint, --batch, --seed (few-shot draw), --out (default:
@@ -163,16 +160,16 @@ fn run() -> Result<()> {
         let out = args
             .out
             .clone()
-            .unwrap_or_else(|| args.checkpoint.join("eval"));
+            .unwrap_or_else(|| args.checkpoint.path.join("eval"));
         let out = if out.join("results.json").is_file() {
             out
         } else {
             // a run directory: its latest checkpoint's evaluation
-            checkpoint::resolve(&args.checkpoint)?.join("eval")
+            checkpoint::resolve(&args.checkpoint.path)?.join("eval")
         };
         return import_scores(&out, file, &args.score_field);
     }
-    let device = Device::select(args.device)?;
+    let device = args.device.select()?;
     if args.val_windows == 0 {
         bail!("--val-windows must be at least 1");
     }
@@ -182,8 +179,8 @@ fn run() -> Result<()> {
     if args.alphas.is_empty() || args.alphas.iter().any(|a| !a.is_finite()) {
         bail!("--alphas must be a comma-separated list of numbers, e.g. 0,2,4,8");
     }
-    let ck = checkpoint::load(&args.checkpoint)
-        .with_context(|| format!("loading checkpoint {}", args.checkpoint.display()))?;
+    let ck = checkpoint::load(&args.checkpoint.path)
+        .with_context(|| format!("loading checkpoint {}", args.checkpoint.path.display()))?;
     let cfg = ck.config.clone();
     let tok_path = ck.tokenizer_path(args.tokenizer.as_deref())?;
     let tokenizer = Tokenizer::load(&tok_path)?;
@@ -401,7 +398,7 @@ impl ExecutorJob for Job<'_> {
 /// `--benchmark`: scores the checkpoint on the named benchmarks and writes the reports.
 fn run_benchmarks(args: &Args) -> Result<()> {
     baddata::eval::benchmark::command::run(&baddata::eval::benchmark::command::Command {
-        checkpoint: args.checkpoint.clone(),
+        checkpoint: args.checkpoint.path.clone(),
         names: args.benchmark.clone(),
         dir: args.benchmark_dir.clone(),
         shots: args.shots,
@@ -410,7 +407,7 @@ fn run_benchmarks(args: &Args) -> Result<()> {
         batch: args.batch,
         out: args.out.clone(),
         progress: !args.quiet,
-        device: args.device,
+        device: args.device.arg,
     })
 }
 

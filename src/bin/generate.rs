@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 
-use baddata::backend::device::{Device, DeviceArg, ExecutorJob};
+use baddata::backend::device::ExecutorJob;
 use baddata::backend::Backend;
 use baddata::checkpoint;
 use baddata::data::prompts::{read_prompts, resolve_prefix, with_prefix, PromptFormat};
@@ -38,10 +38,8 @@ Output (--out, or stdout), one JSON object per prompt:\n  \
 \"eos\"|\"max_new_tokens\"|\"context\"}"
 )]
 struct Args {
-    /// Checkpoint directory (ours, or a Hugging Face OLMo v1 release: single or sharded
-    /// safetensors), or run directory (its latest).
-    #[arg(long, default_value = "runs/demo")]
-    checkpoint: PathBuf,
+    #[command(flatten)]
+    checkpoint: baddata::cli::CheckpointFlag,
     /// Tokenizer (default: the checkpoint's tokenizer.json).
     #[arg(long)]
     tokenizer: Option<PathBuf>,
@@ -87,9 +85,8 @@ struct Args {
     /// Output JSON lines (default: stdout).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Where to run: auto, cpu or cuda.
-    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
-    device: DeviceArg,
+    #[command(flatten)]
+    device: baddata::cli::DeviceFlag,
 }
 
 fn main() {
@@ -98,12 +95,12 @@ fn main() {
 
 fn run() -> Result<()> {
     let args = Args::parse();
-    let device = Device::select(args.device)?;
+    let device = args.device.select()?;
     if args.batch == 0 {
         bail!("--batch must be at least 1");
     }
-    let ck = checkpoint::load(&args.checkpoint)
-        .with_context(|| format!("loading checkpoint {}", args.checkpoint.display()))?;
+    let ck = checkpoint::load(&args.checkpoint.path)
+        .with_context(|| format!("loading checkpoint {}", args.checkpoint.path.display()))?;
     let tok_path = ck.tokenizer_path(args.tokenizer.as_deref())?;
     let tokenizer = Tokenizer::load(&tok_path)?;
     let cfg = ck.config.clone();

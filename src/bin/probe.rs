@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 
-use baddata::backend::device::{Device, DeviceArg};
 use baddata::checkpoint;
 use baddata::data::demo::{prepare_demo, read_probe};
 use baddata::data::tokenizer::Tokenizer;
@@ -94,9 +93,8 @@ struct Args {
     /// Texts of equal length per forward pass.
     #[arg(long, default_value_t = 16)]
     batch: usize,
-    /// Where to run: auto, cpu or cuda.
-    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
-    device: DeviceArg,
+    #[command(flatten)]
+    device: baddata::cli::DeviceFlag,
     /// BPE vocabulary of the demo data (as given to train --demo-vocab).
     #[arg(long, default_value_t = baddata::data::demo::DEFAULT_DEMO_VOCAB)]
     demo_vocab: usize,
@@ -111,7 +109,7 @@ fn main() {
 
 fn run() -> Result<()> {
     let args = Args::parse();
-    let device = Device::select(args.device)?;
+    let device = args.device.select()?;
     if !args.demo && args.data.is_none() {
         bail!("no labelled texts: pass --data FILE (with --format jsonl|toxigen) or --demo");
     }

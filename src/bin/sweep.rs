@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 
-use baddata::backend::device::{Device, DeviceArg};
+use baddata::backend::device::Device;
 use baddata::data::demo::{demo_prompts, prepare_demo, read_probe};
 use baddata::data::mixture::eval_windows;
 use baddata::data::prompts::{read_prompts, resolve_prefix, PromptFormat};
@@ -129,9 +129,8 @@ struct Args {
     /// Print the cells and the plan, then exit.
     #[arg(long)]
     dry_run: bool,
-    /// Where to run: auto, cpu or cuda.
-    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
-    device: DeviceArg,
+    #[command(flatten)]
+    device: baddata::cli::DeviceFlag,
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
@@ -249,7 +248,7 @@ fn run() -> Result<Outcome> {
         );
         return Ok(Outcome::Finished);
     }
-    let device = Device::select(args.device)?;
+    let device = args.device.select()?;
 
     // the cells: each ratio's training config, the clean budget held fixed
     let mut cells = Vec::new();

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use clap::Parser;
 
-use baddata::backend::device::{Device, DeviceArg};
+use baddata::backend::device::Device;
 use baddata::config::ModelConfig;
 use baddata::perf;
 use baddata::train::interrupt::{Interrupt, EXIT_INTERRUPTED};
@@ -57,9 +57,8 @@ struct Args {
     /// Replace the run in --out (its checkpoints, log and plots are deleted first).
     #[arg(long)]
     overwrite: bool,
-    /// Where to run: auto (CUDA when a GPU and compiled kernels are present), cpu or cuda.
-    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
-    device: DeviceArg,
+    #[command(flatten)]
+    device: baddata::cli::DeviceFlag,
     /// Write no checkpoint (throughput runs).
     #[arg(long)]
     no_checkpoint: bool,
@@ -128,7 +127,7 @@ fn run() -> Result<Outcome> {
         bail!("--out {}: exists and is not a directory", out.display());
     }
 
-    let device = Device::select(args.device)?;
+    let device = args.device.select()?;
     let mut existing = run_dir::read(&out)?;
     if let Some(run) = &existing {
         // Without data flags the command is the demo's only if the run there is a demo run;
