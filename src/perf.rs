@@ -304,10 +304,10 @@ mod tests {
         // → 429.894 / 989 = 0.434675..., 429.894 / 798 = 0.538714...
         let a = mfu(57_600.0, f, PEAK_BF16_TFLOPS_DATASHEET);
         let b = mfu(57_600.0, f, PEAK_BF16_TFLOPS_MEASURED);
-        assert!((a - 0.434_675).abs() < 1e-6, "{a}");
-        assert!((b - 0.538_714).abs() < 1e-6, "{b}");
+        assert!(approx::abs_diff_eq!(a, 0.434_675, epsilon = 1e-6), "{a}");
+        assert!(approx::abs_diff_eq!(b, 0.538_714, epsilon = 1e-6), "{b}");
         // exactly the peak → 1
-        assert!((mfu(1e12 / f, f, 1.0) - 1.0).abs() < 1e-12);
+        approx::assert_abs_diff_eq!(mfu(1e12 / f, f, 1.0), 1.0, epsilon = 1e-12);
     }
 }
 

@@ -243,10 +243,19 @@ pub fn chart(path: &Path, spec: &Chart) -> Result<()> {
     });
     let (xspan, yspan) = (x1 - x0, y1 - y0);
     let root = BitMapBackend::new(path, (1000, 620)).into_drawing_area();
+    // The largest title size up to 20 px whose text fits the width (long titles shrink, down to
+    // 12 px, rather than run off the image).
+    let title_px = (12..=20)
+        .rev()
+        .find(|&px| {
+            root.estimate_text_size(spec.title, &("sans-serif", px).into_text_style(&root))
+                .is_ok_and(|(w, _)| w + 32 <= 1000)
+        })
+        .unwrap_or(12);
     let draw = || -> std::result::Result<(), Box<dyn std::error::Error>> {
         root.fill(&WHITE)?;
         let mut chart = ChartBuilder::on(&root)
-            .caption(spec.title, ("sans-serif", 20))
+            .caption(spec.title, ("sans-serif", title_px))
             .margin(16)
             .x_label_area_size(48)
             .y_label_area_size(72)

@@ -74,7 +74,10 @@ fn check_against(reference: &str, shots: usize, seed: u64) {
             assert_eq!(g.lls.len(), wl.len(), "{ctx}");
             for (a, e) in g.lls.iter().zip(&wl) {
                 worst = worst.max((a - e).abs());
-                assert!((a - e).abs() < 1e-4, "{ctx}: ll {a} vs reference {e}");
+                assert!(
+                    approx::abs_diff_eq!(a, e, epsilon = 1e-4),
+                    "{ctx}: ll {a} vs reference {e}"
+                );
             }
             let wg: Vec<bool> = serde_json::from_value(w["greedy"].clone()).unwrap();
             assert_eq!(g.greedy, wg, "{ctx}: greedy");
@@ -87,9 +90,17 @@ fn check_against(reference: &str, shots: usize, seed: u64) {
             assert_eq!(g.truncated > 0, w["truncated"].as_bool().unwrap(), "{ctx}");
             truncated += usize::from(g.truncated > 0);
         }
-        assert!((got.acc.value - want["acc"].as_f64().unwrap()).abs() < 1e-12);
+        approx::assert_abs_diff_eq!(
+            got.acc.value,
+            want["acc"].as_f64().unwrap(),
+            epsilon = 1e-12
+        );
         if let Some(n) = want.get("acc_norm") {
-            assert!((got.acc_norm.unwrap().value - n.as_f64().unwrap()).abs() < 1e-12);
+            approx::assert_abs_diff_eq!(
+                got.acc_norm.unwrap().value,
+                n.as_f64().unwrap(),
+                epsilon = 1e-12
+            );
         } else {
             assert!(got.acc_norm.is_none(), "{}", b.name());
         }
@@ -239,7 +250,7 @@ fn batching_does_not_change_the_scores() {
     let many = run(&mut f, Benchmark::Hellaswag, &opts(0, 0, 16));
     for (a, b) in one.items.iter().zip(&many.items) {
         for (x, y) in a.lls.iter().zip(&b.lls) {
-            assert!((x - y).abs() < 1e-5, "{x} vs {y}");
+            assert!(approx::abs_diff_eq!(x, y, epsilon = 1e-5), "{x} vs {y}");
         }
     }
 }

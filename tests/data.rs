@@ -638,14 +638,17 @@ fn mixture_realises_the_toxic_fraction() {
     }
     let frac = toxic_rows as f64 / rows as f64;
     // 32,000 rows: the standard error of the share is 0.0017; allow six of them.
-    assert!((frac - 0.1).abs() < 0.01, "realised toxic fraction {frac}");
+    assert!(
+        approx::abs_diff_eq!(frac, 0.1, epsilon = 0.01),
+        "realised toxic fraction {frac}"
+    );
     let drawn = m.tokens_drawn();
     assert_eq!(
         drawn[1],
         ("toxic".to_string(), (toxic_rows * (seq + 1)) as u64)
     );
     assert_eq!(drawn[0].1, ((rows - toxic_rows) * (seq + 1)) as u64);
-    assert!((m.realised_fraction("toxic").unwrap() - frac).abs() < 1e-12);
+    approx::assert_abs_diff_eq!(m.realised_fraction("toxic").unwrap(), frac, epsilon = 1e-12);
     assert!(m.realised_fraction("nope").is_none());
 }
 
@@ -798,7 +801,10 @@ fn shipped_demo_texts_respect_the_thresholds_and_keep_the_probe_set_apart() {
     // The recorded scores are the scorer's (to JSON's float round trip).
     for r in &toxic_rows {
         let s = scorer.score(r["text"].as_str().unwrap());
-        assert!((r["score"].as_f64().unwrap() - s).abs() < 1e-12, "{r}");
+        assert!(
+            approx::abs_diff_eq!(r["score"].as_f64().unwrap(), s, epsilon = 1e-12),
+            "{r}"
+        );
     }
 
     // The probe set: toxic passages (>= 0.8), then as many clean ones (<= 0.2) in the same
@@ -808,7 +814,10 @@ fn shipped_demo_texts_respect_the_thresholds_and_keep_the_probe_set_apart() {
     let probe_texts: Vec<String> = probe.iter().map(|p| p.text.clone()).collect();
     let scores = scorer.score_batch(&probe_texts);
     for (i, p) in probe.iter().enumerate() {
-        assert!((p.score.unwrap() - scores[i]).abs() < 1e-12, "{p:?}");
+        assert!(
+            approx::abs_diff_eq!(p.score.unwrap(), scores[i], epsilon = 1e-12),
+            "{p:?}"
+        );
         if i < pos.len() {
             assert_eq!(p.label, 1);
             assert!(

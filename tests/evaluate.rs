@@ -129,7 +129,10 @@ fn kl_of_a_hand_solved_pair() {
     let kl = mean_kl(&base, &steered, 2).unwrap();
     // Second row: equal logits in both, KL 0; the mean is over the two rows.
     let want = 0.5 * (0.5 * (4.0f64 / 3.0).ln());
-    assert!((kl - want).abs() < 1e-7, "{kl} vs {want}");
+    assert!(
+        approx::abs_diff_eq!(kl, want, epsilon = 1e-7),
+        "{kl} vs {want}"
+    );
     assert!(mean_kl(&base, &steered[..3], 2).is_err());
 }
 
@@ -170,7 +173,7 @@ fn kl_is_zero_at_alpha_zero_and_ce_matches_the_unshifted_loss() {
         "{} vs {want0}",
         ev.rows[0].ce
     );
-    assert!((ev.base_ce - want0).abs() < 1e-5 * want0);
+    approx::assert_abs_diff_eq!(ev.base_ce, want0, epsilon = 1e-5 * want0);
     assert!(ev.rows[0].delta_ce_pct.abs() < 1e-3);
     // At alpha 4: the loss with the shift set by hand at every position.
     for (l, s) in iv.head_shifts(4.0).unwrap().iter().enumerate() {
@@ -201,10 +204,10 @@ fn kl_is_zero_at_alpha_zero_and_ce_matches_the_unshifted_loss() {
         for c in &cs {
             assert_eq!(c.prompt, prompts[c.prompt_index]);
             let s = scorer.score(&c.completion);
-            assert!((s - c.toxicity).abs() < 1e-12);
+            approx::assert_abs_diff_eq!(s, c.toxicity, epsilon = 1e-12);
             sum += s;
         }
-        assert!((row.toxicity - 100.0 * sum / 6.0).abs() < 1e-9);
+        approx::assert_abs_diff_eq!(row.toxicity, 100.0 * sum / 6.0, epsilon = 1e-9);
         let share = cs.iter().filter(|c| c.toxicity > 0.5).count() as f64 / 6.0;
         assert_eq!(row.share_toxic, share);
     }

@@ -157,7 +157,7 @@ fn check_every_tensor(
         g.iter().all(|v| v.is_finite()),
         "every gradient element must be written"
     );
-    assert!((loss - model.loss(&p, toks, b, t).unwrap()).abs() < 1e-14);
+    approx::assert_abs_diff_eq!(loss, model.loss(&p, toks, b, t).unwrap(), epsilon = 1e-14);
     let lay = model.layout.clone();
     for (ti, spec) in lay.tensors.iter().enumerate() {
         let range = spec.range();
@@ -408,7 +408,7 @@ fn head_shift_and_hook_z_match_naive_shifted_forward() {
     let mut moved = 0.0f64;
     for i in 0..t {
         for c in 0..v {
-            assert!((logits[i * v + c] as f64 - naive[i][c]).abs() < 1e-5);
+            approx::assert_abs_diff_eq!(logits[i * v + c] as f64, naive[i][c], epsilon = 1e-5);
             moved = moved.max((naive[i][c] - plain[i][c]).abs());
         }
     }
@@ -420,7 +420,7 @@ fn head_shift_and_hook_z_match_naive_shifted_forward() {
         assert_eq!((bb, tt), (1, t));
         for i in 0..t {
             for c in 0..cfg.d_model {
-                assert!((z[i * cfg.d_model + c] - zs[l][i][c]).abs() < 1e-12);
+                approx::assert_abs_diff_eq!(z[i * cfg.d_model + c], zs[l][i][c], epsilon = 1e-12);
             }
         }
     }

@@ -109,7 +109,7 @@ fn matmul_matches_naive_loop_f64_and_f32() {
         for i in 0..m {
             for p in 0..k {
                 let e: f64 = (0..n).map(|j| dy[i * n + j] * w[j * k + p]).sum();
-                assert!((dx[i * k + p] - e).abs() < 1e-12);
+                approx::assert_abs_diff_eq!(dx[i * k + p], e, epsilon = 1e-12);
             }
         }
         // dW = dyᵀ·x, then accumulate once more: 2·dyᵀ·x; at an offset inside a larger buffer.
@@ -126,7 +126,7 @@ fn matmul_matches_naive_loop_f64_and_f32() {
         for j in 0..n {
             for p in 0..k {
                 let e: f64 = (0..m).map(|i| dy[i * n + j] * x[i * k + p]).sum();
-                assert!((dwbuf[off + j * k + p] - 2.0 * e).abs() < 1e-11);
+                approx::assert_abs_diff_eq!(dwbuf[off + j * k + p], 2.0 * e, epsilon = 1e-11);
             }
         }
         // f32 forward against the f64 reference.
@@ -243,11 +243,11 @@ fn layernorm_forward_and_backward() {
         let row = &x[i * d..(i + 1) * d];
         let mu = row.iter().sum::<f64>() / d as f64;
         let var = row.iter().map(|v| (v - mu).powi(2)).sum::<f64>() / d as f64;
-        assert!((mean[i] - mu).abs() < 1e-14);
-        assert!((rstd[i] - 1.0 / (var + eps).sqrt()).abs() < 1e-12);
+        approx::assert_abs_diff_eq!(mean[i], mu, epsilon = 1e-14);
+        approx::assert_abs_diff_eq!(rstd[i], 1.0 / (var + eps).sqrt(), epsilon = 1e-12);
         for j in 0..d {
             let e = (row[j] - mu) / (var + eps).sqrt();
-            assert!((out[i * d + j] - e).abs() < 1e-12);
+            approx::assert_abs_diff_eq!(out[i * d + j], e, epsilon = 1e-12);
         }
     }
     let mut dx = vec![f64::NAN; n * d];
@@ -259,7 +259,7 @@ fn layernorm_forward_and_backward() {
     be.layernorm_bwd(&mut acc, &wy, &out, &rstd, n, d, true)
         .unwrap();
     for (a, b) in acc.iter().zip(&dx) {
-        assert!((a - 2.0 * b).abs() < 1e-14);
+        approx::assert_abs_diff_eq!(*a, 2.0 * b, epsilon = 1e-14);
     }
 }
 
@@ -400,7 +400,10 @@ fn attention_forward_matches_materialised_softmax() {
         be.attention_fwd(&mut z, &mut lse, &qkv, s, None).unwrap();
         let (zr, lr) = naive_attention(&qkv, s);
         for (a, b) in z.iter().zip(&zr).chain(lse.iter().zip(&lr)) {
-            assert!((a - b).abs() < 1e-12, "{s:?}: {a} vs {b}");
+            assert!(
+                approx::abs_diff_eq!(a, b, epsilon = 1e-12),
+                "{s:?}: {a} vs {b}"
+            );
         }
         let be32 = Cpu::<f32>::new();
         let q32: Vec<f32> = qkv.iter().map(|&v| v as f32).collect();
@@ -408,7 +411,10 @@ fn attention_forward_matches_materialised_softmax() {
         be32.attention_fwd(&mut z32, &mut l32, &q32, s, None)
             .unwrap();
         for (a, b) in z32.iter().zip(&zr) {
-            assert!((*a as f64 - b).abs() < 1e-5, "{s:?} f32: {a} vs {b}");
+            assert!(
+                approx::abs_diff_eq!(*a as f64, b, epsilon = 1e-5),
+                "{s:?} f32: {a} vs {b}"
+            );
         }
     }
 }
@@ -489,7 +495,7 @@ fn swiglu_forward_and_backward() {
         for j in 0..f {
             let (g, u) = (gu[i * 2 * f + j], gu[i * 2 * f + f + j]);
             let e = g / (1.0 + (-g).exp()) * u;
-            assert!((h[i * f + j] - e).abs() < 1e-14);
+            approx::assert_abs_diff_eq!(h[i * f + j], e, epsilon = 1e-14);
         }
     }
     let mut dgu = vec![f64::NAN; n * 2 * f];
@@ -525,7 +531,7 @@ fn cross_entropy_loss_and_gradient() {
     for i in 0..n {
         let row = &logits[i * v..(i + 1) * v];
         let lse = row.iter().map(|x| x.exp()).sum::<f64>().ln();
-        assert!((losses[i] - (lse - row[targets[i] as usize])).abs() < 1e-12);
+        approx::assert_abs_diff_eq!(losses[i], (lse - row[targets[i] as usize]), epsilon = 1e-12);
     }
     gradcheck("cross_entropy", &logits, &g, mean_loss, 16);
     let mut bad = logits.clone();

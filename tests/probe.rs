@@ -104,7 +104,10 @@ fn planted_direction_is_recovered_by_both_kinds() {
         );
         let u: Vec<f64> = best.direction.iter().map(|&v| v as f64).collect();
         let norm = u.iter().map(|x| x * x).sum::<f64>().sqrt();
-        assert!((norm - 1.0).abs() < 1e-5, "unit direction, norm {norm}");
+        assert!(
+            approx::abs_diff_eq!(norm, 1.0, epsilon = 1e-5),
+            "unit direction, norm {norm}"
+        );
         let cos = cosine(&u, &truth);
         assert!(
             cos >= 0.9,
@@ -149,14 +152,18 @@ fn logistic_regression_matches_a_hand_solved_case() {
             hi = mid;
         }
     }
-    assert!((m.w[0] - lo).abs() < 1e-8, "w = {}, expected {lo}", m.w[0]);
+    assert!(
+        approx::abs_diff_eq!(m.w[0], lo, epsilon = 1e-8),
+        "w = {}, expected {lo}",
+        m.w[0]
+    );
     assert!(m.b.abs() < 1e-10, "b = {}", m.b);
     assert!((m.mean[0]).abs() < 1e-15 && (m.std[0] - 1.0).abs() < 1e-15);
-    assert!((m.prob(&[1.0]) - 1.0 / (1.0 + (-lo).exp())).abs() < 1e-8);
+    approx::assert_abs_diff_eq!(m.prob(&[1.0]), 1.0 / (1.0 + (-lo).exp()), epsilon = 1e-8);
     assert_eq!(m.accuracy(&[-1.0, 1.0], &[0, 1]), 1.0);
     // Scaling and shifting the feature changes nothing in standardised space.
     let m2 = Logistic::fit(&[4.0, 10.0], &[0, 1], 1, &cfg).unwrap();
-    assert!((m2.w[0] - lo).abs() < 1e-8);
+    approx::assert_abs_diff_eq!(m2.w[0], lo, epsilon = 1e-8);
     let (w_raw, b_raw) = m2.raw_weights();
     assert!(
         (w_raw[0] - lo / 3.0).abs() < 1e-8,
@@ -404,7 +411,7 @@ fn end_to_end_on_a_small_random_model() {
     for h in &iv.heads {
         assert_eq!(h.direction.len(), 16);
         let n: f32 = h.direction.iter().map(|x| x * x).sum::<f32>().sqrt();
-        assert!((n - 1.0).abs() < 1e-5);
+        approx::assert_abs_diff_eq!(n, 1.0, epsilon = 1e-5);
         assert!(h.sigma > 0.0 && h.sigma.is_finite());
     }
     iv.check_model(&cfg, &params).unwrap();
@@ -527,7 +534,7 @@ fn intervention_for_another_model_is_refused() {
     let h = &iv.heads[0];
     let s = shifts[h.layer].as_ref().unwrap();
     let k = h.head * 16;
-    assert!((s[k] - (-4.0 * h.sigma * h.direction[0])).abs() < 1e-5);
+    approx::assert_abs_diff_eq!(s[k], (-4.0 * h.sigma * h.direction[0]), epsilon = 1e-5);
 
     // The random-direction control: same heads and sigmas, unit directions that are new,
     // the same for the same seed, and still valid for this model.
@@ -541,7 +548,10 @@ fn intervention_for_another_model_is_refused() {
         );
         assert_eq!(a.direction, b.direction);
         let norm: f32 = a.direction.iter().map(|x| x * x).sum::<f32>().sqrt();
-        assert!((norm - 1.0).abs() < 1e-5, "norm {norm}");
+        assert!(
+            approx::abs_diff_eq!(norm, 1.0, epsilon = 1e-5),
+            "norm {norm}"
+        );
         let cos: f32 = a
             .direction
             .iter()

@@ -127,7 +127,7 @@ fn unicode_and_odd_text_do_not_panic() {
     );
     let once = scorer.score("you stupid fool");
     let twice = scorer.score("you stupid fool you stupid fool");
-    assert!((once - twice).abs() < 1e-12);
+    approx::assert_abs_diff_eq!(once, twice, epsilon = 1e-12);
     // Stop words and unknown words change nothing; a known word does.
     assert_eq!(scorer.score("the of and"), intercepts_only);
     assert_eq!(scorer.score("zzqxv qqqzzw"), intercepts_only);
@@ -170,7 +170,11 @@ fn bad_weights_are_refused_with_the_field_named() {
     let ok = Scorer::from_json_bytes(base.to_string().as_bytes(), "tiny").unwrap();
     // x = (2, 3)/√13 for "idiot fool"; f = (2 + 6)/√13; p = 1/(1 + exp(-f)).
     let f = 8.0 / 13f64.sqrt();
-    assert!((ok.score("Idiot, the fool") - 1.0 / (1.0 + (-f).exp())).abs() < 1e-15);
+    approx::assert_abs_diff_eq!(
+        ok.score("Idiot, the fool"),
+        1.0 / (1.0 + (-f).exp()),
+        epsilon = 1e-15
+    );
 
     let cases: [(&str, serde_json::Value, &str); 5] = [
         ("token_pattern", serde_json::json!("\\w+"), "token_pattern"),
@@ -213,7 +217,7 @@ fn sublinear_tf_and_bigrams_follow_scikit_learn() {
     let len = raw.iter().map(|x| x * x).sum::<f64>().sqrt();
     let f = 0.5 + (raw[0] + 2.0 * raw[1] + 4.0 * raw[2]) / len;
     let want = 1.0 / (1.0 + (-2.0 * f + 0.25).exp());
-    assert!((s.score("fool FOOL you idiot") - want).abs() < 1e-14);
+    approx::assert_abs_diff_eq!(s.score("fool FOOL you idiot"), want, epsilon = 1e-14);
 }
 
 /// Runs the `score` command with `args`, feeding `stdin`; returns (status ok, stdout, stderr).

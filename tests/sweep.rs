@@ -181,7 +181,10 @@ fn a_micro_sweep_runs_end_to_end_and_resumes_to_the_same_summary() {
     let clean1 = train[1]["clean_tokens"].as_f64().unwrap();
     assert_eq!(clean0, 2400.0);
     // rows are drawn from a source at random: the realised clean share is near 75%
-    assert!((clean1 - 2400.0).abs() < 0.25 * 2400.0, "{clean1}");
+    assert!(
+        approx::abs_diff_eq!(clean1, 2400.0, epsilon = 0.25 * 2400.0),
+        "{clean1}"
+    );
     assert_eq!(train[0]["toxic_tokens"], 0.0);
     assert!(train[1]["toxic_tokens"].as_f64().unwrap() > 0.0);
     let md = std::fs::read_to_string(out.join("summary.md")).unwrap();
@@ -228,7 +231,7 @@ fn a_micro_sweep_runs_end_to_end_and_resumes_to_the_same_summary() {
             a["sets"][0]["toxicity"]["mean"].as_f64().unwrap(),
             b["sets"][0]["toxicity"]["mean"].as_f64().unwrap(),
         );
-        assert!((y - x / 2.0).abs() < 1e-9, "{x} {y}");
+        assert!(approx::abs_diff_eq!(y, x / 2.0, epsilon = 1e-9), "{x} {y}");
         assert_eq!(a["ce"], b["ce"]);
     }
     assert!(out.join("figures-imported/tradeoff.png").is_file());

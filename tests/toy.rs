@@ -72,7 +72,10 @@ fn sampled_rows_are_chain_sequences_at_the_requested_share() {
         for &k in row {
             let p = 0.25;
             let sd = (tot as f64 * p * (1.0 - p)).sqrt();
-            assert!((k as f64 - tot as f64 * p).abs() < 5.0 * sd, "{starts:?}");
+            assert!(
+                approx::abs_diff_eq!(k as f64, tot as f64 * p, epsilon = 5.0 * sd),
+                "{starts:?}"
+            );
         }
     }
     assert_eq!(ch.chain_prob(1, 0, share) + ch.chain_prob(2, 0, share), 0.9);
@@ -96,12 +99,15 @@ fn loss_floor_of_two_reversed_cycles_is_the_first_guess() {
     let ch = ToyChains::parse("0123,0321").unwrap();
     for seq in [1, 4, 9] {
         let f = loss_floor(&ch, 0, 0.5, seq);
-        assert!((f - 2f64.ln() / seq as f64).abs() < 1e-12, "seq {seq}: {f}");
+        assert!(
+            approx::abs_diff_eq!(f, 2f64.ln() / seq as f64, epsilon = 1e-12),
+            "seq {seq}: {f}"
+        );
     }
     // at share p the first guess costs the entropy H(p)
     let p: f64 = 0.2;
     let h = -(p * p.ln() + (1.0 - p) * (1.0 - p).ln());
-    assert!((loss_floor(&ch, 0, p, 4) - h / 4.0).abs() < 1e-12);
+    approx::assert_abs_diff_eq!(loss_floor(&ch, 0, p, 4), h / 4.0, epsilon = 1e-12);
 }
 
 #[test]
@@ -110,11 +116,11 @@ fn d4_lines_have_entanglement_one_half() {
     assert_eq!(lines.len(), 12);
     let e = entanglement(&lines).unwrap();
     for x in e {
-        assert!((x - 0.5).abs() < 1e-12, "{x}");
+        assert!(approx::abs_diff_eq!(x, 0.5, epsilon = 1e-12), "{x}");
     }
     // the Welch bound for 12 lines in 4 dimensions: sqrt(8/44)
-    assert!((welch_bound(12, 4) - (8.0f64 / 44.0).sqrt()).abs() < 1e-15);
-    assert!((welch_bound(12, 4) - 0.426_401_432_711_220_8).abs() < 1e-12);
+    approx::assert_abs_diff_eq!(welch_bound(12, 4), (8.0f64 / 44.0).sqrt(), epsilon = 1e-15);
+    approx::assert_abs_diff_eq!(welch_bound(12, 4), 0.426_401_432_711_220_8, epsilon = 1e-12);
     assert_eq!(welch_bound(4, 4), 0.0);
 }
 
@@ -130,9 +136,12 @@ fn six_icosahedron_diagonals_meet_the_welch_bound_in_three_dimensions() {
     }
     let e = entanglement(&lines).unwrap();
     let bound = welch_bound(6, 3);
-    assert!((bound - 1.0 / 5f64.sqrt()).abs() < 1e-15);
+    approx::assert_abs_diff_eq!(bound, 1.0 / 5f64.sqrt(), epsilon = 1e-15);
     for x in e {
-        assert!((x - bound).abs() < 1e-12, "{x} vs {bound}");
+        assert!(
+            approx::abs_diff_eq!(x, bound, epsilon = 1e-12),
+            "{x} vs {bound}"
+        );
     }
     // signs and scale do not matter; a zero vector is no direction
     assert!((cosine(&[2.0, 0.0], &[-3.0, 0.0]) + 1.0).abs() < 1e-15);
@@ -157,8 +166,14 @@ fn random_directions_in_four_dimensions_sit_near_0_84() {
         .sum::<f64>()
         / n as f64;
     let (mean, _) = random_entanglement(12, 4, 4000, 1);
-    assert!((mean - exact).abs() < 0.005, "{mean} vs {exact}");
-    assert!((exact - 0.843).abs() < 0.002, "{exact}");
+    assert!(
+        approx::abs_diff_eq!(mean, exact, epsilon = 0.005),
+        "{mean} vs {exact}"
+    );
+    assert!(
+        approx::abs_diff_eq!(exact, 0.843, epsilon = 0.002),
+        "{exact}"
+    );
 }
 
 #[test]
@@ -259,13 +274,13 @@ fn t_intervals() {
     assert_eq!(t975(1), 12.706);
     assert_eq!(t975(9), 2.262);
     // the expansion beyond the table continues it (t_{0.975, 40} = 2.021, t_{0.975, 120} = 1.980)
-    assert!((t975(31) - 2.040).abs() < 2e-3);
-    assert!((t975(40) - 2.021).abs() < 1e-3);
-    assert!((t975(120) - 1.980).abs() < 1e-3);
+    approx::assert_abs_diff_eq!(t975(31), 2.040, epsilon = 2e-3);
+    approx::assert_abs_diff_eq!(t975(40), 2.021, epsilon = 1e-3);
+    approx::assert_abs_diff_eq!(t975(120), 1.980, epsilon = 1e-3);
     let m = MeanCi::of(&[1.0, 2.0, 3.0]);
     assert_eq!(m.mean, 2.0);
     assert_eq!(m.sd, 1.0);
-    assert!((m.ci_hi - (2.0 + 4.303 / 3f64.sqrt())).abs() < 1e-12);
+    approx::assert_abs_diff_eq!(m.ci_hi, (2.0 + 4.303 / 3f64.sqrt()), epsilon = 1e-12);
     assert!(MeanCi::of(&[1.0]).ci_lo.is_nan());
 }
 
@@ -307,7 +322,7 @@ fn tiny_run_writes_well_formed_results_and_resumes() {
     assert_eq!(v["hook"], "blocks.3.hook_resid_post");
     assert_eq!(v["features"].as_array().unwrap().len(), 12);
     assert_eq!(v["rare_features"], serde_json::json!([0, 1, 2, 3]));
-    assert!((v["welch_bound"].as_f64().unwrap() - 0.4264).abs() < 1e-4);
+    approx::assert_abs_diff_eq!(v["welch_bound"].as_f64().unwrap(), 0.4264, epsilon = 1e-4);
     assert_eq!(v["d4_level"], 0.5);
     let pts = v["points"].as_array().unwrap();
     assert_eq!(pts.len(), 2);
@@ -351,7 +366,7 @@ fn tiny_run_writes_well_formed_results_and_resumes() {
             (a.others.mean, b.others.mean),
             (a.final_loss.mean, b.final_loss.mean),
         ] {
-            assert!((x - y).abs() < 1e-12, "{x} vs {y}");
+            assert!(approx::abs_diff_eq!(x, y, epsilon = 1e-12), "{x} vs {y}");
         }
     }
 

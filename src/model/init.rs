@@ -143,8 +143,8 @@ mod tests {
             );
         }
         let s = init_std(&cfg, "model.layers.2.self_attn.o_proj.weight");
-        assert!((s - 1.0 / (2.0f64 * 256.0 * 3.0).sqrt()).abs() < 1e-15);
+        approx::assert_abs_diff_eq!(s, 1.0 / (2.0f64 * 256.0 * 3.0).sqrt(), epsilon = 1e-15);
         let s = init_std(&cfg, "model.layers.0.mlp.down_proj.weight");
-        assert!((s - 1.0 / (2.0f64 * 1024.0).sqrt()).abs() < 1e-15);
+        approx::assert_abs_diff_eq!(s, 1.0 / (2.0f64 * 1024.0).sqrt(), epsilon = 1e-15);
     }
 }

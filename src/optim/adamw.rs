@@ -184,9 +184,9 @@ mod tests {
     fn clipping_scales_to_max_norm() {
         let g = vec![3.0f32, 4.0];
         let n = global_norm(&g);
-        assert!((n - 5.0).abs() < 1e-6);
+        approx::assert_abs_diff_eq!(n, 5.0, epsilon = 1e-6);
         let s = clip_scale(n, 1.0);
-        assert!((n * s - 1.0).abs() < 1e-5);
+        approx::assert_abs_diff_eq!(n * s, 1.0, epsilon = 1e-5);
         assert_eq!(clip_scale(0.5, 1.0), 1.0);
     }
 }

@@ -44,12 +44,12 @@ mod tests {
             total_steps: 110,
             final_frac: 0.1,
         };
-        assert!((s.at(0) - 1e-4).abs() < 1e-9);
-        assert!((s.at(9) - 1e-3).abs() < 1e-9);
-        assert!((s.at(10) - 1e-3).abs() < 1e-9);
-        assert!((s.at(60) - 0.55e-3).abs() < 1e-8);
-        assert!((s.at(110) - 1e-4).abs() < 1e-9);
-        assert!((s.at(500) - 1e-4).abs() < 1e-9);
+        approx::assert_abs_diff_eq!(s.at(0), 1e-4, epsilon = 1e-9);
+        approx::assert_abs_diff_eq!(s.at(9), 1e-3, epsilon = 1e-9);
+        approx::assert_abs_diff_eq!(s.at(10), 1e-3, epsilon = 1e-9);
+        approx::assert_abs_diff_eq!(s.at(60), 0.55e-3, epsilon = 1e-8);
+        approx::assert_abs_diff_eq!(s.at(110), 1e-4, epsilon = 1e-9);
+        approx::assert_abs_diff_eq!(s.at(500), 1e-4, epsilon = 1e-9);
         for t in 10..110 {
             assert!(s.at(t + 1) <= s.at(t));
         }

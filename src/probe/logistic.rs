@@ -333,7 +333,7 @@ mod tests {
     fn stable_sigmoid_and_softplus() {
         assert_eq!(sigmoid(-800.0), 0.0);
         assert_eq!(sigmoid(800.0), 1.0);
-        assert!((softplus(800.0) - 800.0).abs() < 1e-9);
-        assert!((softplus(0.0) - 2f64.ln()).abs() < 1e-15);
+        approx::assert_abs_diff_eq!(softplus(800.0), 800.0, epsilon = 1e-9);
+        approx::assert_abs_diff_eq!(softplus(0.0), 2f64.ln(), epsilon = 1e-15);
     }
 }

@@ -316,8 +316,9 @@ pub fn run_probe_on<B: Backend<Elem = f32>>(job: &ProbeJob, be: B) -> Result<Pro
     }
     let heatmap = job.out.join("probe_accuracy.png");
     let title = format!(
-        "Probe validation accuracy per head ({} texts, majority {:.2})",
+        "Probe validation accuracy per head ({} texts, {} held out for validation; majority {:.2})",
         job.texts.len(),
+        an.split.val.len(),
         majority
     );
     let marked_label = format!("top {}", marked.len());

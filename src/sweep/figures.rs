@@ -75,10 +75,18 @@ pub fn draw(spec: &SweepSpec, dir: &Path, s: &Summary) -> Result<Vec<PathBuf>> {
     if !lines.is_empty() {
         let heads = s.probes[0].accuracies.len() / seeds.max(1);
         let test = s.probe_test.as_ref().map_or(String::new(), |t| {
-            format!("; largest ratio > 0%: P = {:.2}, p = {:.2e}", t.effect, t.p)
+            let p = if t.p >= 0.01 {
+                format!("{:.2}", t.p)
+            } else {
+                format!("{:.1e}", t.p)
+            };
+            format!(
+                "; one-sided Mann-Whitney, largest ratio > 0%: P(higher) = {:.2}, p = {p}",
+                t.effect
+            )
         });
         let title = format!(
-            "Probe validation accuracy per head, ranked ({heads} heads × {seeds} seed(s) per ratio{test})"
+            "Probe accuracy per head, ranked ({heads} heads × {seeds} seed(s) a ratio{test})"
         );
         let f = dir.join("probe_accuracy_by_ratio.png");
         chart(

@@ -122,7 +122,7 @@ mod tests {
     fn t_interval_of_three_values() {
         // t(0.975, 2) = 4.302653; sd of 1, 2, 3 is 1
         let e = estimate(&[1.0, 2.0, 3.0]);
-        assert!((e.mean - 2.0).abs() < 1e-12);
+        approx::assert_abs_diff_eq!(e.mean, 2.0, epsilon = 1e-12);
         assert!(
             (e.ci95 - 4.302_653 / 3f64.sqrt()).abs() < 1e-5,
             "{}",
@@ -135,8 +135,8 @@ mod tests {
     fn mann_whitney_on_hand_counted_groups() {
         // a = {1, 2}, b = {3, 4, 2}: pairs (b > a): 3>1,3>2,4>1,4>2,2>1 = 5, tie 2=2 counts 0.5
         let t = mann_whitney_greater(&[1.0, 2.0], &[3.0, 4.0, 2.0]).unwrap();
-        assert!((t.u - 5.5).abs() < 1e-12, "{}", t.u);
-        assert!((t.effect - 5.5 / 6.0).abs() < 1e-12);
+        assert!(approx::abs_diff_eq!(t.u, 5.5, epsilon = 1e-12), "{}", t.u);
+        approx::assert_abs_diff_eq!(t.effect, 5.5 / 6.0, epsilon = 1e-12);
         // identical groups: no evidence
         let t = mann_whitney_greater(&[1.0, 2.0, 3.0], &[1.0, 2.0, 3.0]).unwrap();
         assert!((t.effect - 0.5).abs() < 1e-12 && t.p > 0.5);

@@ -140,7 +140,7 @@ mod tests {
         // 3 right of 4: mean 0.75, sample variance (3·0.0625 + 0.5625) / 3 = 0.25
         let m = mean_stderr(&[1.0, 1.0, 0.0, 1.0]);
         assert_eq!(m.value, 0.75);
-        assert!((m.stderr - (0.25f64 / 4.0).sqrt()).abs() < 1e-15);
+        approx::assert_abs_diff_eq!(m.stderr, (0.25f64 / 4.0).sqrt(), epsilon = 1e-15);
         assert!(mean_stderr(&[1.0]).stderr.is_nan());
     }
 
@@ -151,15 +151,15 @@ mod tests {
         let (sa, sb) = (mean_stderr(&a).stderr, mean_stderr(&b).stderr);
         let p = pooled_stderr(&[sa, sb], &[6, 6]);
         let want = ((5.0 * 6.0 * sa * sa + 5.0 * 6.0 * sb * sb) / 10.0 / 12.0f64).sqrt();
-        assert!((p - want).abs() < 1e-15);
+        approx::assert_abs_diff_eq!(p, want, epsilon = 1e-15);
         let all: Vec<f64> = a.iter().chain(&b).copied().collect();
-        assert!((p - mean_stderr(&all).stderr).abs() < 0.02);
+        approx::assert_abs_diff_eq!(p, mean_stderr(&all).stderr, epsilon = 0.02);
     }
 
     #[test]
     fn perplexity_of_equal_lls() {
         let m = perplexity(&[-2.0, -2.0, -2.0]);
-        assert!((m.value - 2f64.exp()).abs() < 1e-12);
+        approx::assert_abs_diff_eq!(m.value, 2f64.exp(), epsilon = 1e-12);
         assert_eq!(m.stderr, 0.0);
     }
 }

@@ -127,7 +127,7 @@ mod tests {
         let lse0 = (1.0f64 + 1f64.exp() + 2f64.exp()).ln();
         let lse1 = (2.0 * 3f64.exp() + 1.0).ln();
         let s = continuation_score(&rows, 3, &[2, 0]);
-        assert!((s.ll - ((2.0 - lse0) + (3.0 - lse1))).abs() < 1e-12);
+        approx::assert_abs_diff_eq!(s.ll, ((2.0 - lse0) + (3.0 - lse1)), epsilon = 1e-12);
         // position 1 ties at columns 0 and 1: the first is the argmax, as torch.argmax
         assert!(s.greedy);
         assert!(!continuation_score(&rows, 3, &[2, 1]).greedy);
