@@ -11,7 +11,7 @@
 use anyhow::{ensure, Context, Result};
 use baddata::backend::cpu::Cpu;
 use baddata::backend::cuda::matmul::{self, MmVersion};
-use baddata::backend::{Backend, Span, SpanMut};
+use baddata::backend::{Backend, Pointwise, SpanMut, Tensor, TensorMut};
 use baddata::config::ModelConfig;
 use baddata::model::{init_params, Model, ParamLayout};
 use baddata::optim::adamw::{clip_scale, AdamWConfig};
@@ -89,15 +89,29 @@ fn glue_ops_match_cpu(ctx: &Ctx) -> Result<()> {
         let (ga, gb, gv) = (up(&a)?, up(&b)?, up(&v)?);
         // add: exact (one fp32 addition per element)
         let mut gout = up(&vec![f32::NAN; n * d])?;
-        gpu.add(&mut gout, &ga, &gb, n * d)?;
+        gpu.pointwise(Pointwise::Add {
+            out: TensorMut::new(&mut gout, [n * d]),
+            a: Tensor::new(&ga, [n * d]),
+            b: Tensor::new(&gb, [n * d]),
+        })?;
         let mut cout = vec![0.0; n * d];
-        cpu.add(&mut cout, &a, &b, n * d)?;
+        cpu.pointwise(Pointwise::Add {
+            out: TensorMut::new(&mut cout, [n * d]),
+            a: Tensor::new(&a, [n * d]),
+            b: Tensor::new(&b, [n * d]),
+        })?;
         ensure!(gpu.download(&gout)? == cout, "add differs at n={n} d={d}");
         // add_rows with the vector at offset 3
         let mut gx = up(&a)?;
-        gpu.add_rows(&mut gx, Span::new(&gv, 3, d), n, d)?;
+        gpu.pointwise(Pointwise::AddRows {
+            x: TensorMut::new(&mut gx, [n, d]),
+            v: Tensor::at(&gv, 3, [d]),
+        })?;
         let mut cx = a.clone();
-        cpu.add_rows(&mut cx, Span::new(&v, 3, d), n, d)?;
+        cpu.pointwise(Pointwise::AddRows {
+            x: TensorMut::new(&mut cx, [n, d]),
+            v: Tensor::at(&v, 3, [d]),
+        })?;
         ensure!(gpu.download(&gx)? == cx, "add_rows differs at n={n} d={d}");
         // clamp at c = 1 (about half of a clipped), its gradient mask, with ±c exactly and a
         // NaN present (kept by the clamp, a zero gradient)
@@ -108,15 +122,29 @@ fn glue_ops_match_cpu(ctx: &Ctx) -> Result<()> {
             a2[n * d / 2] = f32::NAN;
         }
         let (mut gy, mut cy) = (up(&a2)?, a2.clone());
-        gpu.clamp_fwd(&mut gy, n * d, 1.0)?;
-        cpu.clamp_fwd(&mut cy, n * d, 1.0)?;
+        gpu.pointwise(Pointwise::Clamp {
+            x: TensorMut::new(&mut gy, [n * d]),
+            c: 1.0,
+        })?;
+        cpu.pointwise(Pointwise::Clamp {
+            x: TensorMut::new(&mut cy, [n * d]),
+            c: 1.0,
+        })?;
         ensure!(
             bits(&gpu.download(&gy)?) == bits(&cy),
             "clamp differs at n={n} d={d}"
         );
         let (ga2, mut gdb, mut cdb) = (up(&a2)?, up(&b)?, b.clone());
-        gpu.clamp_bwd(&mut gdb, &ga2, n * d, 1.0)?;
-        cpu.clamp_bwd(&mut cdb, &a2, n * d, 1.0)?;
+        gpu.pointwise(Pointwise::ClampBwd {
+            dx: TensorMut::new(&mut gdb, [n * d]),
+            x: Tensor::new(&ga2, [n * d]),
+            c: 1.0,
+        })?;
+        cpu.pointwise(Pointwise::ClampBwd {
+            dx: TensorMut::new(&mut cdb, [n * d]),
+            x: Tensor::new(&a2, [n * d]),
+            c: 1.0,
+        })?;
         ensure!(
             bits(&gpu.download(&gdb)?) == bits(&cdb),
             "clamp_bwd differs at n={n} d={d}"

@@ -12,7 +12,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use baddata::backend::cpu::Cpu;
-use baddata::backend::{AttnShape, Backend, Span, SpanMut};
+use baddata::backend::{AttnShape, Backend, Pointwise, Span, SpanMut, Tensor, TensorMut};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -295,7 +295,13 @@ fn rope_matches_hf_formula_and_its_backward() {
     let table = baddata::model::transformer::rope_table(s.t, s.dh, theta);
     let qkv = randv(&mut r, n * 3 * d, 1.0);
     let mut out = qkv.clone();
-    be.rope_fwd(&mut out, &table, s).unwrap();
+    be.pointwise(Pointwise::Rope {
+        qkv: TensorMut::new(&mut out, [s.b, s.t, 3 * s.d()]),
+        table: Tensor::new(&table, [s.t, s.dh]),
+        s,
+        transpose: false,
+    })
+    .unwrap();
     for row in 0..n {
         let pos = row % s.t;
         for part in 0..3 {
@@ -318,14 +324,26 @@ fn rope_matches_hf_formula_and_its_backward() {
     }
     let wy = randv(&mut r, n * 3 * d, 1.0);
     let mut g = wy.clone();
-    be.rope_bwd(&mut g, &table, s).unwrap();
+    be.pointwise(Pointwise::Rope {
+        qkv: TensorMut::new(&mut g, [s.b, s.t, 3 * s.d()]),
+        table: Tensor::new(&table, [s.t, s.dh]),
+        s,
+        transpose: true,
+    })
+    .unwrap();
     gradcheck(
         "rope",
         &qkv,
         &g,
         |x| {
             let mut y = x.to_vec();
-            be.rope_fwd(&mut y, &table, s).unwrap();
+            be.pointwise(Pointwise::Rope {
+                qkv: TensorMut::new(&mut y, [s.b, s.t, 3 * s.d()]),
+                table: Tensor::new(&table, [s.t, s.dh]),
+                s,
+                transpose: false,
+            })
+            .unwrap();
             dotv(&y, &wy)
         },
         8,
@@ -487,7 +505,11 @@ fn swiglu_forward_and_backward() {
     let wh = randv(&mut r, n * f, 1.0);
     let fwd = |x: &[f64]| {
         let mut h = vec![0.0; n * f];
-        be.swiglu_fwd(&mut h, &x.to_vec(), n, f).unwrap();
+        be.pointwise(Pointwise::SwigluFwd {
+            h: TensorMut::new(&mut h, [n, f]),
+            gu: Tensor::new(&x.to_vec(), [n, 2 * f]),
+        })
+        .unwrap();
         h
     };
     let h = fwd(&gu);
@@ -499,7 +521,12 @@ fn swiglu_forward_and_backward() {
         }
     }
     let mut dgu = vec![f64::NAN; n * 2 * f];
-    be.swiglu_bwd(&mut dgu, &wh, &gu, n, f).unwrap();
+    be.pointwise(Pointwise::SwigluBwd {
+        dgu: TensorMut::new(&mut dgu, [n, 2 * f]),
+        dh: Tensor::new(&wh, [n, f]),
+        gu: Tensor::new(&gu, [n, 2 * f]),
+    })
+    .unwrap();
     gradcheck("swiglu", &gu, &dgu, |x| dotv(&fwd(x), &wh), 14);
 }
 
@@ -581,13 +608,22 @@ fn add_and_add_rows() {
     let a = randv(&mut r, n * d, 1.0);
     let b = randv(&mut r, n * d, 1.0);
     let mut out = vec![f64::NAN; n * d];
-    be.add(&mut out, &a, &b, n * d).unwrap();
+    be.pointwise(Pointwise::Add {
+        out: TensorMut::new(&mut out, [n * d]),
+        a: Tensor::new(&a, [n * d]),
+        b: Tensor::new(&b, [n * d]),
+    })
+    .unwrap();
     for i in 0..n * d {
         assert_eq!(out[i], a[i] + b[i]);
     }
     let v = randv(&mut r, d + 4, 1.0);
     let mut x = a.clone();
-    be.add_rows(&mut x, Span::new(&v, 4, d), n, d).unwrap();
+    be.pointwise(Pointwise::AddRows {
+        x: TensorMut::new(&mut x, [n, d]),
+        v: Tensor::at(&v, 4, [d]),
+    })
+    .unwrap();
     for i in 0..n {
         for j in 0..d {
             assert_eq!(x[i * d + j], a[i * d + j] + v[4 + j]);
@@ -616,7 +652,11 @@ fn clamp_forward_backward_and_zero_range() {
     x.extend(edges);
     let n = x.len();
     let mut y = x.clone();
-    be.clamp_fwd(&mut y, n, c).unwrap();
+    be.pointwise(Pointwise::Clamp {
+        x: TensorMut::new(&mut y, [n]),
+        c,
+    })
+    .unwrap();
     for (a, b) in x.iter().zip(&y) {
         if a.is_nan() {
             assert!(b.is_nan());
@@ -631,7 +671,12 @@ fn clamp_forward_backward_and_zero_range() {
     );
     let w = randv(&mut r, n, 1.0);
     let mut g = w.clone();
-    be.clamp_bwd(&mut g, &x, n, c).unwrap();
+    be.pointwise(Pointwise::ClampBwd {
+        dx: TensorMut::new(&mut g, [n]),
+        x: Tensor::new(&x, [n]),
+        c,
+    })
+    .unwrap();
     for i in 0..n {
         let pass = x[i] >= -c && x[i] <= c;
         assert_eq!(g[i], if pass { w[i] } else { 0.0 }, "x = {}", x[i]);
@@ -639,13 +684,22 @@ fn clamp_forward_backward_and_zero_range() {
     let k = n - edges.len();
     let f = |xs: &[f64]| {
         let mut y = xs.to_vec();
-        be.clamp_fwd(&mut y, xs.len(), c).unwrap();
+        let k = xs.len();
+        be.pointwise(Pointwise::Clamp {
+            x: TensorMut::new(&mut y, [k]),
+            c,
+        })
+        .unwrap();
         dotv(&y, &w[..k])
     };
     gradcheck("clamp", &x[..k], &g[..k], f, 24);
     // a shorter count leaves the rest alone
     let mut y = x.clone();
-    be.clamp_fwd(&mut y, 10, c).unwrap();
+    be.pointwise(Pointwise::Clamp {
+        x: TensorMut::new(&mut y, [10]),
+        c,
+    })
+    .unwrap();
     assert_eq!(y[10..].iter().filter(|v| v.is_nan()).count(), 1);
     assert!(y[10..k].iter().zip(&x[10..k]).all(|(a, b)| a == b));
 
@@ -654,7 +708,12 @@ fn clamp_forward_backward_and_zero_range() {
     assert!(z[..5].iter().chain(&z[12..]).all(|&v| v == 1.0));
     assert!(z[5..12].iter().all(|&v| v == 0.0));
     assert!(be.zero_range(SpanMut::new(&mut z, 15, 7)).is_err());
-    assert!(be.clamp_fwd(&mut vec![0.0; 3], 4, c).is_err());
+    assert!(be
+        .pointwise(Pointwise::Clamp {
+            x: TensorMut::new(&mut vec![0.0; 3], [4]),
+            c,
+        })
+        .is_err());
 }
 
 #[test]

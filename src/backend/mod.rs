@@ -21,11 +21,15 @@
 pub mod cpu;
 pub mod cuda;
 pub mod device;
+pub mod ops;
 pub mod profile;
+pub mod tensor;
 
 use anyhow::Result;
 
 pub use crate::float::Float;
+pub use ops::Pointwise;
+pub use tensor::{Shape, Tensor, TensorMut};
 
 /// A read-only range `[off, off + len)` of a buffer: how ops address one weight inside the flat
 /// parameter buffer.
@@ -273,7 +277,11 @@ pub trait Backend {
         d: usize,
         eps: f64,
     ) -> Result<()> {
-        self.add(sum, a, b, n * d)?;
+        self.pointwise(Pointwise::Add {
+            out: TensorMut::new(sum, [n * d]),
+            a: Tensor::new(a, [n * d]),
+            b: Tensor::new(b, [n * d]),
+        })?;
         self.layernorm_fwd(out, mean, rstd, sum, n, d, eps)
     }
 
@@ -292,25 +300,22 @@ pub trait Backend {
         accumulate: bool,
     ) -> Result<()>;
 
-    /// Residual add: `out[i] = a[i] + b[i]` for `i < n`.
-    fn add(&self, out: &mut Self::Buf, a: &Self::Buf, b: &Self::Buf, n: usize) -> Result<()>;
+    // ----- described ops (see [`ops`]) -----
 
-    /// Adds one row vector to every row: `x[i, :] += v` for `x` `[n, d]`, `v` `[d]` (the ITI
-    /// head shift on `hook_z`: `v` is the `[H, dh]` shift of one layer, flattened).
-    fn add_rows(&self, x: &mut Self::Buf, v: Span<Self::Buf>, n: usize, d: usize) -> Result<()>;
+    /// Runs a pointwise op ([`ops::Pointwise`]) after checking its shape rule and that its views
+    /// fit their buffers.
+    fn pointwise(&self, op: Pointwise<'_, Self::Buf>) -> Result<()> {
+        op.check(|b| self.buf_len(b))?;
+        self.run_pointwise(op)
+    }
+
+    /// Runs a pointwise op whose shapes [`Backend::pointwise`] has checked (executors implement
+    /// this; callers use [`Backend::pointwise`]).
+    fn run_pointwise(&self, op: Pointwise<'_, Self::Buf>) -> Result<()>;
 
     /// Sets the range `x` addresses to zero (an untied model's embedding gradient, before the
     /// embedding backward accumulates into it).
     fn zero_range(&self, x: SpanMut<Self::Buf>) -> Result<()>;
-
-    /// Clamp in place, for `clip_qkv`: `x[i] = −c` where `x[i] < −c`, `c` where `x[i] > c`,
-    /// unchanged otherwise (NaN stays NaN), for `i < n`; `c > 0`. Exact: no arithmetic.
-    fn clamp_fwd(&self, x: &mut Self::Buf, n: usize, c: f64) -> Result<()>;
-
-    /// Clamp backward in place on `dx`, from the clamp's input `x`: `dx[i]` is kept where
-    /// `−c ≤ x[i] ≤ c` and set to 0 elsewhere (NaN included), for `i < n`, as PyTorch's
-    /// `clamp_backward` (the gradient passes at `x = ±c` exactly).
-    fn clamp_bwd(&self, dx: &mut Self::Buf, x: &Self::Buf, n: usize, c: f64) -> Result<()>;
 
     /// Linear layer: `y[m, n] = x[m, k] · W[n, k]ᵀ`.
     #[allow(clippy::too_many_arguments)]
@@ -382,16 +387,6 @@ pub trait Backend {
         accumulate: bool,
     ) -> Result<()>;
 
-    /// Rotary embedding, in place on the q and k thirds of `qkv` `[B, T, 3D]` (v untouched).
-    /// `table` is `[T, dh/2]` cosines followed by `[T, dh/2]` sines of `pos·θ^(−2i/dh)`.
-    /// For each head, with `x1 = x[..dh/2]`, `x2 = x[dh/2..]` (HF's rotate-half layout):
-    /// `out1 = x1·cos − x2·sin`, `out2 = x2·cos + x1·sin`.
-    fn rope_fwd(&self, qkv: &mut Self::Buf, table: &Self::Buf, s: AttnShape) -> Result<()>;
-
-    /// Rotary backward, in place on the q and k thirds of `dqkv` (the transposed rotation):
-    /// `dx1 = dy1·cos + dy2·sin`, `dx2 = dy2·cos − dy1·sin`.
-    fn rope_bwd(&self, dqkv: &mut Self::Buf, table: &Self::Buf, s: AttnShape) -> Result<()>;
-
     /// Causal attention forward. `qkv` `[B, T, 3D]` (q ‖ k ‖ v per row, head `h` at columns
     /// `h·dh..(h+1)·dh` of each third); writes `z` `[B, T, H, dh]` (= `[N, D]`, the o_proj input,
     /// hook `blocks.{l}.attn.hook_z`) and `lse` `[B, H, T]`, the log-sum-exp of each row of scaled
@@ -424,21 +419,6 @@ pub trait Backend {
         qkv: &Self::Buf,
         lse: &Self::Buf,
         s: AttnShape,
-    ) -> Result<()>;
-
-    /// SwiGLU forward: `gu` `[n, 2f]` holds gate then up per row; `h = silu(gate)·up` `[n, f]`
-    /// with `silu(g) = g·σ(g)`.
-    fn swiglu_fwd(&self, h: &mut Self::Buf, gu: &Self::Buf, n: usize, f: usize) -> Result<()>;
-
-    /// SwiGLU backward: `dgate = dh·up·σ(g)(1 + g(1 − σ(g)))`, `dup = dh·silu(g)`, written to
-    /// `dgu` `[n, 2f]` (overwrite).
-    fn swiglu_bwd(
-        &self,
-        dgu: &mut Self::Buf,
-        dh: &Self::Buf,
-        gu: &Self::Buf,
-        n: usize,
-        f: usize,
     ) -> Result<()>;
 
     /// Fused softmax cross-entropy over rows of `logits` `[n, v]` with `targets` `[n]`:

@@ -26,7 +26,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use super::{AttnShape, Backend, CacheShape, Span, SpanMut};
+use super::{AttnShape, Backend, CacheShape, Pointwise, Span, SpanMut};
 use crate::backend::StepArgs;
 
 /// An executor that times the ops of chosen training steps (see the module docs).
@@ -399,14 +399,9 @@ impl<B: Backend> Backend for Profiled<B> {
             |b| b.layernorm_bwd(dx, dy, xhat, rstd, n, d, accumulate),
         )
     }
-    fn add(&self, out: &mut B::Buf, a: &B::Buf, x: &B::Buf, n: usize) -> Result<()> {
-        self.op(|| plain(format!("add {n}")), |b| b.add(out, a, x, n))
-    }
-    fn add_rows(&self, x: &mut B::Buf, v: Span<B::Buf>, n: usize, d: usize) -> Result<()> {
-        self.op(
-            || plain(format!("add_rows {n}×{d}")),
-            |b| b.add_rows(x, v, n, d),
-        )
+    fn run_pointwise(&self, op: Pointwise<'_, B::Buf>) -> Result<()> {
+        let label = op.label();
+        self.op(|| plain(label), |b| b.run_pointwise(op))
     }
     fn matmul_fwd(
         &self,
@@ -455,15 +450,6 @@ impl<B: Backend> Backend for Profiled<B> {
         let len = x.len;
         self.op(|| plain(format!("zero_range {len}")), |b| b.zero_range(x))
     }
-    fn clamp_fwd(&self, x: &mut B::Buf, n: usize, c: f64) -> Result<()> {
-        self.op(|| plain(format!("clamp_fwd {n}")), |b| b.clamp_fwd(x, n, c))
-    }
-    fn clamp_bwd(&self, dx: &mut B::Buf, x: &B::Buf, n: usize, c: f64) -> Result<()> {
-        self.op(
-            || plain(format!("clamp_bwd {n}")),
-            |b| b.clamp_bwd(dx, x, n, c),
-        )
-    }
     fn logits_fwd(
         &self,
         logits: &mut B::Logits,
@@ -493,18 +479,6 @@ impl<B: Backend> Backend for Profiled<B> {
         self.op(
             || gemm("logits_bwd", m, d, v, 2.0),
             |b| b.logits_bwd(dx, dwte, dlogits, x, wte, m, d, v, accumulate),
-        )
-    }
-    fn rope_fwd(&self, qkv: &mut B::Buf, table: &B::Buf, s: AttnShape) -> Result<()> {
-        self.op(
-            || plain(format!("rope_fwd {}×{}", s.n(), s.d())),
-            |b| b.rope_fwd(qkv, table, s),
-        )
-    }
-    fn rope_bwd(&self, dqkv: &mut B::Buf, table: &B::Buf, s: AttnShape) -> Result<()> {
-        self.op(
-            || plain(format!("rope_bwd {}×{}", s.n(), s.d())),
-            |b| b.rope_bwd(dqkv, table, s),
         )
     }
     fn attention_fwd(
@@ -538,25 +512,6 @@ impl<B: Backend> Backend for Profiled<B> {
                 (l, Some(2.5 * attention_flops(s)))
             },
             |b| b.attention_bwd(dqkv, dz, z, qkv, lse, s),
-        )
-    }
-    fn swiglu_fwd(&self, h: &mut B::Buf, gu: &B::Buf, n: usize, f: usize) -> Result<()> {
-        self.op(
-            || plain(format!("swiglu_fwd {n}×{f}")),
-            |b| b.swiglu_fwd(h, gu, n, f),
-        )
-    }
-    fn swiglu_bwd(
-        &self,
-        dgu: &mut B::Buf,
-        dh: &B::Buf,
-        gu: &B::Buf,
-        n: usize,
-        f: usize,
-    ) -> Result<()> {
-        self.op(
-            || plain(format!("swiglu_bwd {n}×{f}")),
-            |b| b.swiglu_bwd(dgu, dh, gu, n, f),
         )
     }
     fn cross_entropy(

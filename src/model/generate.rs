@@ -30,7 +30,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::transformer::{rope_table, Model};
-use crate::backend::{Backend, CacheShape, Float, Span, DECODE_META};
+use crate::backend::{Backend, CacheShape, Float, Pointwise, Span, Tensor, TensorMut, DECODE_META};
 use crate::config::ModelConfig;
 
 /// Where the ITI head shifts apply during generation.
@@ -416,7 +416,10 @@ impl<B: Backend + 'static> Model<B> {
             be.layernorm_fwd(&mut w.ln, &mut w.mean, &mut w.rstd, &w.x, n, d, eps)?;
             be.matmul_fwd(&mut w.qkv, &w.ln, lo.qkv.of(params), n, d, 3 * d)?;
             if let Some(c) = cfg.clip_qkv {
-                be.clamp_fwd(&mut w.qkv, n * 3 * d, c)?;
+                be.pointwise(Pointwise::Clamp {
+                    x: TensorMut::new(&mut w.qkv, [n, 3 * d]),
+                    c,
+                })?;
             }
             // RoPE of each token at its own position, then its k and v into the cache.
             be.kv_append(&mut w.qkv, &mut k[l], &mut vc[l], rope, &w.meta, n, c)?;
@@ -426,7 +429,10 @@ impl<B: Backend + 'static> Model<B> {
             be.attention_decode(&mut w.z, &w.qkv, &k[l], &vc[l], &w.meta, n, c, shift)?;
             be.matmul_fwd(&mut w.tmp, &w.z, lo.o.of(params), n, d, d)?;
             if let Some(bias) = self.o_bias(l) {
-                be.add_rows(&mut w.tmp, Span::new(bias, 0, d), n, d)?;
+                be.pointwise(Pointwise::AddRows {
+                    x: TensorMut::new(&mut w.tmp, [n, d]),
+                    v: Tensor::new(bias, [d]),
+                })?;
             }
             be.add_layernorm_fwd(
                 &mut w.xm,
@@ -440,9 +446,16 @@ impl<B: Backend + 'static> Model<B> {
                 eps,
             )?;
             be.matmul_fwd(&mut w.gu, &w.ln, lo.gate_up.of(params), n, d, 2 * f)?;
-            be.swiglu_fwd(&mut w.hid, &w.gu, n, f)?;
+            be.pointwise(Pointwise::SwigluFwd {
+                h: TensorMut::new(&mut w.hid, [n, f]),
+                gu: Tensor::new(&w.gu, [n, 2 * f]),
+            })?;
             be.matmul_fwd(&mut w.tmp, &w.hid, lo.down.of(params), n, f, d)?;
-            be.add(&mut w.x, &w.xm, &w.tmp, n * d)?;
+            be.pointwise(Pointwise::Add {
+                out: TensorMut::new(&mut w.x, [n, d]),
+                a: Tensor::new(&w.xm, [n, d]),
+                b: Tensor::new(&w.tmp, [n, d]),
+            })?;
         }
         // Final layernorm and the output layer on the last token of each chunk only: the gather
         // `xl[k] = x[last[k]]` is an embedding lookup in the table `x` `[n, D]`.

@@ -29,7 +29,7 @@
 
 use super::params::ParamLayout;
 use super::workspace::Workspace;
-use crate::backend::{AttnShape, Backend, Float, Span};
+use crate::backend::{AttnShape, Backend, Float, Pointwise, Span, Tensor, TensorMut};
 use crate::config::ModelConfig;
 use anyhow::{bail, ensure, Context, Result};
 
@@ -316,16 +316,27 @@ impl<B: Backend> Model<B> {
             // already there (written with the previous layer's residual add, or above).
             be.matmul_fwd(&mut a.qkv, &a.ln1, lo.qkv.of(params), n, d, 3 * d)?;
             if let Some(c) = cfg.clip_qkv {
-                be.clamp_fwd(&mut a.qkv, n * 3 * d, c)?;
+                be.pointwise(Pointwise::Clamp {
+                    x: TensorMut::new(&mut a.qkv, [n, 3 * d]),
+                    c,
+                })?;
             }
-            be.rope_fwd(&mut a.qkv, &ws.rope, s)?;
+            be.pointwise(Pointwise::Rope {
+                qkv: TensorMut::new(&mut a.qkv, [s.b, s.t, 3 * d]),
+                table: Tensor::new(&ws.rope, [s.t, s.dh]),
+                s,
+                transpose: false,
+            })?;
             // The ITI head shift, when set, is added to z inside the attention op.
             let shift = self.head_shift[l].as_ref().map(|v| Span::new(v, 0, d));
             be.attention_fwd(&mut a.z, &mut a.lse, &a.qkv, s, shift)?;
             // o_proj output goes to x_out (free until the MLP writes it), then the residual add.
             be.matmul_fwd(x_out, &a.z, lo.o.of(params), n, d, d)?;
             if let Some(bias) = &self.o_bias[l] {
-                be.add_rows(x_out, Span::new(bias, 0, d), n, d)?;
+                be.pointwise(Pointwise::AddRows {
+                    x: TensorMut::new(&mut *x_out, [n, d]),
+                    v: Tensor::new(bias, [d]),
+                })?;
             }
             // x_mid = x + o_proj output, fused with the MLP's layernorm of x_mid.
             // MLP sublayer: x_out = x_mid + down(swiglu(gate_up(LN(x_mid)))).
@@ -341,7 +352,10 @@ impl<B: Backend> Model<B> {
                 eps,
             )?;
             be.matmul_fwd(&mut a.gu, &a.ln2, lo.gate_up.of(params), n, d, 2 * f)?;
-            be.swiglu_fwd(&mut a.h, &a.gu, n, f)?;
+            be.pointwise(Pointwise::SwigluFwd {
+                h: TensorMut::new(&mut a.h, [n, f]),
+                gu: Tensor::new(&a.gu, [n, 2 * f]),
+            })?;
             // The down output goes to lnf (free until the final LN) as scratch.
             be.matmul_fwd(&mut ws.lnf, &a.h, lo.down.of(params), n, f, d)?;
             // x_out = x_mid + down output, fused with the next layer's layernorm of x_out (the
@@ -358,7 +372,11 @@ impl<B: Backend> Model<B> {
                     d,
                     eps,
                 )?,
-                _ => be.add(x_out, x_mid, &ws.lnf, n * d)?,
+                _ => be.pointwise(Pointwise::Add {
+                    out: TensorMut::new(x_out, [n, d]),
+                    a: Tensor::new(x_mid, [n, d]),
+                    b: Tensor::new(&ws.lnf, [n, d]),
+                })?,
             }
         }
         let last = &ws.res[2 * n_layers];
@@ -559,7 +577,11 @@ impl<B: Backend> Model<B> {
             // MLP: dres holds dL/d res[2l+2] (= dL/d down output, and flows on to res[2l+1]).
             be.matmul_bwd_x(&mut g.dh, &g.dres, lo.down.of(params), n, f, d)?;
             be.matmul_bwd_w(lo.down.of_mut(grads), &g.dres, &a.h, n, f, d, accumulate)?;
-            be.swiglu_bwd(&mut g.dgu, &g.dh, &a.gu, n, f)?;
+            be.pointwise(Pointwise::SwigluBwd {
+                dgu: TensorMut::new(&mut g.dgu, [n, 2 * f]),
+                dh: Tensor::new(&g.dh, [n, f]),
+                gu: Tensor::new(&a.gu, [n, 2 * f]),
+            })?;
             be.matmul_bwd_x(&mut g.dln, &g.dgu, lo.gate_up.of(params), n, d, 2 * f)?;
             be.matmul_bwd_w(
                 lo.gate_up.of_mut(grads),
@@ -575,12 +597,21 @@ impl<B: Backend> Model<B> {
             be.matmul_bwd_x(&mut g.dz, &g.dres, lo.o.of(params), n, d, d)?;
             be.matmul_bwd_w(lo.o.of_mut(grads), &g.dres, &a.z, n, d, d, accumulate)?;
             be.attention_bwd(&mut g.dqkv, &g.dz, &a.z, &a.qkv, &a.lse, s)?;
-            be.rope_bwd(&mut g.dqkv, &ws.rope, s)?;
+            be.pointwise(Pointwise::Rope {
+                qkv: TensorMut::new(&mut g.dqkv, [s.b, s.t, 3 * d]),
+                table: Tensor::new(&ws.rope, [s.t, s.dh]),
+                s,
+                transpose: true,
+            })?;
             if let Some(c) = cfg.clip_qkv {
                 // The clamp's input, recomputed (the forward clamped and rotated it in place).
                 let pre = g.qkv_pre.as_mut().context("no clip_qkv scratch")?;
                 be.matmul_fwd(pre, &a.ln1, lo.qkv.of(params), n, d, 3 * d)?;
-                be.clamp_bwd(&mut g.dqkv, pre, n * 3 * d, c)?;
+                be.pointwise(Pointwise::ClampBwd {
+                    dx: TensorMut::new(&mut g.dqkv, [n, 3 * d]),
+                    x: Tensor::new(&*pre, [n, 3 * d]),
+                    c,
+                })?;
             }
             be.matmul_bwd_x(&mut g.dln, &g.dqkv, lo.qkv.of(params), n, d, 3 * d)?;
             be.matmul_bwd_w(

@@ -15,7 +15,7 @@ pub mod layernorm;
 pub mod matmul;
 pub mod pointwise;
 
-use super::{AttnShape, Backend, CacheShape, Float, Span, SpanMut};
+use super::{AttnShape, Backend, CacheShape, Float, Pointwise, Span, SpanMut, Tensor, TensorMut};
 use anyhow::{bail, Result};
 use std::marker::PhantomData;
 
@@ -98,6 +98,24 @@ fn span_mut<'a, T>(what: &str, s: SpanMut<'a, Vec<T>>, need_len: usize) -> Resul
         );
     }
     Ok(&mut s.buf[s.off..s.off + need_len])
+}
+
+/// The host elements a view names (an error, not a panic, when it runs past its buffer).
+fn host<'a, T>(t: &Tensor<'a, Vec<T>>) -> Result<&'a [T]> {
+    let r = t.range();
+    let have = t.buf.len();
+    t.buf
+        .get(r.clone())
+        .ok_or_else(|| anyhow::anyhow!("cpu executor: a view of {r:?} in a buffer of {have}"))
+}
+
+/// The host elements a written view names.
+fn host_mut<'b, T>(t: &'b mut TensorMut<'_, Vec<T>>) -> Result<&'b mut [T]> {
+    let r = t.range();
+    let have = t.buf.len();
+    t.buf
+        .get_mut(r.clone())
+        .ok_or_else(|| anyhow::anyhow!("cpu executor: a view of {r:?} in a buffer of {have}"))
 }
 
 impl<T: Float> Backend for Cpu<T> {
@@ -242,18 +260,31 @@ impl<T: Float> Backend for Cpu<T> {
         Ok(())
     }
 
-    fn add(&self, out: &mut Vec<T>, a: &Vec<T>, b: &Vec<T>, n: usize) -> Result<()> {
-        need("add out", out.len(), n)?;
-        need("add a", a.len(), n)?;
-        need("add b", b.len(), n)?;
-        pointwise::add(&mut out[..n], &a[..n], &b[..n]);
-        Ok(())
-    }
-
-    fn add_rows(&self, x: &mut Vec<T>, v: Span<Vec<T>>, n: usize, d: usize) -> Result<()> {
-        need("add_rows x", x.len(), n * d)?;
-        let v = span("add_rows v", &v, d)?;
-        pointwise::add_rows(&mut x[..n * d], v);
+    fn run_pointwise(&self, op: Pointwise<'_, Vec<T>>) -> Result<()> {
+        match op {
+            Pointwise::Add { mut out, a, b } => {
+                pointwise::add(host_mut(&mut out)?, host(&a)?, host(&b)?)
+            }
+            Pointwise::AddRows { mut x, v } => pointwise::add_rows(host_mut(&mut x)?, host(&v)?),
+            Pointwise::Clamp { mut x, c } => pointwise::clamp(host_mut(&mut x)?, T::of(c)),
+            Pointwise::ClampBwd { mut dx, x, c } => {
+                pointwise::clamp_bwd(host_mut(&mut dx)?, host(&x)?, T::of(c))
+            }
+            Pointwise::Rope {
+                mut qkv,
+                table,
+                s,
+                transpose,
+            } => pointwise::rope(host_mut(&mut qkv)?, host(&table)?, s, transpose),
+            Pointwise::SwigluFwd { mut h, gu } => {
+                let f = h.shape.dims()[1];
+                pointwise::swiglu_fwd(host_mut(&mut h)?, host(&gu)?, f)
+            }
+            Pointwise::SwigluBwd { mut dgu, dh, gu } => {
+                let f = dh.shape.dims()[1];
+                pointwise::swiglu_bwd(host_mut(&mut dgu)?, host(&dh)?, host(&gu)?, f)
+            }
+        }
         Ok(())
     }
 
@@ -262,19 +293,6 @@ impl<T: Float> Backend for Cpu<T> {
         span_mut("zero_range x", x, len)?
             .iter_mut()
             .for_each(|v| *v = T::zero());
-        Ok(())
-    }
-
-    fn clamp_fwd(&self, x: &mut Vec<T>, n: usize, c: f64) -> Result<()> {
-        need("clamp x", x.len(), n)?;
-        pointwise::clamp(&mut x[..n], T::of(c));
-        Ok(())
-    }
-
-    fn clamp_bwd(&self, dx: &mut Vec<T>, x: &Vec<T>, n: usize, c: f64) -> Result<()> {
-        need("clamp_bwd dx", dx.len(), n)?;
-        need("clamp_bwd x", x.len(), n)?;
-        pointwise::clamp_bwd(&mut dx[..n], &x[..n], T::of(c));
         Ok(())
     }
 
@@ -384,20 +402,6 @@ impl<T: Float> Backend for Cpu<T> {
         self.matmul_bwd_w(dwte, dlogits, x, m, d, v, accumulate)
     }
 
-    fn rope_fwd(&self, qkv: &mut Vec<T>, table: &Vec<T>, s: AttnShape) -> Result<()> {
-        need("rope qkv", qkv.len(), s.n() * 3 * s.d())?;
-        need("rope table", table.len(), s.t * s.dh)?;
-        pointwise::rope(&mut qkv[..s.n() * 3 * s.d()], table, s, false);
-        Ok(())
-    }
-
-    fn rope_bwd(&self, dqkv: &mut Vec<T>, table: &Vec<T>, s: AttnShape) -> Result<()> {
-        need("rope dqkv", dqkv.len(), s.n() * 3 * s.d())?;
-        need("rope table", table.len(), s.t * s.dh)?;
-        pointwise::rope(&mut dqkv[..s.n() * 3 * s.d()], table, s, true);
-        Ok(())
-    }
-
     fn attention_fwd(
         &self,
         z: &mut Vec<T>,
@@ -432,28 +436,6 @@ impl<T: Float> Backend for Cpu<T> {
         need("attention lse", lse.len(), s.n() * s.h)?;
         need("attention qkv", qkv.len(), s.n() * 3 * s.d())?;
         attention::backward(dqkv, &self.operand(dz), z, &self.operand(qkv), lse, s);
-        Ok(())
-    }
-
-    fn swiglu_fwd(&self, h: &mut Vec<T>, gu: &Vec<T>, n: usize, f: usize) -> Result<()> {
-        need("swiglu h", h.len(), n * f)?;
-        need("swiglu gu", gu.len(), n * 2 * f)?;
-        pointwise::swiglu_fwd(&mut h[..n * f], &gu[..n * 2 * f], f);
-        Ok(())
-    }
-
-    fn swiglu_bwd(
-        &self,
-        dgu: &mut Vec<T>,
-        dh: &Vec<T>,
-        gu: &Vec<T>,
-        n: usize,
-        f: usize,
-    ) -> Result<()> {
-        need("swiglu dgu", dgu.len(), n * 2 * f)?;
-        need("swiglu dh", dh.len(), n * f)?;
-        need("swiglu gu", gu.len(), n * 2 * f)?;
-        pointwise::swiglu_bwd(&mut dgu[..n * 2 * f], &dh[..n * f], &gu[..n * 2 * f], f);
         Ok(())
     }
 

@@ -34,7 +34,9 @@ use super::matmul::{async_scratch_elements, MatmulKernels, MmVersion, DEFAULT_VE
 use super::pointwise::PointwiseKernels;
 use super::CudaDevice;
 use crate::backend::StepArgs;
-use crate::backend::{AttnShape, Backend, CacheShape, Span, SpanMut, DECODE_META};
+use crate::backend::{
+    AttnShape, Backend, CacheShape, Pointwise, Span, SpanMut, Tensor, TensorMut, DECODE_META,
+};
 
 /// One linear layer of a model, as the step's matmuls see it: `k` inputs, `n` outputs;
 /// `logits`: the output layer, whose backward reads the bf16 gradient of the logits.
@@ -139,6 +141,17 @@ fn view_mut<'a>(what: &str, s: SpanMut<'a, CudaSlice<f32>>) -> Result<CudaViewMu
             off + len
         )
     })
+}
+
+/// The elements a view names, as a device view (an error when it runs past its buffer).
+fn tview<'a>(t: &Tensor<'a, CudaSlice<f32>>) -> Result<CudaView<'a, f32>> {
+    view("view", &Span::new(t.buf, t.off, t.shape.len()))
+}
+
+/// The elements a written view names, as a mutable device view.
+fn tview_mut<'b>(t: &'b mut TensorMut<'_, CudaSlice<f32>>) -> Result<CudaViewMut<'b, f32>> {
+    let len = t.shape.len();
+    view_mut("view", SpanMut::new(&mut *t.buf, t.off, len))
 }
 
 /// The first `n` elements of `buf` as a view, or an error.
@@ -463,34 +476,46 @@ impl Backend for CudaExecutor {
         )
     }
 
-    fn add(
-        &self,
-        out: &mut CudaSlice<f32>,
-        a: &CudaSlice<f32>,
-        b: &CudaSlice<f32>,
-        n: usize,
-    ) -> Result<()> {
-        self.pw.add(
-            &mut prefix_mut("add out", out, n)?,
-            &prefix("add a", a, n)?,
-            &prefix("add b", b, n)?,
-            n,
-        )
-    }
-
-    fn add_rows(
-        &self,
-        x: &mut CudaSlice<f32>,
-        v: Span<CudaSlice<f32>>,
-        n: usize,
-        d: usize,
-    ) -> Result<()> {
-        self.pw.add_rows(
-            &mut prefix_mut("add_rows x", x, n * d)?,
-            &view("add_rows v", &v)?,
-            n,
-            d,
-        )
+    fn run_pointwise(&self, op: Pointwise<'_, CudaSlice<f32>>) -> Result<()> {
+        let pw = &self.pw;
+        match op {
+            Pointwise::Add { mut out, a, b } => {
+                let n = out.shape.len();
+                pw.add(&mut tview_mut(&mut out)?, &tview(&a)?, &tview(&b)?, n)
+            }
+            Pointwise::AddRows { mut x, v } => {
+                let (n, d) = (x.shape.dims()[0], x.shape.dims()[1]);
+                pw.add_rows(&mut tview_mut(&mut x)?, &tview(&v)?, n, d)
+            }
+            Pointwise::Clamp { mut x, c } => {
+                let n = x.shape.len();
+                pw.clamp(&mut tview_mut(&mut x)?, n, c as f32)
+            }
+            Pointwise::ClampBwd { mut dx, x, c } => {
+                let n = dx.shape.len();
+                pw.clamp_bwd(&mut tview_mut(&mut dx)?, &tview(&x)?, n, c as f32)
+            }
+            Pointwise::Rope {
+                mut qkv,
+                table,
+                s,
+                transpose: false,
+            } => pw.rope_fwd(&mut tview_mut(&mut qkv)?, &tview(&table)?, s),
+            Pointwise::Rope {
+                mut qkv,
+                table,
+                s,
+                transpose: true,
+            } => pw.rope_bwd(&mut tview_mut(&mut qkv)?, &tview(&table)?, s),
+            Pointwise::SwigluFwd { mut h, gu } => {
+                let (n, f) = (h.shape.dims()[0], h.shape.dims()[1]);
+                pw.swiglu_fwd(&mut tview_mut(&mut h)?, &tview(&gu)?, n, f)
+            }
+            Pointwise::SwigluBwd { mut dgu, dh, gu } => {
+                let (n, f) = (dh.shape.dims()[0], dh.shape.dims()[1]);
+                pw.swiglu_bwd(&mut tview_mut(&mut dgu)?, &tview(&dh)?, &tview(&gu)?, n, f)
+            }
+        }
     }
 
     fn zero_range(&self, x: SpanMut<CudaSlice<f32>>) -> Result<()> {
@@ -499,26 +524,6 @@ impl Backend for CudaExecutor {
             .stream()
             .memset_zeros(&mut v)
             .map_err(|e| Self::err("zero_range", e))
-    }
-
-    fn clamp_fwd(&self, x: &mut CudaSlice<f32>, n: usize, c: f64) -> Result<()> {
-        self.pw
-            .clamp(&mut prefix_mut("clamp x", x, n)?, n, c as f32)
-    }
-
-    fn clamp_bwd(
-        &self,
-        dx: &mut CudaSlice<f32>,
-        x: &CudaSlice<f32>,
-        n: usize,
-        c: f64,
-    ) -> Result<()> {
-        self.pw.clamp_bwd(
-            &mut prefix_mut("clamp_bwd dx", dx, n)?,
-            &prefix("clamp_bwd x", x, n)?,
-            n,
-            c as f32,
-        )
     }
 
     fn matmul_fwd(
@@ -631,32 +636,6 @@ impl Backend for CudaExecutor {
         )
     }
 
-    fn rope_fwd(
-        &self,
-        qkv: &mut CudaSlice<f32>,
-        table: &CudaSlice<f32>,
-        s: AttnShape,
-    ) -> Result<()> {
-        self.pw.rope_fwd(
-            &mut prefix_mut("rope_fwd qkv", qkv, s.n() * 3 * s.d())?,
-            &prefix("rope_fwd table", table, s.t * s.dh)?,
-            s,
-        )
-    }
-
-    fn rope_bwd(
-        &self,
-        dqkv: &mut CudaSlice<f32>,
-        table: &CudaSlice<f32>,
-        s: AttnShape,
-    ) -> Result<()> {
-        self.pw.rope_bwd(
-            &mut prefix_mut("rope_bwd dqkv", dqkv, s.n() * 3 * s.d())?,
-            &prefix("rope_bwd table", table, s.t * s.dh)?,
-            s,
-        )
-    }
-
     fn attention_fwd(
         &self,
         z: &mut CudaSlice<f32>,
@@ -693,38 +672,6 @@ impl Backend for CudaExecutor {
             &prefix("attention_bwd qkv", qkv, s.n() * 3 * s.d())?,
             &prefix("attention_bwd lse", lse, s.b * s.h * s.t)?,
             s,
-        )
-    }
-
-    fn swiglu_fwd(
-        &self,
-        h: &mut CudaSlice<f32>,
-        gu: &CudaSlice<f32>,
-        n: usize,
-        f: usize,
-    ) -> Result<()> {
-        self.pw.swiglu_fwd(
-            &mut prefix_mut("swiglu_fwd h", h, n * f)?,
-            &prefix("swiglu_fwd gu", gu, n * 2 * f)?,
-            n,
-            f,
-        )
-    }
-
-    fn swiglu_bwd(
-        &self,
-        dgu: &mut CudaSlice<f32>,
-        dh: &CudaSlice<f32>,
-        gu: &CudaSlice<f32>,
-        n: usize,
-        f: usize,
-    ) -> Result<()> {
-        self.pw.swiglu_bwd(
-            &mut prefix_mut("swiglu_bwd dgu", dgu, n * 2 * f)?,
-            &prefix("swiglu_bwd dh", dh, n * f)?,
-            &prefix("swiglu_bwd gu", gu, n * 2 * f)?,
-            n,
-            f,
         )
     }
 
