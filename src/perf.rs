@@ -14,7 +14,7 @@
 //! * Matmuls: a `[tokens, in] · [in, out]` product costs `2·in·out` FLOPs per token forward and
 //!   twice that backward (one product for the input gradient, one for the weight gradient):
 //!   `6 · N_matmul` in all. OLMo v1's layernorms have no weights, so for a tied model `N_matmul`
-//!   is exactly the parameter count ([`ModelConfig::n_params`]); an untied one has `V·D` more
+//!   is exactly the parameter count ([`crate::model::params::n_params`]); an untied one has `V·D` more
 //!   parameters (its embedding) than matmul weights.
 //! * Attention: with causal masking, query `i` (0-based) of a sequence of `T` sees `i + 1` keys,
 //!   `T·(T+1)/2` scores per head. Each score costs `2·d_head` for `q·k` and `2·d_head` for
@@ -40,7 +40,7 @@ pub const PEAK_BF16_TFLOPS_DATASHEET: f64 = 989.0;
 pub const PEAK_BF16_TFLOPS_MEASURED: f64 = 798.0;
 
 /// Parameters that take part in a matmul: the per-layer projections plus the output layer, as
-/// the logits matmul (equal to [`ModelConfig::n_params`] for a tied model; an untied model's
+/// the logits matmul (equal to [`crate::model::params::n_params`] for a tied model; an untied model's
 /// embedding, a lookup, is left out). `clip_qkv`'s recomputed q, k, v product in the backward
 /// is not counted (it is not work the model needs).
 pub fn matmul_params(cfg: &ModelConfig) -> usize {

@@ -438,11 +438,11 @@ pub trait Backend {
     // ----- incremental decoding (inference only) -----
 
     /// RoPE at explicit positions, then the KV-cache write, for `n` new tokens.
-    /// `qkv` `[n, 3D]` (q ‖ k ‖ v per token, as [`Backend::rope_fwd`]); `meta` `[n, 3]` (see
+    /// `qkv` `[n, 3D]` (q ‖ k ‖ v per token, as [`ops::Pointwise::Rope`]); `meta` `[n, 3]` (see
     /// [`DECODE_META`]: row, pos, shifted); `table` `[c.t_max, dh/2]` cosines then
     /// `[c.t_max, dh/2]` sines (the model's RoPE table for `t_max` positions).
     /// For token `i` at position `p = meta[3i + 1]` of row `r = meta[3i]`, per head, the q and k
-    /// parts are rotated in place exactly as [`Backend::rope_fwd`] rotates position `p`
+    /// parts are rotated in place exactly as [`ops::Pointwise::Rope`] rotates position `p`
     /// (`x1·cos − x2·sin`, `x2·cos + x1·sin`), then the rotated k and the v of head `hh` are
     /// copied to `k_cache[r, hh, p, :]` and `v_cache[r, hh, p, :]` (layout [`CacheShape`]).
     /// Tokens must write distinct (row, pos) slots; every other cache element is left as it was.
