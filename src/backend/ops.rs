@@ -1,12 +1,13 @@
 //! Ops described once: each family is an enum whose variants hold the op's operands as shaped
 //! views ([`Tensor`], [`TensorMut`]) and which answers, for every executor alike, the op's shape
 //! rule ([`Pointwise::check`]: the shapes agree and each view fits its buffer), its label and the
-//! bytes it moves. [`Backend::pointwise`] checks and then hands the op to the executor's
-//! [`Backend::run_pointwise`], so an executor only computes; the profiler
-//! ([`super::profile::Profiled`]) times any op from its description, with no code per op.
+//! bytes it moves. [`Backend::pointwise`](super::Backend::pointwise) checks and then hands the
+//! op to the executor's [`Backend::run_pointwise`](super::Backend::run_pointwise), so an
+//! executor only computes; the profiler ([`super::profile::Profiled`]) times any op from its
+//! description, with no code per op.
 //!
 //! Families converted so far: pointwise. The others (memory, norm, matmul, attention, loss,
-//! optimizer, decode) are still methods of [`Backend`] with positional sizes.
+//! optimizer, decode) are still methods of [`Backend`](super::Backend) with positional sizes.
 //!
 //! Adding a pointwise op: a variant here (its math in the doc comment, its shape rule in
 //! `check`, its label and bytes), its CPU reference in `backend/cpu/pointwise.rs` and its arm in
@@ -18,8 +19,6 @@ use anyhow::{bail, Result};
 
 use super::tensor::{check_fits, Tensor, TensorMut};
 use super::AttnShape;
-#[allow(unused_imports)] // for the doc links
-use super::Backend;
 
 /// Row-wise and element-wise ops (CPU: `backend/cpu/pointwise.rs`; GPU: `cuda/pointwise.cu`).
 /// Every view is fp32 (the executor's float) and row-major.

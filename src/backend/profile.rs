@@ -400,8 +400,10 @@ impl<B: Backend> Backend for Profiled<B> {
         )
     }
     fn run_pointwise(&self, op: Pointwise<'_, B::Buf>) -> Result<()> {
-        let label = op.label();
-        self.op(|| plain(label), |b| b.run_pointwise(op))
+        // The op moves into the executor, so its label is taken first, and only while a step is
+        // recorded (unprofiled steps format nothing).
+        let label = self.state.borrow().open.is_some().then(|| op.label());
+        self.op(|| plain(label.unwrap_or_default()), |b| b.run_pointwise(op))
     }
     fn matmul_fwd(
         &self,

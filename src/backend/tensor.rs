@@ -18,13 +18,20 @@ pub struct Shape {
 }
 
 impl Shape {
-    /// The shape `dims` (1 to 4 of them; more is a programming error, caught in debug builds).
+    /// The shape `dims`: 1 to 4 of them. Shapes are written in the code, never read from input,
+    /// so another rank is a programming error and panics rather than being cut silently.
     pub fn new(dims: &[usize]) -> Shape {
-        debug_assert!((1..=4).contains(&dims.len()), "rank {}", dims.len());
-        let rank = dims.len().clamp(1, 4);
+        assert!(
+            (1..=4).contains(&dims.len()),
+            "a tensor shape has 1 to 4 dimensions, got {}",
+            dims.len()
+        );
         let mut d = [1; 4];
-        d[..rank].copy_from_slice(&dims[..rank]);
-        Shape { dims: d, rank }
+        d[..dims.len()].copy_from_slice(dims);
+        Shape {
+            dims: d,
+            rank: dims.len(),
+        }
     }
 
     /// The dimensions, outermost first.
